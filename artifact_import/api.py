@@ -1,0 +1,53 @@
+"""The one-call entry point: import a source into a destination."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from .context import ImportStepContext, StorageTarget
+from .model import ArtifactStorageImportStep, ImportResult, ModelTarget
+from .pipeline import ImportPipeline, ProgressCallback
+from .registries.base import AbstractRegistry
+from .registries.huggingface import HuggingFaceRegistry
+from .storages.base import AbstractStorage, StoragePool
+from .storages.vfs import VFSStorage
+from .verifiers.base import Verifier
+
+
+async def import_artifact(
+    source: str | ModelTarget,
+    destination: str | os.PathLike[str] | AbstractStorage,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    registry: AbstractRegistry | None = None,
+    verifiers: Sequence[Verifier] = (),
+    on_progress: ProgressCallback | None = None,
+    max_concurrent_files: int = 4,
+) -> ImportResult:
+    """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
+
+    Every file is verified against the digests its source published before
+    any of them becomes visible; on any error nothing of the import remains.
+    """
+    model = (
+        source
+        if isinstance(source, ModelTarget)
+        else ModelTarget.from_uri(source, include=tuple(include), exclude=tuple(exclude))
+    )
+    storage = destination if isinstance(destination, AbstractStorage) else VFSStorage("destination", destination)
+    own_registry = registry is None
+    reg = registry if registry is not None else HuggingFaceRegistry()
+    context = ImportStepContext(
+        model=model,
+        registry_name=reg.name,
+        storage_pool=StoragePool(),
+        storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
+    )
+    pipeline = ImportPipeline({reg.name: reg}, verifiers, max_concurrent_files=max_concurrent_files)
+    try:
+        return await pipeline.run(context, on_progress)
+    finally:
+        if own_registry:
+            await reg.aclose()

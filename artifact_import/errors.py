@@ -1,0 +1,90 @@
+"""One exception hierarchy, rooted in :class:`ArtifactImportError`.
+
+Each subclass is a failure a caller handles differently. Every message names
+the file or the source it is about and says what to do; none carries a
+credential, a signed URL or a query string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class ArtifactImportError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    #: Exit code of the CLI when this error ends an import.
+    exit_code: int = 1
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(ArtifactImportError):
+    """The caller asked for something malformed: a bad URI, option or config."""
+
+    exit_code = 2
+
+
+class SourceError(ArtifactImportError):
+    """The source could not be listed or read."""
+
+
+class RepositoryNotFoundError(SourceError):
+    """The repository does not exist, or is private and the token cannot read it."""
+
+
+class RevisionNotFoundError(SourceError):
+    """The repository exists but the branch, tag or commit does not."""
+
+
+class AccessDeniedError(SourceError):
+    """The source refused access (401/403, gated repository)."""
+
+
+class DownloadError(SourceError):
+    """A file's bytes could not be fetched, after the retries the policy allows."""
+
+
+class UnsafePathError(ArtifactImportError):
+    """File names that would escape the destination; nothing was written."""
+
+    def __init__(self, offending: Iterable[tuple[str, str]]) -> None:
+        self.offending = tuple(offending)
+        listed = "; ".join(f"{path!r} ({reason})" for path, reason in self.offending)
+        super().__init__(
+            f"refusing to import: {len(self.offending)} unsafe file name(s) in the listing: {listed}. "
+            "Nothing was written.",
+            path=self.offending[0][0] if self.offending else None,
+        )
+
+
+class VerificationError(ArtifactImportError):
+    """A file failed VERIFY; it was not archived."""
+
+    exit_code = 3
+
+
+class IntegrityError(VerificationError):
+    """A file's bytes do not match the digest or size its source published."""
+
+
+class StorageError(ArtifactImportError):
+    """A storage could not be found, read or written."""
+
+
+class StorageNotFoundError(StorageError):
+    """No storage of that name is configured in the pool."""
+
+
+class ReadOnlyStorageError(StorageError):
+    """The destination is read-only; refused before any byte moved."""
+
+
+class StorageFileNotFoundError(StorageError):
+    """The file does not exist in the storage."""

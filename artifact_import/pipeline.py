@@ -1,0 +1,221 @@
+"""Runs DOWNLOAD → VERIFY → ARCHIVE for every file of an artifact.
+
+Consecutive steps mapped to the same storage are fused into one pass over
+the bytes: with the default mapping (everything in the destination) each
+byte is read from the source once and is hashed while it is written into a
+pending write. A step mapped to another storage splits the pass: the bytes
+are committed there under a staging name and read back by the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+import attrs
+
+from .context import ImportStepContext
+from .errors import ConfigError
+from .model import (
+    ArtifactFile,
+    ArtifactStorageImportStep,
+    FileResult,
+    FileState,
+    ImportResult,
+    ProgressEvent,
+    ResolvedArtifact,
+    Verdict,
+)
+from .paths import RESERVED_DIR
+from .registries.base import AbstractRegistry
+from .steps.archive import ArchiveStep
+from .steps.download import DownloadStep
+from .steps.verify import VerifyStep
+from .storages.base import AbstractStorage, PendingWrite
+from .streams import closing, read_ahead
+from .verifiers.base import Verifier
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[ProgressEvent], None]
+Step = ArtifactStorageImportStep
+
+
+@attrs.frozen
+class _Pass:
+    """One read of a file's bytes, writing into ``storage``, doing ``steps`` on the way."""
+
+    storage: AbstractStorage
+    steps: tuple[Step, ...]
+
+
+def plan_passes(context: ImportStepContext) -> list[_Pass]:
+    passes: list[_Pass] = []
+    for step in Step:
+        storage = context.storage_for(step)
+        if passes and passes[-1].storage is storage:
+            passes[-1] = _Pass(storage, (*passes[-1].steps, step))
+        else:
+            passes.append(_Pass(storage, (step,)))
+    return passes
+
+
+@attrs.define
+class _Run:
+    context: ImportStepContext
+    artifact: ResolvedArtifact
+    passes: list[_Pass]
+    on_progress: ProgressCallback | None
+    run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:12])
+    pending: list[PendingWrite] = attrs.field(factory=list)
+    staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
+
+    def emit(
+        self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
+    ) -> None:
+        if self.on_progress is not None:
+            self.on_progress(ProgressEvent(file.path, state, step, done, file.size, error))
+
+
+class ImportPipeline:
+    """Imports artifacts described by an :class:`ImportStepContext`.
+
+    ``max_concurrent_files`` bounds the files in flight; memory is bounded by
+    that × (read-ahead depth + 2) × the registry's chunk size, whatever the
+    size of the files.
+    """
+
+    def __init__(
+        self,
+        registries: Mapping[str, AbstractRegistry],
+        verifiers: Sequence[Verifier] = (),
+        *,
+        max_concurrent_files: int = 4,
+        read_ahead_depth: int = 4,
+    ) -> None:
+        if max_concurrent_files < 1:
+            raise ConfigError("max_concurrent_files must be at least 1")
+        self.registries = dict(registries)
+        self.verify_step = VerifyStep(verifiers)
+        self.archive_step = ArchiveStep()
+        self.max_concurrent_files = max_concurrent_files
+        self.read_ahead_depth = read_ahead_depth
+
+    def _registry(self, name: str) -> AbstractRegistry:
+        try:
+            return self.registries[name]
+        except KeyError:
+            known = ", ".join(sorted(self.registries)) or "none"
+            raise ConfigError(f"no registry named {name!r} (configured: {known})") from None
+
+    async def run(self, context: ImportStepContext, on_progress: ProgressCallback | None = None) -> ImportResult:
+        started = time.monotonic()
+        download = DownloadStep(self._registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
+        passes = plan_passes(context)
+        # Refused before anything is listed or downloaded.
+        for p in passes:
+            p.storage.check_writable()
+        artifact = await download.resolve(context.model)
+        context.step_metadata[Step.DOWNLOAD.value] = {
+            "commit": artifact.commit,
+            "files": len(artifact.files),
+            "bytes": artifact.total_size,
+        }
+        run = _Run(context, artifact, passes, on_progress)
+        destination = passes[-1].storage
+        try:
+            results = await self._import_files(run, download)
+            context.step_metadata[Step.VERIFY.value] = {
+                "verifiers": [v.name for v in self.verify_step.verifiers],
+            }
+            manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
+        except BaseException:
+            await asyncio.shield(self.archive_step.abort_all(run.pending))
+            raise
+        finally:
+            await asyncio.shield(self._remove_staged(run))
+        context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
+        for file in artifact.files:
+            run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)
+        return ImportResult(
+            source=artifact.source,
+            revision=artifact.revision,
+            commit=artifact.commit,
+            destination=destination.describe(),
+            files=tuple(sorted(results, key=lambda r: r.path)),
+            seconds=time.monotonic() - started,
+            manifest_path=manifest,
+        )
+
+    async def _import_files(self, run: _Run, download: DownloadStep) -> list[FileResult]:
+        limit = asyncio.Semaphore(self.max_concurrent_files)
+
+        async def one(file: ArtifactFile) -> FileResult:
+            async with limit:
+                try:
+                    return await self._import_file(run, download, file)
+                except Exception as exc:
+                    run.emit(file, FileState.FAILED, None, 0, str(exc))
+                    raise
+
+        for file in run.artifact.files:
+            run.emit(file, FileState.QUEUED, None, 0)
+        # Largest first: the long poles start early and small files fill the gaps.
+        ordered = sorted(run.artifact.files, key=lambda f: f.size or 0, reverse=True)
+        tasks = [asyncio.create_task(one(f), name=f"import:{f.path}") for f in ordered]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            return [t.result() for t in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _import_file(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
+        verdicts: list[Verdict] = []
+        source: tuple[AbstractStorage, str] | None = None
+        for index, p in enumerate(run.passes):
+            final = index == len(run.passes) - 1
+            chunks: AsyncIterator[bytes]
+            if source is None:
+                chunks = download.stream(run.artifact, file)
+            else:
+                chunks = read_ahead(source[0].stream_download(source[1]), self.read_ahead_depth)
+            if Step.VERIFY in p.steps:
+                chunks = self.verify_step.tap(file, chunks, verdicts)
+            chunks = self._count(run, file, p.steps[0], chunks)
+            path = file.path if final else f"{RESERVED_DIR}/staging/{run.run_id}/{file.path}"
+            pending = await self.archive_step.write(p.storage, path, chunks, file.size)
+            if final:
+                run.pending.append(pending)
+            else:
+                run.staged.append((p.storage, path))
+                await pending.commit()
+                source = (p.storage, path)
+        checksum = next(v for v in verdicts if v.verifier == "checksum")
+        run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
+        return FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+
+    @staticmethod
+    async def _count(run: _Run, file: ArtifactFile, step: Step, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        done = 0
+        run.emit(file, FileState.RUNNING, step, 0)
+        async with closing(chunks):
+            async for chunk in chunks:
+                done += len(chunk)
+                run.emit(file, FileState.RUNNING, step, done)
+                yield chunk
+
+    @staticmethod
+    async def _remove_staged(run: _Run) -> None:
+        for storage, path in run.staged:
+            try:
+                await storage.delete_file(path)
+            except Exception:
+                log.exception("%s: could not remove staged copy from %s", path, storage.describe())

@@ -1,0 +1,1 @@
+"""Sources: every one implements :class:`AbstractRegistry`."""

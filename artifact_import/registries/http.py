@@ -1,0 +1,177 @@
+"""Resumable HTTP GET of one file: retries with backoff, continues with ``Range``."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Mapping
+
+import aiohttp
+import attrs
+
+from ..errors import AccessDeniedError, DownloadError, IntegrityError
+from ..streams import closing, rechunk
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+
+
+@attrs.frozen
+class RetryPolicy:
+    """How hard to try before a file fails.
+
+    ``max_attempts`` counts consecutive failures: an attempt that received
+    bytes resets the count, so a long download over a flaky link still
+    finishes, while a dead server fails after a bounded time.
+    """
+
+    max_attempts: int = 5
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    #: A ``Retry-After`` longer than this fails rather than sleeping for hours.
+    retry_after_max: float = 120.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.retry_after_max)
+        base = min(self.backoff_max, self.backoff_base * (2 ** (attempt - 1)))
+        return float(base * (0.5 + random.random() / 2))
+
+
+@attrs.frozen
+class HttpTimeouts:
+    connect: float = 10.0
+    #: A stalled transfer (no byte for this long) is dropped and resumed.
+    read: float = 30.0
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def _content_range_start(value: str | None) -> int | None:
+    # "bytes 100-199/200"
+    if not value or not value.startswith("bytes "):
+        return None
+    try:
+        return int(value[6:].split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+async def stream_url(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    name: str,
+    headers: Mapping[str, str],
+    expected_size: int | None,
+    chunk_size: int,
+    retry: RetryPolicy,
+) -> AsyncIterator[bytes]:
+    """Yield the body of ``url`` once, whatever drops and retries happen underneath.
+
+    ``name`` is what errors call the file; the URL is never put in a message
+    because after a redirect it can carry a signature.
+    """
+    received = 0
+    failures = 0
+    first_etag: str | None = None
+    while True:
+        request_headers = dict(headers)
+        if received:
+            request_headers["Range"] = f"bytes={received}-"
+        retry_after: float | None = None
+        try:
+            async with session.get(url, headers=request_headers, allow_redirects=True) as resp:
+                if resp.status in RETRYABLE_STATUS:
+                    retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    reason = f"HTTP {resp.status}"
+                elif resp.status in (401, 403):
+                    raise AccessDeniedError(
+                        f"{name}: access denied (HTTP {resp.status}); set HF_TOKEN to a token that can read it",
+                        path=name,
+                    )
+                elif resp.status == 416 and expected_size is not None and received == expected_size:
+                    return
+                elif resp.status not in (200, 206):
+                    raise DownloadError(f"{name}: unexpected HTTP {resp.status} from the source", path=name)
+                else:
+                    etag = resp.headers.get("ETag")
+                    if first_etag is None:
+                        first_etag = etag
+                    elif etag is not None and etag != first_etag:
+                        raise IntegrityError(
+                            f"{name}: the file changed at the source while it was being downloaded", path=name
+                        )
+                    skip = 0
+                    if received:
+                        start = _content_range_start(resp.headers.get("Content-Range"))
+                        if resp.status == 200:
+                            # The server ignored Range: read past what we already have.
+                            skip = received
+                        elif start != received:
+                            raise DownloadError(
+                                f"{name}: the source answered a resume at byte {received} with range start {start}",
+                                path=name,
+                            )
+                    body = rechunk(resp.content.iter_chunked(chunk_size), chunk_size)
+                    async with closing(body):
+                        async for chunk in body:
+                            if skip:
+                                if len(chunk) <= skip:
+                                    skip -= len(chunk)
+                                    continue
+                                chunk = chunk[skip:]
+                                skip = 0
+                            received += len(chunk)
+                            failures = 0
+                            if expected_size is not None and received > expected_size:
+                                raise IntegrityError(
+                                    f"{name}: the source sent more than the {expected_size} bytes it listed",
+                                    path=name,
+                                )
+                            yield chunk
+                    if expected_size is None or received == expected_size:
+                        return
+                    reason = f"connection closed after {received} of {expected_size} bytes"
+        except _TRANSIENT_ERRORS as exc:
+            reason = _describe(exc)
+        failures += 1
+        if failures >= retry.max_attempts:
+            raise DownloadError(
+                f"{name}: download failed after {failures} attempts in a row ({reason}); "
+                "the source may be down, try again later",
+                path=name,
+            )
+        delay = retry.delay(failures, retry_after)
+        log.info("%s: %s; retrying in %.1fs (received %d bytes so far)", name, reason, delay, received)
+        await asyncio.sleep(delay)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "timed out waiting for data"
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return "connection dropped mid-transfer"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}"
+    # Other aiohttp messages may quote the URL; the class name is enough.
+    return type(exc).__name__

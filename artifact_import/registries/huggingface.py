@@ -1,0 +1,184 @@
+"""The Hugging Face Hub (or any server speaking its protocol) as a source."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
+from urllib.parse import quote
+
+import aiohttp
+from huggingface_hub import HfApi, constants
+from huggingface_hub.errors import (
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils._headers import build_hf_headers
+
+from .. import __version__
+from ..errors import (
+    AccessDeniedError,
+    SourceError,
+)
+from ..errors import (
+    RepositoryNotFoundError as RepoMissing,
+)
+from ..errors import (
+    RevisionNotFoundError as RevisionMissing,
+)
+from ..model import ArtifactFile, ModelTarget, ResolvedArtifact
+from ..paths import check_listing
+from ..streams import DEFAULT_CHUNK_SIZE
+from .base import AbstractRegistry
+from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, stream_url
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class HuggingFaceRegistry(AbstractRegistry):
+    """Lists through ``huggingface_hub.HfApi``; streams bodies with ``aiohttp``.
+
+    ``endpoint`` and ``token`` default to what ``huggingface_hub`` would use
+    (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login), read when the registry
+    is created rather than when ``huggingface_hub`` was imported.
+    """
+
+    def __init__(
+        self,
+        name: str = "huggingface",
+        *,
+        endpoint: str | None = None,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: HttpTimeouts | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        max_connections: int = 16,
+    ) -> None:
+        self.name = name
+        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        self._token = token
+        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or HttpTimeouts()
+        self.chunk_size = chunk_size
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _api(self) -> HfApi:
+        return HfApi(
+            endpoint=self.endpoint,
+            token=self._token,
+            library_name="artifact-import",
+            library_version=__version__,
+        )
+
+    async def resolve(self, model: ModelTarget) -> ResolvedArtifact:
+        api = self._api()
+        where = f"hf://{model.repo_id}@{model.revision}"
+        info = await self._call(where, model, lambda: api.model_info(model.repo_id, revision=model.revision))
+        commit = info.sha
+        if not commit:
+            raise SourceError(f"{where}: the hub did not say which commit the revision points to")
+        entries = await self._call(
+            where,
+            model,
+            lambda: list(api.list_repo_tree(model.repo_id, recursive=True, revision=commit)),
+        )
+        files = tuple(
+            _artifact_file(entry) for entry in entries if isinstance(entry, RepoFile) and model.selects(entry.path)
+        )
+        check_listing(f.path for f in files)
+        log.info("%s resolved to commit %s: %d file(s) selected", where, commit, len(files))
+        return ResolvedArtifact(
+            source=f"hf://{model.repo_id}",
+            repo_id=model.repo_id,
+            revision=model.revision,
+            commit=commit,
+            files=files,
+        )
+
+    async def _call(self, where: str, model: ModelTarget, fn: Callable[[], T]) -> T:
+        """Run a synchronous ``HfApi`` call in a thread, retrying transient failures."""
+        failures = 0
+        while True:
+            try:
+                return await asyncio.to_thread(fn)
+            except GatedRepoError:
+                raise AccessDeniedError(
+                    f"{where}: the repository is gated. Accept its conditions on the hub with your account, "
+                    "then set HF_TOKEN to a token of that account."
+                ) from None
+            except RepositoryNotFoundError:
+                raise RepoMissing(
+                    f"{where}: repository not found on {self.endpoint}, or it is private and no token "
+                    "with access was given. Check the name, or set HF_TOKEN."
+                ) from None
+            except RevisionNotFoundError:
+                raise RevisionMissing(
+                    f"{where}: revision {model.revision!r} not found. Use an existing branch, tag or commit id."
+                ) from None
+            except HfHubHTTPError as exc:
+                status = exc.response.status_code if exc.response is not None else None
+                if status in (401, 403):
+                    raise AccessDeniedError(
+                        f"{where}: access denied (HTTP {status}). Set HF_TOKEN to a token that can read it."
+                    ) from None
+                if status not in RETRYABLE_STATUS:
+                    raise SourceError(f"{where}: the hub answered HTTP {status} while listing files") from None
+                reason = f"HTTP {status}"
+            except (OSError, ConnectionError) as exc:
+                reason = type(exc).__name__
+            except Exception as exc:
+                # httpx transport errors are not OSErrors; their text may quote URLs.
+                if "Timeout" not in type(exc).__name__ and "Connect" not in type(exc).__name__:
+                    raise
+                reason = type(exc).__name__
+            failures += 1
+            if failures >= self.retry.max_attempts:
+                raise SourceError(
+                    f"{where}: cannot list files from {self.endpoint} ({reason}, {failures} attempts). "
+                    "Check HF_ENDPOINT and the network, then try again."
+                ) from None
+            await asyncio.sleep(self.retry.delay(failures, None))
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=self.timeouts.client_timeout(),
+                connector=aiohttp.TCPConnector(limit=self._max_connections),
+                auto_decompress=False,
+            )
+        return self._session
+
+    def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
+        return f"{self.endpoint}/{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
+
+    def open(self, artifact: ResolvedArtifact, file: ArtifactFile) -> AsyncIterator[bytes]:
+        headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
+        # Bytes as stored: a Content-Encoding would break sizes, digests and Range offsets.
+        headers["Accept-Encoding"] = "identity"
+        return stream_url(
+            self._client(),
+            self.file_url(artifact, file),
+            name=file.path,
+            headers=headers,
+            expected_size=file.size,
+            chunk_size=self.chunk_size,
+            retry=self.retry,
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def _artifact_file(entry: RepoFile) -> ArtifactFile:
+    if entry.lfs is not None:
+        return ArtifactFile(entry.path, entry.lfs.size, sha256=entry.lfs.sha256, etag=entry.lfs.sha256)
+    return ArtifactFile(entry.path, entry.size, git_sha1=entry.blob_id, etag=entry.blob_id)

@@ -1,0 +1,1 @@
+"""The DOWNLOAD, VERIFY and ARCHIVE steps the pipeline composes."""

@@ -1,0 +1,61 @@
+"""ARCHIVE: bytes into the destination's pending writes; all commit together, or none."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Sequence
+
+from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
+from ..model import ArtifactStorageImportStep, FileResult, ResolvedArtifact
+from ..storages.base import AbstractStorage, PendingWrite
+from ..streams import closing
+
+log = logging.getLogger(__name__)
+
+
+async def _one(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
+class ArchiveStep:
+    step_type = ArtifactStorageImportStep.ARCHIVE
+
+    async def write(
+        self, storage: AbstractStorage, path: str, chunks: AsyncIterator[bytes], size_hint: int | None
+    ) -> PendingWrite:
+        """Drain ``chunks`` into a pending write of ``path``; abort it on any error."""
+        pending = await storage.open_write(path, size_hint=size_hint)
+        try:
+            async with closing(chunks):
+                async for chunk in chunks:
+                    await pending.write(chunk)
+        except BaseException:
+            await asyncio.shield(pending.abort())
+            raise
+        return pending
+
+    async def commit_all(
+        self,
+        storage: AbstractStorage,
+        pending: Sequence[PendingWrite],
+        artifact: ResolvedArtifact,
+        files: Sequence[FileResult],
+    ) -> str:
+        """Make every verified file visible, then the manifest that vouches for them.
+
+        The manifest goes last: a destination with a manifest holds every file
+        it lists.
+        """
+        for write in pending:
+            await write.commit()
+        manifest = encode_manifest(build_manifest(artifact, files))
+        await storage.stream_upload(MANIFEST_PATH, _one(manifest))
+        return MANIFEST_PATH
+
+    async def abort_all(self, pending: Sequence[PendingWrite]) -> None:
+        for write in pending:
+            try:
+                await write.abort()
+            except Exception:
+                log.exception("%s: cleanup failed", write.path)

@@ -1,0 +1,1 @@
+"""Destinations: every one implements :class:`AbstractStorage`."""

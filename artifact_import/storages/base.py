@@ -1,0 +1,108 @@
+"""What every destination implements, and the pool that names them."""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Mapping
+
+import attrs
+
+from ..errors import ReadOnlyStorageError, StorageNotFoundError
+
+
+@attrs.frozen
+class FileInfo:
+    path: str
+    size: int
+
+
+class PendingWrite(abc.ABC):
+    """Bytes on their way into a storage, invisible under their final name.
+
+    Exactly one of :meth:`commit` (the file appears, complete) or
+    :meth:`abort` (every trace is removed) ends it. ``abort`` after
+    ``commit`` or twice is a no-op, so cleanup paths can call it freely.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.bytes_written = 0
+
+    @abc.abstractmethod
+    async def write(self, chunk: bytes) -> None: ...
+
+    @abc.abstractmethod
+    async def commit(self) -> None: ...
+
+    @abc.abstractmethod
+    async def abort(self) -> None: ...
+
+
+class AbstractStorage(abc.ABC):
+    """A place files are imported into (or staged in, or read back from)."""
+
+    def __init__(self, name: str, *, read_only: bool = False) -> None:
+        self.name = name
+        self.read_only = read_only
+
+    def describe(self) -> str:
+        """Where this storage is, for messages. Never includes a credential."""
+        return self.name
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStorageError(f"storage {self.describe()} is read-only; choose another destination")
+
+    @abc.abstractmethod
+    async def open_write(self, filepath: str, *, size_hint: int | None = None) -> PendingWrite:
+        """Start a pending write of ``filepath``; see :class:`PendingWrite`."""
+
+    async def stream_upload(self, filepath: str, data_stream: AsyncIterable[bytes]) -> FileInfo:
+        """Write ``filepath`` from a chunk stream; it appears only when complete."""
+        pending = await self.open_write(filepath)
+        try:
+            async for chunk in data_stream:
+                await pending.write(chunk)
+            await pending.commit()
+        except BaseException:
+            await asyncio.shield(pending.abort())
+            raise
+        return FileInfo(filepath, pending.bytes_written)
+
+    @abc.abstractmethod
+    def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
+        """The bytes of ``filepath`` as bounded chunks."""
+
+    @abc.abstractmethod
+    async def delete_file(self, filepath: str) -> None:
+        """Remove ``filepath``; a missing file is not an error."""
+
+    @abc.abstractmethod
+    async def get_file_info(self, filepath: str) -> FileInfo:
+        """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+
+class AbstractStoragePool(abc.ABC):
+    @abc.abstractmethod
+    def get_storage(self, name: str) -> AbstractStorage: ...
+
+
+class StoragePool(AbstractStoragePool):
+    """Storages by name, as a storage proxy configures them."""
+
+    def __init__(self, storages: Mapping[str, AbstractStorage] | None = None) -> None:
+        self._storages: dict[str, AbstractStorage] = dict(storages or {})
+
+    def add(self, storage: AbstractStorage) -> None:
+        self._storages[storage.name] = storage
+
+    def get_storage(self, name: str) -> AbstractStorage:
+        try:
+            return self._storages[name]
+        except KeyError:
+            known = ", ".join(sorted(self._storages)) or "none"
+            raise StorageNotFoundError(f"no storage named {name!r} (configured: {known})") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._storages)

@@ -1,0 +1,116 @@
+"""Chunk streams: re-chunking, bounded read-ahead, hashing off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import Any
+
+#: Chunks moved between stages. Memory of one file in flight is a small multiple of this.
+DEFAULT_CHUNK_SIZE = 1 << 20
+
+#: Below this a hash update is cheaper on the loop than a hop to a thread.
+_THREAD_HASH_MIN = 256 << 10
+
+
+@contextlib.asynccontextmanager
+async def closing(chunks: AsyncIterable[Any]) -> AsyncIterator[None]:
+    """Close ``chunks`` when the block ends, however it ends.
+
+    An ``async for`` left by an exception or a ``break`` does not close its
+    generator; every stage that wraps another closes it, so that abandoning
+    the outermost stream releases the HTTP response or file at the bottom.
+    """
+    try:
+        yield
+    finally:
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
+    """Coalesce small chunks into chunks of ``size`` bytes (the last may be shorter).
+
+    Network reads return whatever the socket had; downstream work (hashing in
+    a thread, writing to a file or a multipart part) is cheaper per big chunk.
+    Holds at most ``size`` bytes plus one incoming chunk.
+    """
+    buf = bytearray()
+    async with closing(chunks):
+        async for chunk in chunks:
+            if not buf and len(chunk) >= size:
+                yield chunk
+                continue
+            buf += chunk
+            while len(buf) >= size:
+                yield bytes(buf[:size])
+                del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+_END = object()
+
+
+async def read_ahead(chunks: AsyncIterable[bytes], depth: int) -> AsyncIterator[bytes]:
+    """Read up to ``depth`` chunks ahead of the consumer, in a task of its own.
+
+    The producer (network) and the consumer (hashing, writing) overlap; the
+    bounded queue is the back-pressure. Closing this generator cancels the
+    producer, and a producer error is raised to the consumer in order.
+    """
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+
+    async def produce() -> None:
+        try:
+            async with closing(chunks):
+                async for chunk in chunks:
+                    await queue.put(chunk)
+        except Exception as exc:  # handed to the consumer, raised there
+            await queue.put(exc)
+        else:
+            await queue.put(_END)
+
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                break
+            if isinstance(item, Exception):
+                raise item
+            yield item
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+class Hasher:
+    """A hashlib object fed without blocking the event loop on large chunks.
+
+    hashlib releases the GIL for large buffers, so a thread hop lets hashing
+    run on another core while the loop receives and writes.
+    """
+
+    def __init__(self, algorithm: str, prefix: bytes = b"") -> None:
+        self._h = hashlib.new(algorithm)
+        if prefix:
+            self._h.update(prefix)
+
+    async def update(self, chunk: bytes) -> None:
+        if len(chunk) >= _THREAD_HASH_MIN:
+            await asyncio.to_thread(self._h.update, chunk)
+        else:
+            self._h.update(chunk)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+def git_blob_prefix(size: int) -> bytes:
+    """The header git hashes before a blob's content to form its sha1."""
+    return b"blob %d\x00" % size

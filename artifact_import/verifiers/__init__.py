@@ -1,0 +1,1 @@
+"""Verifiers: fed every byte of a file, each returns a verdict."""

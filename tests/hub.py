@@ -1,0 +1,456 @@
+"""A local Hugging Face-compatible hub, faithful enough for ``snapshot_download``.
+
+It serves generated repositories with the endpoints and headers the real Hub
+uses, and has switches to inject faults (dropped connections, flipped bytes,
+5xx/429 answers, slow bodies). Used by the tests (in a thread of the test
+process), and run as a program by the demo and the benchmarks::
+
+    python -m tests.hub serve --repo demo/tiny-model --demo --port 0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import hashlib
+import json
+import os
+import random
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+#: Files at least this big are stored as LFS files (sha256 published), like weights on the Hub.
+DEFAULT_LFS_THRESHOLD = 10 * 1024
+#: A query parameter on redirected LFS URLs, standing in for a CDN signature that must never be logged.
+SIGNATURE = "X-Amz-Signature=hubsecretsignature0123456789"
+_BLOCK = 1 << 20
+
+
+@dataclass
+class HubFile:
+    path: str
+    disk: Path
+    size: int
+    sha256: str
+    git_sha1: str
+    lfs: bool
+
+    @property
+    def etag(self) -> str:
+        return self.sha256 if self.lfs else self.git_sha1
+
+    def pointer(self) -> bytes:
+        return (
+            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n"
+        ).encode()
+
+
+@dataclass
+class HubRepo:
+    repo_id: str
+    commits: dict[str, dict[str, HubFile]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+    #: Requests must carry ``Authorization: Bearer <token>``; others get 401 "RepoNotFound".
+    token: str | None = None
+    #: Listing works, file downloads need a token (403 "GatedRepo"), as on the Hub.
+    gated: bool = False
+
+    def resolve(self, rev: str) -> str | None:
+        if rev in self.commits:
+            return rev
+        return self.refs.get(rev)
+
+
+@dataclass
+class Faults:
+    """Switches, consumed per request, keyed by the path of the file in its repo."""
+
+    #: Close the connection after this many body bytes; one entry per request.
+    drop_after: dict[str, list[int]] = field(default_factory=dict)
+    #: Flip the byte at this offset in every response for the file.
+    flip_byte: dict[str, int] = field(default_factory=dict)
+    #: Answer with these statuses (and Retry-After values), one per request, before serving.
+    errors: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
+    #: Bytes per second for every body (0: as fast as possible).
+    slow_bps: int = 0
+    #: Serve a ``Range`` request as a full ``200`` response, like servers that ignore ranges.
+    ignore_range: bool = False
+
+
+def git_blob_sha1(data_size: int, digest_input: Iterable[bytes]) -> str:
+    h = hashlib.sha1(b"blob %d\x00" % data_size)
+    for chunk in digest_input:
+        h.update(chunk)
+    return h.hexdigest()
+
+
+class LocalHub:
+    def __init__(self, data_dir: Path, *, lfs_threshold: int = DEFAULT_LFS_THRESHOLD) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.lfs_threshold = lfs_threshold
+        self.repos: dict[str, HubRepo] = {}
+        self.faults = Faults()
+        self.lfs_redirect = True
+        #: (method, path in repo or URL path, Range header) of every content request.
+        self.requests: list[tuple[str, str, str | None]] = []
+        self.base_url = ""
+        #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
+        self.cdn_url = ""
+
+    # --- building repositories -------------------------------------------------
+
+    def _store(self, path: str, content: bytes | int, seed: int) -> HubFile:
+        """Write a blob; ``content`` is bytes, or a size of pseudo-random bytes to generate."""
+        tmp = self.data_dir / f"tmp-{os.getpid()}-{threading.get_ident()}-{random.random()}"
+        sha256 = hashlib.sha256()
+        sha1 = hashlib.sha1()
+        size = len(content) if isinstance(content, bytes) else content
+        sha1.update(b"blob %d\x00" % size)
+        with open(tmp, "wb") as out:
+            if isinstance(content, bytes):
+                blocks: Iterable[bytes] = [content]
+            else:
+                rng = random.Random(seed)
+                blocks = (rng.randbytes(min(_BLOCK, size - off)) for off in range(0, size, _BLOCK))
+            for block in blocks:
+                sha256.update(block)
+                sha1.update(block)
+                out.write(block)
+        disk = self.data_dir / "blobs" / sha256.hexdigest()
+        disk.parent.mkdir(exist_ok=True)
+        os.replace(tmp, disk)
+        return HubFile(path, disk, size, sha256.hexdigest(), sha1.hexdigest(), size >= self.lfs_threshold)
+
+    def create_repo(
+        self,
+        repo_id: str,
+        files: Mapping[str, bytes | int],
+        *,
+        branch: str = "main",
+        tags: Iterable[str] = (),
+        token: str | None = None,
+        gated: bool = False,
+    ) -> str:
+        repo = self.repos.setdefault(repo_id, HubRepo(repo_id))
+        repo.token = token
+        repo.gated = gated
+        return self.commit(repo_id, files, branch=branch, tags=tags)
+
+    def commit(
+        self, repo_id: str, files: Mapping[str, bytes | int], *, branch: str = "main", tags: Iterable[str] = ()
+    ) -> str:
+        repo = self.repos[repo_id]
+        stored = {
+            path: self._store(path, content, seed=hash((repo_id, path, len(repo.commits))) & 0xFFFFFFFF)
+            for path, content in files.items()
+        }
+        digest = hashlib.sha1(repo_id.encode())
+        digest.update(str(len(repo.commits)).encode())
+        for path in sorted(stored):
+            digest.update(f"{path}\0{stored[path].etag}\0".encode())
+        sha = digest.hexdigest()
+        repo.commits[sha] = stored
+        repo.refs[branch] = sha
+        for tag in tags:
+            repo.refs[tag] = sha
+        return sha
+
+    # --- HTTP --------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        r = app.router
+        r.add_get("/api/models/{org}/{name}", self._model_info)
+        r.add_get("/api/models/{org}/{name}/revision/{rev:.+}", self._model_info)
+        r.add_get("/api/models/{org}/{name}/tree/{rev}", self._tree)
+        r.add_get("/api/models/{org}/{name}/tree/{rev}/{path:.+}", self._tree)
+        r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self._resolve)
+        r.add_get("/lfs/{sha256}", self._lfs)
+        return app
+
+    @staticmethod
+    def _error(status: int, code: str, message: str) -> web.Response:
+        return web.json_response(
+            {"error": message}, status=status, headers={"X-Error-Code": code, "X-Error-Message": message}
+        )
+
+    def _repo(self, request: web.Request, *, content: bool) -> HubRepo | web.Response:
+        repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+        repo = self.repos.get(repo_id)
+        auth = request.headers.get("Authorization", "")
+        if repo is None or (repo.token is not None and auth != f"Bearer {repo.token}"):
+            return self._error(401, "RepoNotFound", "Repository not found")
+        if content and repo.gated and not auth.startswith("Bearer "):
+            return self._error(
+                403, "GatedRepo", "Access to this model is restricted. You must have access to it."
+            )
+        return repo
+
+    def _commit(self, repo: HubRepo, rev: str) -> tuple[str, dict[str, HubFile]] | web.Response:
+        sha = repo.resolve(rev)
+        if sha is None:
+            return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
+        return sha, repo.commits[sha]
+
+    async def _model_info(self, request: web.Request) -> web.Response:
+        repo = self._repo(request, content=False)
+        if isinstance(repo, web.Response):
+            return repo
+        found = self._commit(repo, request.match_info.get("rev", "main"))
+        if isinstance(found, web.Response):
+            return found
+        sha, files = found
+        blobs = request.query.get("blobs", "").lower() == "true"
+        siblings = []
+        for f in files.values():
+            entry: dict[str, Any] = {"rfilename": f.path}
+            if blobs:
+                entry["size"] = f.size
+                entry["blobId"] = git_blob_sha1(len(f.pointer()), [f.pointer()]) if f.lfs else f.git_sha1
+                if f.lfs:
+                    entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(f.pointer())}
+            siblings.append(entry)
+        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
+        return web.json_response(
+            {
+                "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
+                "id": repo.repo_id,
+                "modelId": repo.repo_id,
+                "author": repo.repo_id.split("/")[0],
+                "sha": sha,
+                "lastModified": now,
+                "createdAt": now,
+                "private": repo.token is not None,
+                "gated": "auto" if repo.gated else False,
+                "disabled": False,
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "library_name": "transformers",
+                "siblings": siblings,
+            }
+        )
+
+    async def _tree(self, request: web.Request) -> web.Response:
+        repo = self._repo(request, content=False)
+        if isinstance(repo, web.Response):
+            return repo
+        found = self._commit(repo, request.match_info["rev"])
+        if isinstance(found, web.Response):
+            return found
+        _, files = found
+        base = request.match_info.get("path", "").strip("/")
+        prefix = f"{base}/" if base else ""
+        recursive = request.query.get("recursive", "").lower() == "true"
+        entries: dict[str, dict[str, Any]] = {}
+        for f in sorted(files.values(), key=lambda f: f.path):
+            if not f.path.startswith(prefix):
+                continue
+            rest = f.path[len(prefix) :].split("/")
+            for depth in range(1, len(rest)):
+                folder = prefix + "/".join(rest[:depth])
+                if recursive or depth == 1:
+                    oid = hashlib.sha1(folder.encode()).hexdigest()
+                    entries.setdefault(folder, {"type": "directory", "oid": oid, "size": 0, "path": folder})
+            if recursive or len(rest) == 1:
+                entry: dict[str, Any] = {"type": "file", "size": f.size, "path": f.path}
+                if f.lfs:
+                    entry["oid"] = git_blob_sha1(len(f.pointer()), [f.pointer()])
+                    entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": len(f.pointer())}
+                else:
+                    entry["oid"] = f.git_sha1
+                entries[f.path] = entry
+        if base and not entries:
+            return self._error(404, "EntryNotFound", f"{base} does not exist")
+        return web.json_response(list(entries.values()))
+
+    async def _resolve(self, request: web.Request) -> web.StreamResponse:
+        repo = self._repo(request, content=True)
+        if isinstance(repo, web.Response):
+            return repo
+        found = self._commit(repo, request.match_info["rev"])
+        if isinstance(found, web.Response):
+            return found
+        sha, files = found
+        f = files.get(request.match_info["path"])
+        if f is None:
+            return self._error(404, "EntryNotFound", "Entry not found")
+        headers = {"X-Repo-Commit": sha, "ETag": f'"{f.etag}"', "Accept-Ranges": "bytes"}
+        if f.lfs:
+            headers["X-Linked-Etag"] = f'"{f.sha256}"'
+            headers["X-Linked-Size"] = str(f.size)
+            if self.lfs_redirect:
+                location = f"{self.cdn_url}/lfs/{f.sha256}?{SIGNATURE}"
+                return web.Response(status=302, headers={**headers, "Location": location})
+        return await self._serve(request, f, headers)
+
+    async def _lfs(self, request: web.Request) -> web.StreamResponse:
+        if SIGNATURE not in request.query_string:
+            return web.Response(status=403, text="bad signature")
+        if "Authorization" in request.headers:
+            # A client that forwards the hub token to the CDN leaks it; fail loudly.
+            return web.Response(status=400, text="authorization header sent to the CDN")
+        sha256 = request.match_info["sha256"]
+        for repo in self.repos.values():
+            for files in repo.commits.values():
+                for f in files.values():
+                    if f.sha256 == sha256 and f.lfs:
+                        return await self._serve(request, f, {"ETag": f'"{f.sha256}"', "Accept-Ranges": "bytes"})
+        return web.Response(status=404)
+
+    async def _serve(self, request: web.Request, f: HubFile, headers: dict[str, str]) -> web.StreamResponse:
+        if request.method == "GET":
+            self.requests.append((request.method, f.path, request.headers.get("Range")))
+            errors = self.faults.errors.get(f.path)
+            if errors:
+                status, retry_after = errors.pop(0)
+                extra = {"Retry-After": retry_after} if retry_after is not None else {}
+                return web.Response(status=status, text="injected failure", headers=extra)
+        start, end = 0, f.size - 1
+        status = 200
+        wanted = request.headers.get("Range")
+        if wanted and not self.faults.ignore_range:
+            m = re.fullmatch(r"bytes=(\d+)-(\d*)", wanted.strip())
+            if m is None or int(m[1]) >= max(f.size, 1):
+                return web.Response(status=416, headers={"Content-Range": f"bytes */{f.size}"})
+            start = int(m[1])
+            end = min(int(m[2]), f.size - 1) if m[2] else f.size - 1
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+        length = end - start + 1 if f.size else 0
+        resp = web.StreamResponse(status=status, headers=headers)
+        resp.content_length = length
+        resp.content_type = "application/octet-stream"
+        await resp.prepare(request)
+        if request.method == "HEAD":
+            return resp
+        drops = self.faults.drop_after.get(f.path)
+        drop_after = drops.pop(0) if drops else None
+        flip = self.faults.flip_byte.get(f.path)
+        block = 64 * 1024 if self.faults.slow_bps else _BLOCK
+        sent = 0
+        with open(f.disk, "rb") as src:
+            src.seek(start)
+            while sent < length:
+                data = src.read(min(block, length - sent))
+                if flip is not None and start + sent <= flip < start + sent + len(data):
+                    i = flip - start - sent
+                    data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                if drop_after is not None and sent + len(data) >= drop_after:
+                    await resp.write(data[: drop_after - sent])
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return resp
+                await resp.write(data)
+                sent += len(data)
+                if self.faults.slow_bps:
+                    await asyncio.sleep(len(data) / self.faults.slow_bps)
+        await resp.write_eof()
+        return resp
+
+
+class HubServer:
+    """Runs a :class:`LocalHub` on 127.0.0.1 in a thread with its own event loop."""
+
+    def __init__(self, hub: LocalHub, port: int = 0) -> None:
+        self.hub = hub
+        self._port = port
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="local-hub", daemon=True)
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    def start(self) -> str:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        return self.url
+
+    async def _start(self) -> None:
+        self._runner = web.AppRunner(self.hub.app(), access_log=None)
+        await self._runner.setup()
+        self.url = await self._site("127.0.0.1", self._port)
+        self.hub.base_url = self.url
+        self.hub.cdn_url = await self._site("127.0.0.2", 0)
+
+    async def _site(self, host: str, port: int) -> str:
+        assert self._runner is not None
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        server = site._server
+        assert server is not None
+        bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        return f"http://{host}:{bound}"
+
+    def stop(self) -> None:
+        if self._runner is not None:
+            asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=30)
+
+
+DEMO_FILES: dict[str, bytes | int] = {
+    "config.json": json.dumps({"architectures": ["TinyModel"], "hidden_size": 64, "num_layers": 2}).encode(),
+    "tokenizer/tokenizer.json": json.dumps({"version": "1.0", "vocab": {"a": 0, "b": 1}}).encode(),
+    "tokenizer/special_tokens_map.json": b'{"unk_token": "<unk>"}',
+    "README.md": b"# tiny-model\n\nA generated model served by artifact-import's local hub.\n",
+    "model.safetensors": 8 << 20,
+    "weights/part-00001.bin": 2 << 20,
+}
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"(\d+)\s*([KMG]i?B?)?", text.strip(), re.IGNORECASE)
+    if m is None:
+        raise argparse.ArgumentTypeError(f"bad size {text!r}")
+    unit = (m[2] or "").upper()[:1]
+    return int(m[1]) << {"": 0, "K": 10, "M": 20, "G": 30}[unit]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.hub", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve a generated repository until killed")
+    serve.add_argument("--repo", default="demo/tiny-model")
+    serve.add_argument("--data-dir", type=Path, default=None, help="where blobs are written (default: a temp dir)")
+    serve.add_argument("--port", type=int, default=0)
+    serve.add_argument("--demo", action="store_true", help="a small model with config, tokenizer and weights")
+    serve.add_argument("--file", action="append", default=[], metavar="PATH=SIZE", help="a random file, e.g. w.bin=1G")
+    serve.add_argument("--small-files", type=int, default=0, help="this many small JSON files under small/")
+    args = parser.parse_args(argv)
+
+    import tempfile
+
+    data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="local-hub-"))
+    hub = LocalHub(data_dir)
+    files: dict[str, bytes | int] = dict(DEMO_FILES) if args.demo else {}
+    for spec in args.file:
+        path, _, size = spec.partition("=")
+        files[path] = parse_size(size)
+    for i in range(args.small_files):
+        files[f"small/file-{i:03d}.json"] = json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
+    if not files:
+        parser.error("nothing to serve: give --demo, --file or --small-files")
+    started = time.monotonic()
+    hub.create_repo(args.repo, files)
+    server = HubServer(hub, args.port)
+    url = server.start()
+    print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))
+    sys.stdout.flush()
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()
