@@ -40,14 +40,21 @@ async def rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byte
     """
     buf = bytearray()
     async with closing(chunks):
-        async for chunk in chunks:
-            if not buf and len(chunk) >= size:
-                yield chunk
-                continue
-            buf += chunk
-            while len(buf) >= size:
-                yield bytes(buf[:size])
-                del buf[:size]
+        try:
+            async for chunk in chunks:
+                if not buf and len(chunk) >= size:
+                    yield chunk
+                    continue
+                buf += chunk
+                while len(buf) >= size:
+                    yield bytes(buf[:size])
+                    del buf[:size]
+        except Exception:
+            # Hand over what did arrive before the failure: a resumed
+            # download then continues after it instead of fetching it again.
+            if buf:
+                yield bytes(buf)
+            raise
     if buf:
         yield bytes(buf)
 

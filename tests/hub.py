@@ -49,9 +49,7 @@ class HubFile:
         return self.sha256 if self.lfs else self.git_sha1
 
     def pointer(self) -> bytes:
-        return (
-            f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n"
-        ).encode()
+        return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n").encode()
 
 
 @dataclass
@@ -191,9 +189,7 @@ class LocalHub:
         if repo is None or (repo.token is not None and auth != f"Bearer {repo.token}"):
             return self._error(401, "RepoNotFound", "Repository not found")
         if content and repo.gated and not auth.startswith("Bearer "):
-            return self._error(
-                403, "GatedRepo", "Access to this model is restricted. You must have access to it."
-            )
+            return self._error(403, "GatedRepo", "Access to this model is restricted. You must have access to it.")
         return repo
 
     def _commit(self, repo: HubRepo, rev: str) -> tuple[str, dict[str, HubFile]] | web.Response:

@@ -81,6 +81,8 @@ async def stream_url(
     url: str,
     *,
     name: str,
+    source: str,
+    denied_hint: str,
     headers: Mapping[str, str],
     expected_size: int | None,
     chunk_size: int,
@@ -88,8 +90,9 @@ async def stream_url(
 ) -> AsyncIterator[bytes]:
     """Yield the body of ``url`` once, whatever drops and retries happen underneath.
 
-    ``name`` is what errors call the file; the URL is never put in a message
-    because after a redirect it can carry a signature.
+    ``name`` is what errors call the file and ``source`` where it comes from;
+    the URL is never put in a message because after a redirect it can carry
+    a signature. ``denied_hint`` tells the user what to do on 401/403.
     """
     received = 0
     failures = 0
@@ -105,9 +108,9 @@ async def stream_url(
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     reason = f"HTTP {resp.status}"
                 elif resp.status in (401, 403):
+                    gated = ", the repository is gated" if resp.headers.get("X-Error-Code") == "GatedRepo" else ""
                     raise AccessDeniedError(
-                        f"{name}: access denied (HTTP {resp.status}); set HF_TOKEN to a token that can read it",
-                        path=name,
+                        f"{source}: {name}: access denied (HTTP {resp.status}{gated}). {denied_hint}", path=name
                     )
                 elif resp.status == 416 and expected_size is not None and received == expected_size:
                     return

@@ -166,6 +166,11 @@ class HuggingFaceRegistry(AbstractRegistry):
             self._client(),
             self.file_url(artifact, file),
             name=file.path,
+            source=f"{artifact.source}@{artifact.revision}",
+            denied_hint=(
+                "If it is gated, accept its conditions on the hub with your account; "
+                "then set HF_TOKEN to a token of an account that can read it."
+            ),
             headers=headers,
             expected_size=file.size,
             chunk_size=self.chunk_size,

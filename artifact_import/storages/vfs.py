@@ -69,7 +69,10 @@ class VFSStorage(AbstractStorage):
     async def open_write(self, filepath: str, *, size_hint: int | None = None) -> PendingWrite:
         self.check_writable()
         target = await self._resolve(filepath)
-        created = await asyncio.to_thread(_make_parents, self.root.resolve(), target.parent)
+        try:
+            created = await asyncio.to_thread(_make_parents, target.parent)
+        except OSError as exc:
+            raise StorageError(f"{filepath}: cannot create its folder in {self.describe()}: {exc.strerror}") from exc
         temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
         try:
             handle = await aiofiles.open(temp, "xb")
@@ -166,11 +169,15 @@ class _VFSPendingWrite(PendingWrite):
         await asyncio.to_thread(_remove_empty_dirs, self._created)
 
 
-def _make_parents(root: Path, folder: Path) -> list[Path]:
-    """Create ``folder`` under ``root``; return what was created, deepest last."""
+def _make_parents(folder: Path) -> list[Path]:
+    """Create ``folder`` and missing ancestors; return what this call created, deepest last.
+
+    The root itself may be among them (``--to`` a new directory), so an
+    aborted import removes the directory it created.
+    """
     missing: list[Path] = []
     current = folder
-    while current != root and not current.exists():
+    while not current.exists():
         missing.append(current)
         current = current.parent
     created: list[Path] = []

@@ -1,0 +1,160 @@
+"""The ``artifact-import`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+import click
+
+from . import __version__
+from .api import import_artifact
+from .errors import ArtifactImportError
+from .model import ImportResult, ModelTarget
+from .pipeline import ProgressCallback
+from .progress import BarProgress, LineProgress, human_bytes
+from .registries.http import HttpTimeouts, RetryPolicy
+from .registries.huggingface import HuggingFaceRegistry
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("artifact_import")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="artifact-import")
+@click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output; errors only.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Import ML model artifacts into the storage where they will be used.
+
+    Files are streamed from the source, verified against the digests the
+    source publishes while they stream, and become visible at the
+    destination only when every file of the import has passed.
+
+    \b
+    Exit codes: 0 ok, 1 import failed, 2 usage or config error,
+    3 verification failed, 130 interrupted.
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    ctx.obj = {"verbose": verbose, "quiet": quiet}
+
+
+@main.command("import")
+@click.argument("source", metavar="hf://ORG/NAME[@REV]")
+@click.option("--to", "to", required=True, metavar="DIR", help="Destination directory (created if missing).")
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout, nothing else.")
+@click.option(
+    "--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Files transferred at once."
+)
+@click.option(
+    "--retries",
+    default=5,
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="Attempts in a row per file before giving up (a resumed transfer that makes progress resets the count).",
+)
+@click.option(
+    "--stall-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds without a byte before a transfer is dropped and resumed.",
+)
+@click.pass_context
+def import_cmd(
+    ctx: click.Context,
+    source: str,
+    to: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    as_json: bool,
+    concurrency: int,
+    retries: int,
+    stall_timeout: float,
+) -> None:
+    """Import a repository into a local directory.
+
+    Files land at DIR/<path in the repository>, with a manifest at
+    DIR/.artifact-import/manifest.json recording the source, the resolved
+    commit and each file's size and sha256. HF_ENDPOINT and HF_TOKEN are
+    honoured as huggingface_hub honours them.
+
+    \b
+    Examples:
+      artifact-import import hf://openai-community/gpt2 --to ./gpt2
+      artifact-import import hf://org/model@v1.0 --to /srv/models/m \\
+          --include '*.safetensors' --include '*.json'
+      artifact-import import hf://org/model --to ./m --exclude 'onnx/' --json
+    """
+    quiet = ctx.obj["quiet"] or as_json
+    progress: BarProgress | LineProgress | None = None
+    if not quiet:
+        progress = BarProgress() if sys.stderr.isatty() else LineProgress()
+    try:
+        model = ModelTarget.from_uri(source, include=include, exclude=exclude)
+        registry = HuggingFaceRegistry(
+            retry=RetryPolicy(max_attempts=retries), timeouts=HttpTimeouts(read=stall_timeout)
+        )
+        result = asyncio.run(_run(model, to, registry, progress, concurrency))
+    except ArtifactImportError as exc:
+        _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
+    except KeyboardInterrupt:
+        click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    finally:
+        if progress is not None:
+            progress.close()
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+    elif not ctx.obj["quiet"]:
+        click.echo(_summary(result, to))
+
+
+async def _run(
+    model: ModelTarget, to: str, registry: HuggingFaceRegistry, progress: ProgressCallback | None, concurrency: int
+) -> ImportResult:
+    try:
+        return await import_artifact(
+            model, to, registry=registry, on_progress=progress, max_concurrent_files=concurrency
+        )
+    finally:
+        await registry.aclose()
+
+
+def _summary(result: ImportResult, to: str) -> str:
+    rate = result.total_bytes / max(result.seconds, 1e-6)
+    return (
+        f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
+        f"{result.source}@{result.revision} (commit {result.commit[:12]}) into {to} "
+        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); all sha256-verified"
+    )
+
+
+def _fail(exc: ArtifactImportError, *, source: str, as_json: bool, verbose: int) -> None:
+    if verbose >= 2:
+        log.debug("failure detail", exc_info=exc)
+    if as_json:
+        payload: dict[str, Any] = {
+            "ok": False,
+            "source": source,
+            "error": {"type": type(exc).__name__, "message": exc.message, "path": exc.path},
+        }
+        click.echo(json.dumps(payload))
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

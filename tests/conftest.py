@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from artifact_import import HuggingFaceRegistry, RetryPolicy
+from artifact_import.registries.http import HttpTimeouts
+
+from .hub import Faults, HubServer, LocalHub
+
+ROOT = Path(__file__).resolve().parent.parent
+_names = itertools.count()
+
+
+@pytest.fixture(autouse=True)
+def hf_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Keep huggingface_hub away from the public hub and the user's cache and token."""
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf-home")))
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+
+
+@pytest.fixture(scope="session")
+def hub_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubServer]:
+    server = HubServer(LocalHub(tmp_path_factory.mktemp("hub-data")))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalHub]:
+    """The local hub, with fresh fault switches and request log, as ``HF_ENDPOINT``."""
+    local = hub_server.hub
+    local.faults = Faults()
+    local.requests.clear()
+    local.lfs_redirect = True
+    monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
+    yield local
+    local.faults = Faults()
+
+
+def repo_name(prefix: str = "model") -> str:
+    """A repository id no other test uses (the hub lives for the whole session)."""
+    return f"test-org/{prefix}-{next(_names)}"
+
+
+_registries: list[HuggingFaceRegistry] = []
+
+
+def fast_registry(max_attempts: int = 4) -> HuggingFaceRegistry:
+    """A registry whose retries do not make the tests wait; closed after the test."""
+    retry = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_max=0.05)
+    registry = HuggingFaceRegistry(retry=retry, timeouts=HttpTimeouts(read=5.0))
+    _registries.append(registry)
+    return registry
+
+
+@pytest.fixture(autouse=True)
+async def _close_registries() -> AsyncIterator[None]:
+    yield
+    while _registries:
+        await _registries.pop().aclose()
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "artifact_import.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+    )

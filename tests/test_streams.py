@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from artifact_import.streams import Hasher, git_blob_prefix, read_ahead, rechunk
+
+
+async def _gen(chunks: list[bytes], log: list[str] | None = None) -> AsyncIterator[bytes]:
+    try:
+        for c in chunks:
+            if log is not None:
+                log.append(f"produce {len(c)}")
+            yield c
+    finally:
+        if log is not None:
+            log.append("closed")
+
+
+async def test_rechunk_coalesces_to_the_target_size_and_keeps_every_byte() -> None:
+    parts = [b"a" * 3, b"b" * 5, b"c" * 1, b"d" * 20, b"e" * 2]
+    out = [c async for c in rechunk(_gen(parts), 8)]
+    assert b"".join(out) == b"".join(parts)
+    assert [len(c) for c in out] == [8, 8, 8, 7]
+
+
+async def test_read_ahead_is_bounded_by_its_depth() -> None:
+    log: list[str] = []
+    stream = read_ahead(_gen([b"x"] * 50, log), depth=3)
+    first = await anext(stream)
+    await asyncio.sleep(0.05)  # give the producer every chance to run ahead
+    assert first == b"x"
+    # One taken, three queued, one blocked in put(): never the whole stream.
+    assert log.count("produce 1") <= 5
+    await stream.aclose()
+    await asyncio.sleep(0)
+    assert "closed" in log, "closing the consumer must close the source"
+
+
+async def test_read_ahead_raises_the_producer_error_in_order() -> None:
+    async def failing() -> AsyncIterator[bytes]:
+        yield b"1"
+        yield b"2"
+        raise OSError("disk on fire")
+
+    got: list[bytes] = []
+    with pytest.raises(OSError, match="disk on fire"):
+        async for chunk in read_ahead(failing(), depth=4):
+            got.append(chunk)
+    assert got == [b"1", b"2"]
+
+
+@pytest.mark.parametrize("size", [0, 10, 300 * 1024, 3 * 1024 * 1024 + 7])
+async def test_hasher_matches_hashlib_on_small_and_threaded_chunks(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    h = Hasher("sha256")
+    for off in range(0, len(data), 1 << 20):
+        await h.update(data[off : off + (1 << 20)])
+    assert h.hexdigest() == hashlib.sha256(data).hexdigest()
+
+
+async def test_git_blob_sha1_matches_git() -> None:
+    # `printf 'hello\n' | git hash-object --stdin`
+    h = Hasher("sha1", git_blob_prefix(6))
+    await h.update(b"hello\n")
+    assert h.hexdigest() == "ce013625030ba8dba906f756967f9e9ca394464a"
+
+
+async def test_rechunk_hands_over_buffered_bytes_before_an_error() -> None:
+    async def dropping() -> AsyncIterator[bytes]:
+        yield b"abc"
+        yield b"de"
+        raise ConnectionResetError("dropped")
+
+    got: list[bytes] = []
+    with pytest.raises(ConnectionResetError):
+        async for chunk in rechunk(dropping(), 1024):
+            got.append(chunk)
+    assert got == [b"abcde"]
