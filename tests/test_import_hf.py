@@ -144,7 +144,7 @@ async def test_corrupted_small_file_fails_on_its_git_sha1(hub: LocalHub, tmp_pat
     repo = repo_name()
     hub.create_repo(repo, NESTED)
     hub.faults.flip_byte["config.json"] = 0
-    with pytest.raises(IntegrityError, match="config.json.*git blob sha1 mismatch"):
+    with pytest.raises(IntegrityError, match=r"config\.json.*git blob sha1 mismatch"):
         await import_artifact(f"hf://{repo}", tmp_path, registry=fast_registry())
     assert files_under(tmp_path) == {}
 
@@ -297,7 +297,7 @@ async def test_staged_mapping_verifies_what_was_staged(hub: LocalHub, tmp_path: 
             Step.ARCHIVE: StorageTarget(VFSStorage("archive", tmp_path / "archive")),
         },
     )
-    with pytest.raises(IntegrityError, match="weights/shard-1.bin"):
+    with pytest.raises(IntegrityError, match=r"weights/shard-1\.bin"):
         await ImportPipeline({registry.name: registry}).run(context)
     await registry.aclose()
     assert files_under(tmp_path / "staging") == {}

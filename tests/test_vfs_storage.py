@@ -65,7 +65,7 @@ async def test_round_trip_and_file_info(tmp_path: Path) -> None:
     assert chunks == [b"0123", b"4567", b"89"]
     await storage.delete_file("a/b.txt")
     await storage.delete_file("a/b.txt")  # missing is not an error
-    with pytest.raises(StorageFileNotFoundError, match="a/b.txt"):
+    with pytest.raises(StorageFileNotFoundError, match=r"a/b\.txt"):
         await storage.get_file_info("a/b.txt")
     with pytest.raises(StorageFileNotFoundError):
         [c async for c in storage.stream_download("nope.bin")]
@@ -106,5 +106,5 @@ def test_storage_target_resolves_names_through_the_pool_and_instances_directly(t
     pool = StoragePool({"models": named})
     assert StorageTarget("models").resolve(pool) is named
     assert StorageTarget(direct).resolve(pool) is direct
-    with pytest.raises(StorageNotFoundError, match="'missing'.*models"):
+    with pytest.raises(StorageNotFoundError, match=r"'missing'.*models"):
         StorageTarget("missing").resolve(pool)
