@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import attrs
 
+from ._aio import run_to_completion
 from .context import ImportStepContext
 from .errors import ConfigError
 from .model import (
@@ -133,10 +134,10 @@ class ImportPipeline:
             }
             manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
         except BaseException:
-            await asyncio.shield(self.archive_step.abort_all(run.pending))
+            await run_to_completion(self.archive_step.abort_all(run.pending))
             raise
         finally:
-            await asyncio.shield(self._remove_staged(run))
+            await run_to_completion(self._remove_staged(run))
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
         for file in artifact.files:
             run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)

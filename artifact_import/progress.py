@@ -99,7 +99,7 @@ class BarProgress:
 
 
 class LineProgress:
-    """One line per verified or failed file, for logs and pipes."""
+    """One line per verified file, for logs and pipes (a failure is the CLI's final error line)."""
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
         self._stream = stream
@@ -119,8 +119,6 @@ class LineProgress:
                 file=self._stream,
                 flush=True,
             )
-        elif event.state is FileState.FAILED:
-            print(f"failed {event.path}: {event.error}", file=self._stream, flush=True)
 
     def close(self) -> None:
         pass

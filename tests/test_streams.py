@@ -80,3 +80,28 @@ async def test_rechunk_hands_over_buffered_bytes_before_an_error() -> None:
         async for chunk in rechunk(dropping(), 1024):
             got.append(chunk)
     assert got == [b"abcde"]
+
+
+async def test_cleanup_survives_a_cancel_and_the_cancel_is_kept() -> None:
+    from artifact_import._aio import run_to_completion
+
+    finished = asyncio.Event()
+
+    async def cleanup() -> None:
+        await asyncio.sleep(0.05)
+        finished.set()
+
+    async def worker() -> None:
+        try:
+            await asyncio.sleep(10)
+        finally:
+            await run_to_completion(cleanup())
+
+    task = asyncio.create_task(worker())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    await asyncio.sleep(0.01)
+    task.cancel()  # a second cancel while cleaning up must not cut the cleanup short
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert finished.is_set()

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Sequence
 
+from .._aio import run_to_completion
 from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
 from ..model import ArtifactStorageImportStep, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage, PendingWrite
@@ -31,7 +31,7 @@ class ArchiveStep:
                 async for chunk in chunks:
                     await pending.write(chunk)
         except BaseException:
-            await asyncio.shield(pending.abort())
+            await run_to_completion(pending.abort())
             raise
         return pending
 

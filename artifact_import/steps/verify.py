@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -51,8 +50,7 @@ class VerifyStep:
         except BaseException:
             if feeding is not None:
                 feeding.cancel()
-                with contextlib.suppress(BaseException):
-                    await feeding
+                await asyncio.wait([feeding])
             for session in sessions:
                 await session.cancel()
             raise

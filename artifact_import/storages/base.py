@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import abc
-import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Mapping
 
 import attrs
 
+from .._aio import run_to_completion
 from ..errors import ReadOnlyStorageError, StorageNotFoundError
 
 
@@ -66,7 +66,7 @@ class AbstractStorage(abc.ABC):
                 await pending.write(chunk)
             await pending.commit()
         except BaseException:
-            await asyncio.shield(pending.abort())
+            await run_to_completion(pending.abort())
             raise
         return FileInfo(filepath, pending.bytes_written)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import uuid
@@ -13,6 +14,7 @@ import aiofiles
 import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
+from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
@@ -43,6 +45,7 @@ class VFSStorage(AbstractStorage):
         self.root = Path(root)
         self.fsync = fsync
         self.chunk_size = chunk_size
+        self._folders = _FolderLedger()
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -69,17 +72,33 @@ class VFSStorage(AbstractStorage):
     async def open_write(self, filepath: str, *, size_hint: int | None = None) -> PendingWrite:
         self.check_writable()
         target = await self._resolve(filepath)
+        folders = (target.parent, *target.parent.parents)
+        opening = asyncio.ensure_future(self._open_temp(target, folders))
         try:
-            created = await asyncio.to_thread(_make_parents, target.parent)
+            temp, handle = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The open goes on in its thread; let it finish, then undo it, so
+            # a cancelled import cannot leave a temp file behind.
+            await run_to_completion(self._undo_open(opening, folders))
+            raise
         except OSError as exc:
-            raise StorageError(f"{filepath}: cannot create its folder in {self.describe()}: {exc.strerror}") from exc
-        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
-        try:
-            handle = await aiofiles.open(temp, "xb")
-        except OSError as exc:
-            await asyncio.to_thread(_remove_empty_dirs, created)
+            await self._folders.release(folders, remove_empty=True)
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
-        return _VFSPendingWrite(filepath, target, temp, handle, created, fsync=self.fsync)
+        return _VFSPendingWrite(filepath, target, temp, handle, self._folders, folders, fsync=self.fsync)
+
+    async def _undo_open(
+        self, opening: asyncio.Future[tuple[Path, AsyncBufferedIOBase]], folders: tuple[Path, ...]
+    ) -> None:
+        with contextlib.suppress(Exception):
+            temp, handle = await opening
+            await handle.close()
+            await aiofiles.os.remove(temp)
+        await self._folders.release(folders, remove_empty=True)
+
+    async def _open_temp(self, target: Path, folders: tuple[Path, ...]) -> tuple[Path, AsyncBufferedIOBase]:
+        await self._folders.hold(folders)
+        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
+        return temp, await aiofiles.open(temp, "xb")
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
         path = await self._resolve(filepath)
@@ -108,6 +127,44 @@ class VFSStorage(AbstractStorage):
         return FileInfo(filepath, st.st_size)
 
 
+class _FolderLedger:
+    """Which folders pending writes use, so an abort removes only folders nobody needs.
+
+    A folder this storage created is removed when the last pending write
+    using it is aborted and it is empty: a failed import leaves no empty
+    folders behind, and never pulls a folder from under a concurrent write.
+    Creating and removing folders take turns under one lock, and neither is
+    interrupted by a cancellation half-way.
+    """
+
+    def __init__(self) -> None:
+        self._users: collections.Counter[Path] = collections.Counter()
+        self._created: set[Path] = set()
+        self._lock = asyncio.Lock()
+
+    async def hold(self, folders: tuple[Path, ...]) -> None:
+        """Count ``folders`` (a folder and its ancestors) as in use, creating what is missing.
+
+        They count as in use even if creating them fails: ``release`` them anyway.
+        """
+        async with self._lock:
+            self._users.update(folders)
+            self._created.update(await asyncio.to_thread(_make_parents, folders[0]))
+
+    async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
+        await run_to_completion(self._release(folders, remove_empty))
+
+    async def _release(self, folders: tuple[Path, ...], remove_empty: bool) -> None:
+        async with self._lock:
+            self._users.subtract(folders)
+            unused = [f for f in folders if self._users[f] <= 0]
+            for folder in unused:
+                del self._users[folder]
+            removable = [f for f in unused if f in self._created]
+            if remove_empty and removable:
+                self._created.difference_update(await asyncio.to_thread(_remove_empty_dirs, removable))
+
+
 class _VFSPendingWrite(PendingWrite):
     def __init__(
         self,
@@ -115,7 +172,8 @@ class _VFSPendingWrite(PendingWrite):
         target: Path,
         temp: Path,
         handle: AsyncBufferedIOBase,
-        created_dirs: list[Path],
+        ledger: _FolderLedger,
+        folders: tuple[Path, ...],
         *,
         fsync: bool,
     ) -> None:
@@ -123,7 +181,8 @@ class _VFSPendingWrite(PendingWrite):
         self._target = target
         self._temp = temp
         self._handle = handle
-        self._created = created_dirs
+        self._ledger = ledger
+        self._folders = folders
         self._fsync = fsync
         self._closed = False
         self._done = False
@@ -158,6 +217,7 @@ class _VFSPendingWrite(PendingWrite):
             await self.abort()
             raise
         self._done = True
+        await self._ledger.release(self._folders, remove_empty=False)
 
     async def abort(self) -> None:
         if self._done:
@@ -166,11 +226,11 @@ class _VFSPendingWrite(PendingWrite):
         await self._close()
         with contextlib.suppress(FileNotFoundError):
             await aiofiles.os.remove(self._temp)
-        await asyncio.to_thread(_remove_empty_dirs, self._created)
+        await self._ledger.release(self._folders, remove_empty=True)
 
 
 def _make_parents(folder: Path) -> list[Path]:
-    """Create ``folder`` and missing ancestors; return what this call created, deepest last.
+    """Create ``folder`` and missing ancestors; return what this call created.
 
     The root itself may be among them (``--to`` a new directory), so an
     aborted import removes the directory it created.
@@ -190,10 +250,14 @@ def _make_parents(folder: Path) -> list[Path]:
     return created
 
 
-def _remove_empty_dirs(created: list[Path]) -> None:
-    for path in reversed(created):
+def _remove_empty_dirs(folders: list[Path]) -> list[Path]:
+    """Remove ``folders`` (deepest first) while they are empty; return those removed."""
+    removed: list[Path] = []
+    for path in folders:
         try:
             path.rmdir()
         except OSError:
-            # Not empty: another file (maybe from a concurrent write) lives there.
-            return
+            # Not empty: a committed file, or one this storage did not write, lives there.
+            break
+        removed.append(path)
+    return removed

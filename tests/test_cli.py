@@ -1,0 +1,129 @@
+"""The ``artifact-import`` command, run as a real subprocess against the local hub."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from artifact_import import MANIFEST_PATH
+
+from .conftest import files_under, repo_name, run_cli
+from .hub import LocalHub
+
+FILES: dict[str, bytes | int] = {
+    "config.json": b'{"hidden_size": 8}',
+    "tokenizer/tokenizer.json": b'{"vocab": {}}',
+    "model.safetensors": 2 * 1024 * 1024,
+    "onnx/model.onnx": 64 * 1024,
+}
+
+
+def test_import_with_json_output(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    commit = hub.create_repo(repo, FILES)
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"), "--json")
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["ok"] is True and result["commit"] == commit
+    assert result["file_count"] == 4 and result["total_bytes"] == sum(
+        len(v) if isinstance(v, bytes) else v for v in FILES.values()
+    )
+    assert proc.stderr == "", "--json prints nothing else"
+    stored = hub.repos[repo].commits[commit]
+    on_disk = files_under(tmp_path / "m")
+    assert json.loads(on_disk.pop(MANIFEST_PATH))["commit"] == commit
+    assert on_disk == {p: f.disk.read_bytes() for p, f in stored.items()}
+
+
+def test_plain_output_when_not_a_terminal(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path), "--include", "*.json", "--exclude", "tokenizer/*")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.splitlines()[0].startswith("verified [1/1] config.json")
+    assert "\r" not in proc.stderr, "no progress-bar redraws in a log"
+    assert proc.stdout.startswith("imported 1 file(s)") and "sha256-verified" in proc.stdout
+    assert set(files_under(tmp_path)) == {"config.json", MANIFEST_PATH}
+
+
+def test_dropped_connection_is_resumed_through_the_cli(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    commit = hub.create_repo(repo, FILES)
+    hub.faults.drop_after["model.safetensors"] = [700_000]
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path), "--json")
+    assert proc.returncode == 0, proc.stderr
+    ranges = [r[2] for r in hub.requests if r[1] == "model.safetensors"]
+    assert ranges[0] is None and ranges[1] is not None and ranges[1] != "bytes=0-"
+    expected = hub.repos[repo].commits[commit]["model.safetensors"].disk.read_bytes()
+    assert (tmp_path / "model.safetensors").read_bytes() == expected
+
+
+def test_corrupted_byte_exits_3_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    hub.faults.flip_byte["model.safetensors"] = 12345
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"), "--json")
+    assert proc.returncode == 3
+    out = json.loads(proc.stdout)
+    assert out["ok"] is False and out["error"]["path"] == "model.safetensors"
+    assert out["error"]["type"] == "IntegrityError"
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_retries_exhausted_exit_1_with_one_clear_line(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    hub.faults.errors["config.json"] = [(503, None)] * 10
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"), "--retries", "2")
+    assert proc.returncode == 1
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [
+        "error: config.json: download failed after 2 attempts in a row (HTTP 503); "
+        "the source may be down, try again later"
+    ]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_source_errors_are_one_line_naming_repo_and_revision(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    hub.create_repo(f"{repo}-gated", FILES, gated=True)
+    cases = {
+        "hf://nobody/nothing": "error: hf://nobody/nothing@main: repository not found",
+        f"hf://{repo}@v9": f"error: hf://{repo}@v9: revision 'v9' not found",
+        f"hf://{repo}-gated": f"error: hf://{repo}-gated@main: ",
+    }
+    for source, expected in cases.items():
+        proc = run_cli("import", source, "--to", str(tmp_path / "m"))
+        assert proc.returncode == 1, (source, proc.stderr)
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_unsafe_listing_is_refused_naming_the_entries(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cli")
+    hub.create_repo(repo, {"ok.json": b"{}", "../../escape.sh": b"#!/bin/sh\n"})
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"))
+    assert proc.returncode == 1
+    assert "'../../escape.sh' (contains a '..' segment)" in proc.stderr
+    assert not (tmp_path / "m").exists() and not (tmp_path.parent / "escape.sh").exists()
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run_cli("import", "not-a-uri", "--to", str(tmp_path)).returncode == 2
+    assert run_cli("import", "hf://org/name").returncode == 2  # --to is required
+    proc = run_cli("import", "gs://bucket/x", "--to", str(tmp_path))
+    assert proc.returncode == 2 and "expected hf://ORG/NAME[@REVISION]" in proc.stderr
+
+
+def test_help_and_version() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0 and "Exit codes" in top.stdout and "import" in top.stdout
+    sub = run_cli("import", "--help")
+    assert sub.returncode == 0 and "Examples:" in sub.stdout and "--include" in sub.stdout
+    version = run_cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("artifact-import, version ")
