@@ -110,6 +110,15 @@ def import_cmd(
         result = asyncio.run(_run(model, to, registry, progress, concurrency))
     except ArtifactImportError as exc:
         _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
+    except Exception as exc:
+        # Not a failure we know: still one line and an exit code, the detail with -vv.
+        log.debug("unexpected failure", exc_info=exc)
+        _fail(
+            ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it"),
+            source=source,
+            as_json=as_json,
+            verbose=0,
+        )
     except KeyboardInterrupt:
         click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
         sys.exit(EXIT_INTERRUPTED)

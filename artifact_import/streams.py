@@ -32,31 +32,32 @@ async def closing(chunks: AsyncIterable[Any]) -> AsyncIterator[None]:
 
 
 async def rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[bytes]:
-    """Coalesce small chunks into chunks of ``size`` bytes (the last may be shorter).
+    """Coalesce small chunks into chunks of at least ``size`` bytes (the last may be shorter).
 
     Network reads return whatever the socket had; downstream work (hashing in
     a thread, writing to a file or a multipart part) is cheaper per big chunk.
-    Holds at most ``size`` bytes plus one incoming chunk.
+    Each byte is copied once; a chunk holds less than ``size`` plus one
+    incoming chunk.
     """
-    buf = bytearray()
+    parts: list[bytes] = []
+    held = 0
     async with closing(chunks):
         try:
             async for chunk in chunks:
-                if not buf and len(chunk) >= size:
-                    yield chunk
-                    continue
-                buf += chunk
-                while len(buf) >= size:
-                    yield bytes(buf[:size])
-                    del buf[:size]
+                parts.append(chunk)
+                held += len(chunk)
+                if held >= size:
+                    yield parts[0] if len(parts) == 1 else b"".join(parts)
+                    parts.clear()
+                    held = 0
         except Exception:
             # Hand over what did arrive before the failure: a resumed
             # download then continues after it instead of fetching it again.
-            if buf:
-                yield bytes(buf)
+            if parts:
+                yield b"".join(parts)
             raise
-    if buf:
-        yield bytes(buf)
+    if parts:
+        yield b"".join(parts)
 
 
 _END = object()

@@ -127,3 +127,11 @@ def test_help_and_version() -> None:
     assert sub.returncode == 0 and "Examples:" in sub.stdout and "--include" in sub.stdout
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.startswith("artifact-import, version ")
+
+
+def test_a_malformed_endpoint_is_a_config_error_not_a_traceback(tmp_path: Path) -> None:
+    for endpoint in ("", "ftp://hub.example", "http://user:pw@hub.example"):
+        proc = run_cli("import", "hf://org/name", "--to", str(tmp_path / "m"), env={"HF_ENDPOINT": endpoint})
+        assert proc.returncode == 2, (endpoint, proc.stderr)
+        assert "Traceback" not in proc.stderr and "pw" not in proc.stderr
+        assert proc.stderr.startswith("error: ")

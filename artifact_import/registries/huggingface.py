@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 from huggingface_hub import HfApi, constants
@@ -23,6 +23,7 @@ from huggingface_hub.utils._headers import build_hf_headers
 from .. import __version__
 from ..errors import (
     AccessDeniedError,
+    ConfigError,
     SourceError,
 )
 from ..errors import (
@@ -61,7 +62,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         max_connections: int = 16,
     ) -> None:
         self.name = name
-        self.endpoint = (endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+        self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
         self._token = token
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or HttpTimeouts()
@@ -134,10 +135,12 @@ class HuggingFaceRegistry(AbstractRegistry):
             except (OSError, ConnectionError) as exc:
                 reason = type(exc).__name__
             except Exception as exc:
-                # httpx transport errors are not OSErrors; their text may quote URLs.
-                if "Timeout" not in type(exc).__name__ and "Connect" not in type(exc).__name__:
-                    raise
-                reason = type(exc).__name__
+                # httpx transport errors are not OSErrors; their text may quote URLs, so
+                # only the class name is reported.
+                name = type(exc).__name__
+                if "Timeout" not in name and "Connect" not in name and "Network" not in name:
+                    raise SourceError(f"{where}: listing files from {self.endpoint} failed ({name})") from None
+                reason = name
             failures += 1
             if failures >= self.retry.max_attempts:
                 raise SourceError(
@@ -152,6 +155,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                 timeout=self.timeouts.client_timeout(),
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 auto_decompress=False,
+                read_bufsize=self.chunk_size,
             )
         return self._session
 
@@ -181,6 +185,16 @@ class HuggingFaceRegistry(AbstractRegistry):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _check_endpoint(endpoint: str) -> str:
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"hub endpoint {endpoint!r} is not an http(s) URL; check HF_ENDPOINT")
+    if parts.username or parts.password or parts.query:
+        # Such an endpoint would put a secret into every message that names it.
+        raise ConfigError("hub endpoint must not carry credentials or a query; use HF_TOKEN for the token")
+    return endpoint.rstrip("/")
 
 
 def _artifact_file(entry: RepoFile) -> ArtifactFile:
