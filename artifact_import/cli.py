@@ -120,6 +120,8 @@ def import_cmd(
             verbose=0,
         )
     except KeyboardInterrupt:
+        if progress is not None:
+            progress.close()  # before the message, so no bar is redrawn over it
         click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:

@@ -96,6 +96,7 @@ class BarProgress:
         self._files.clear()
         if self._overall is not None:
             self._overall.close()
+            self._overall = None
 
 
 class LineProgress:

@@ -135,3 +135,37 @@ def test_a_malformed_endpoint_is_a_config_error_not_a_traceback(tmp_path: Path) 
         assert proc.returncode == 2, (endpoint, proc.stderr)
         assert "Traceback" not in proc.stderr and "pw" not in proc.stderr
         assert proc.stderr.startswith("error: ")
+
+
+def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 256 * 1024
+    dest = tmp_path / "m"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(r[1] == "model.safetensors" for r in hub.requests):
+        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert any(p.name.endswith(".artifact-import-part") for p in dest.rglob("*")), "bytes should be in flight"
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().endswith("interrupted: the import was cancelled and nothing of it was left behind")
+    assert "Traceback" not in err
+    assert not dest.exists()
