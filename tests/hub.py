@@ -74,6 +74,9 @@ class Faults:
 
     #: Close the connection after this many body bytes; one entry per request.
     drop_after: dict[str, list[int]] = field(default_factory=dict)
+    #: Stop sending (without closing) after this many body bytes, for ``stall_seconds``; one entry per request.
+    stall_after: dict[str, list[int]] = field(default_factory=dict)
+    stall_seconds: float = 30.0
     #: Flip the byte at this offset in every response for the file.
     flip_byte: dict[str, int] = field(default_factory=dict)
     #: Answer with these statuses (and Retry-After values), one per request, before serving.
@@ -332,6 +335,8 @@ class LocalHub:
             return resp
         drops = self.faults.drop_after.get(f.path)
         drop_after = drops.pop(0) if drops else None
+        stalls = self.faults.stall_after.get(f.path)
+        stall_after = stalls.pop(0) if stalls else None
         flip = self.faults.flip_byte.get(f.path)
         block = 64 * 1024 if self.faults.slow_bps else _BLOCK
         sent = 0
@@ -346,6 +351,13 @@ class LocalHub:
                     await resp.write(data[: drop_after - sent])
                     assert request.transport is not None
                     request.transport.abort()
+                    return resp
+                if stall_after is not None and sent + len(data) >= stall_after:
+                    await resp.write(data[: stall_after - sent])
+                    # Silent, connection open, until the client gives up (or the stall ends).
+                    until = time.monotonic() + self.faults.stall_seconds
+                    while time.monotonic() < until and not (request.transport is None or request.transport.is_closing()):
+                        await asyncio.sleep(0.05)
                     return resp
                 await resp.write(data)
                 sent += len(data)

@@ -346,3 +346,25 @@ async def test_lfs_redirect_target_with_a_signature_never_appears_in_errors(hub:
     with pytest.raises(DownloadError) as info:
         await import_artifact(f"hf://{repo}", tmp_path, registry=fast_registry(max_attempts=2))
     assert "Signature" not in str(info.value) and "/lfs/" not in str(info.value)
+
+
+async def test_a_stalled_transfer_times_out_and_resumes(hub: LocalHub, tmp_path: Path) -> None:
+    from artifact_import import HttpTimeouts, HuggingFaceRegistry, RetryPolicy
+
+    repo = repo_name()
+    hub.create_repo(repo, NESTED)
+    hub.faults.stall_after["model.safetensors"] = [1_200_000]
+    hub.faults.stall_seconds = 20
+    registry = HuggingFaceRegistry(
+        retry=RetryPolicy(max_attempts=3, backoff_base=0.01), timeouts=HttpTimeouts(read=0.5)
+    )
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await import_artifact(f"hf://{repo}", tmp_path, registry=registry)
+    finally:
+        await registry.aclose()
+    assert loop.time() - started < 10, "the stall must be cut short by the read timeout, not waited out"
+    ranges = [r[2] for r in hub.requests if r[1] == "model.safetensors"]
+    assert len(ranges) == 2 and ranges[1] == "bytes=1200000-"
+    assert (tmp_path / "model.safetensors").read_bytes() == _expected(hub, repo)["model.safetensors"]
