@@ -195,20 +195,23 @@ class LocalHub:
             return self._error(403, "GatedRepo", "Access to this model is restricted. You must have access to it.")
         return repo
 
-    def _commit(self, repo: HubRepo, rev: str) -> tuple[str, dict[str, HubFile]] | web.Response:
+    def _lookup(
+        self, request: web.Request, rev: str, *, content: bool
+    ) -> tuple[HubRepo, str, dict[str, HubFile]] | web.Response:
+        """The repository and commit a request names, or the error the Hub would answer."""
+        repo = self._repo(request, content=content)
+        if isinstance(repo, web.Response):
+            return repo
         sha = repo.resolve(rev)
         if sha is None:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
-        return sha, repo.commits[sha]
+        return repo, sha, repo.commits[sha]
 
     async def _model_info(self, request: web.Request) -> web.Response:
-        repo = self._repo(request, content=False)
-        if isinstance(repo, web.Response):
-            return repo
-        found = self._commit(repo, request.match_info.get("rev", "main"))
+        found = self._lookup(request, request.match_info.get("rev", "main"), content=False)
         if isinstance(found, web.Response):
             return found
-        sha, files = found
+        repo, sha, files = found
         blobs = request.query.get("blobs", "").lower() == "true"
         siblings = []
         for f in files.values():
@@ -241,13 +244,10 @@ class LocalHub:
         )
 
     async def _tree(self, request: web.Request) -> web.Response:
-        repo = self._repo(request, content=False)
-        if isinstance(repo, web.Response):
-            return repo
-        found = self._commit(repo, request.match_info["rev"])
+        found = self._lookup(request, request.match_info["rev"], content=False)
         if isinstance(found, web.Response):
             return found
-        _, files = found
+        _, _, files = found
         base = request.match_info.get("path", "").strip("/")
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "").lower() == "true"
@@ -274,13 +274,10 @@ class LocalHub:
         return web.json_response(list(entries.values()))
 
     async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        repo = self._repo(request, content=True)
-        if isinstance(repo, web.Response):
-            return repo
-        found = self._commit(repo, request.match_info["rev"])
+        found = self._lookup(request, request.match_info["rev"], content=True)
         if isinstance(found, web.Response):
             return found
-        sha, files = found
+        _, sha, files = found
         f = files.get(request.match_info["path"])
         if f is None:
             return self._error(404, "EntryNotFound", "Entry not found")
@@ -354,9 +351,10 @@ class LocalHub:
                     return resp
                 if stall_after is not None and sent + len(data) >= stall_after:
                     await resp.write(data[: stall_after - sent])
-                    # Silent, connection open, until the client gives up (or the stall ends).
+                    # Silent, connection open, until the client gives up (or the stall ends);
+                    # aiohttp has no event for "the peer closed", so poll.
                     until = time.monotonic() + self.faults.stall_seconds
-                    while time.monotonic() < until and not (request.transport is None or request.transport.is_closing()):
+                    while time.monotonic() < until and not _peer_gone(request):  # noqa: ASYNC110
                         await asyncio.sleep(0.05)
                     return resp
                 await resp.write(data)
@@ -365,6 +363,10 @@ class LocalHub:
                     await asyncio.sleep(len(data) / self.faults.slow_bps)
         await resp.write_eof()
         return resp
+
+
+def _peer_gone(request: web.Request) -> bool:
+    return request.transport is None or request.transport.is_closing()
 
 
 class HubServer:

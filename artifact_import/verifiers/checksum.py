@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from ..model import ArtifactFile, Verdict
 from ..streams import Hasher, git_blob_prefix
 from .base import Verifier, VerifierSession
@@ -41,29 +43,19 @@ class _ChecksumSession(VerifierSession):
         sha256 = self._sha256.hexdigest()
         data = {"sha256": sha256, "size": self._size}
         if file.size is not None and self._size != file.size:
-            return Verdict(
-                ChecksumVerifier.name,
-                False,
-                f"size mismatch: expected {file.size} bytes, got {self._size}",
-                data,
-            )
+            return _verdict(False, f"size mismatch: expected {file.size} bytes, got {self._size}", data)
         if file.sha256 is not None:
-            if sha256 != file.sha256.lower():
-                return Verdict(
-                    ChecksumVerifier.name,
-                    False,
-                    f"sha256 mismatch: expected {file.sha256}, got {sha256}",
-                    data,
-                )
-            return Verdict(ChecksumVerifier.name, True, "sha256 matches", data)
+            return _compare("sha256", file.sha256, sha256, data)
         if self._sha1 is not None and file.git_sha1 is not None:
-            git_sha1 = self._sha1.hexdigest()
-            if git_sha1 != file.git_sha1.lower():
-                return Verdict(
-                    ChecksumVerifier.name,
-                    False,
-                    f"git blob sha1 mismatch: expected {file.git_sha1}, got {git_sha1}",
-                    data,
-                )
-            return Verdict(ChecksumVerifier.name, True, "git blob sha1 matches", data)
-        return Verdict(ChecksumVerifier.name, True, "no digest published; size checked only", data)
+            return _compare("git blob sha1", file.git_sha1, self._sha1.hexdigest(), data)
+        return _verdict(True, "no digest published; size checked only", data)
+
+
+def _verdict(ok: bool, detail: str, data: dict[str, Any]) -> Verdict:
+    return Verdict(ChecksumVerifier.name, ok, detail, data)
+
+
+def _compare(kind: str, expected: str, actual: str, data: dict[str, Any]) -> Verdict:
+    if actual != expected.lower():
+        return _verdict(False, f"{kind} mismatch: expected {expected}, got {actual}", data)
+    return _verdict(True, f"{kind} matches", data)
