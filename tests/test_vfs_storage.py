@@ -108,3 +108,13 @@ def test_storage_target_resolves_names_through_the_pool_and_instances_directly(t
     assert StorageTarget(direct).resolve(pool) is direct
     with pytest.raises(StorageNotFoundError, match=r"'missing'.*models"):
         StorageTarget("missing").resolve(pool)
+
+
+async def test_delete_prunes_only_the_folders_the_storage_created(tmp_path: Path) -> None:
+    storage = VFSStorage("s", tmp_path)
+    (tmp_path / "mine").mkdir()
+    await storage.stream_upload("mine/a.bin", _chunks(b"a"))
+    await storage.stream_upload("made/by/us/b.bin", _chunks(b"b"))
+    await storage.delete_file("mine/a.bin")
+    await storage.delete_file("made/by/us/b.bin")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["mine"], "a folder the user made stays"

@@ -117,6 +117,8 @@ class VFSStorage(AbstractStorage):
         path = await self._resolve(filepath)
         with contextlib.suppress(FileNotFoundError):
             await aiofiles.os.remove(path)
+        # Staged copies live in folders this storage made; do not leave them empty behind.
+        await self._folders.prune((path.parent, *path.parent.parents))
 
     async def get_file_info(self, filepath: str) -> FileInfo:
         path = await self._resolve(filepath)
@@ -152,14 +154,19 @@ class _FolderLedger:
             self._created.update(await asyncio.to_thread(_make_parents, folders[0]))
 
     async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
-        await run_to_completion(self._release(folders, remove_empty))
+        await run_to_completion(self._release(folders, remove_empty, held=True))
 
-    async def _release(self, folders: tuple[Path, ...], remove_empty: bool) -> None:
+    async def prune(self, folders: tuple[Path, ...]) -> None:
+        """Remove those of ``folders`` this storage created, if empty and unused."""
+        await run_to_completion(self._release(folders, True, held=False))
+
+    async def _release(self, folders: tuple[Path, ...], remove_empty: bool, *, held: bool) -> None:
         async with self._lock:
-            self._users.subtract(folders)
+            if held:
+                self._users.subtract(folders)
             unused = [f for f in folders if self._users[f] <= 0]
             for folder in unused:
-                del self._users[folder]
+                self._users.pop(folder, None)
             removable = [f for f in unused if f in self._created]
             if remove_empty and removable:
                 self._created.difference_update(await asyncio.to_thread(_remove_empty_dirs, removable))
