@@ -38,7 +38,9 @@ from .pipeline import ImportPipeline, ProgressCallback
 from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
 from .registries.huggingface import HuggingFaceRegistry
+from .s3 import S3Credentials, S3Endpoint
 from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
+from .storages.object import ObjectStorage
 from .storages.vfs import VFSStorage
 from .verifiers.base import Verifier, VerifierSession
 from .verifiers.checksum import ChecksumVerifier
@@ -65,6 +67,7 @@ __all__ = [
     "ImportStepContext",
     "IntegrityError",
     "ModelTarget",
+    "ObjectStorage",
     "PendingWrite",
     "ProgressCallback",
     "ProgressEvent",
@@ -73,6 +76,8 @@ __all__ = [
     "ResolvedArtifact",
     "RetryPolicy",
     "RevisionNotFoundError",
+    "S3Credentials",
+    "S3Endpoint",
     "SourceError",
     "StorageError",
     "StorageFileNotFoundError",

@@ -38,13 +38,15 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_HF_URI = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<rev>[^@\s]+))?/?$")
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HF_URI = re.compile(r"^hf://(?P<repo>[^@\s]+?)(?:@(?P<rev>[^@\s]*))?/?$")
+_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_S3_URI = re.compile(r"^s3://(?P<repo>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/[^\s]*)?)$")
+SCHEMES = ("hf", "s3")
 
 
 @attrs.frozen
 class ModelTarget:
-    """What to import: a repository at a revision, optionally filtered.
+    """What to import: a repository at a revision (``hf``) or a bucket prefix (``s3``), optionally filtered.
 
     ``include`` and ``exclude`` are ``fnmatch`` globs on the path in the
     repository, as ``huggingface_hub``'s ``allow_patterns`` /
@@ -55,28 +57,38 @@ class ModelTarget:
     revision: str = attrs.field(default="main")
     include: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
+    scheme: str = attrs.field(default="hf", kw_only=True)
 
-    @repo_id.validator
-    def _check_repo_id(self, _: attrs.Attribute[str], value: str) -> None:
-        if not _REPO_ID.match(value) or ".." in value:
-            raise ConfigError(f"invalid repository id {value!r}: expected ORG/NAME")
-
-    @revision.validator
-    def _check_revision(self, _: attrs.Attribute[str], value: str) -> None:
-        if not value or any(ch in value for ch in "\x00\n\r\t "):
-            raise ConfigError(f"invalid revision {value!r}")
+    def __attrs_post_init__(self) -> None:
+        if self.scheme == "hf":
+            if not _HF_REPO_ID.match(self.repo_id) or ".." in self.repo_id:
+                raise ConfigError(f"invalid repository id {self.repo_id!r}: expected ORG/NAME")
+            if not self.revision or any(ch in self.revision for ch in "\x00\n\r\t "):
+                raise ConfigError(f"invalid revision {self.revision!r}")
+        elif self.scheme == "s3":
+            bucket, _, prefix = self.repo_id.partition("/")
+            if not _S3_URI.match(f"s3://{bucket}") or any(seg in ("..", ".") for seg in prefix.split("/")):
+                raise ConfigError(f"invalid bucket or prefix {self.repo_id!r}: expected BUCKET[/PREFIX]")
+        else:
+            raise ConfigError(f"unknown source scheme {self.scheme!r} (known: {', '.join(SCHEMES)})")
 
     @classmethod
     def from_uri(cls, uri: str, *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> ModelTarget:
-        """Parse ``hf://ORG/NAME[@REVISION]``."""
+        """Parse ``hf://ORG/NAME[@REVISION]`` or ``s3://BUCKET[/PREFIX]``."""
+        if uri.startswith("s3://"):
+            match = _S3_URI.match(uri)
+            if match is None:
+                raise ConfigError(f"invalid source {uri!r}: expected s3://BUCKET[/PREFIX]")
+            return cls(match["repo"].rstrip("/"), "", include, exclude, scheme="s3")
         match = _HF_URI.match(uri)
-        if match is None:
-            raise ConfigError(f"invalid source {uri!r}: expected hf://ORG/NAME[@REVISION]")
+        if match is None or match["rev"] == "":
+            raise ConfigError(f"invalid source {uri!r}: expected hf://ORG/NAME[@REVISION] or s3://BUCKET[/PREFIX]")
         return cls(match["repo"], match["rev"] or "main", include, exclude)
 
     @property
     def uri(self) -> str:
-        return f"hf://{self.repo_id}@{self.revision}"
+        base = f"{self.scheme}://{self.repo_id}"
+        return f"{base}@{self.revision}" if self.revision else base
 
     def selects(self, path: str) -> bool:
         """Whether ``path`` passes the include and exclude patterns."""
@@ -101,6 +113,8 @@ class ArtifactFile:
     sha256: str | None = None
     #: git blob sha1 (small, non-LFS files on the Hub).
     git_sha1: str | None = None
+    #: MD5 of the content (the ETag of a single-part S3 upload).
+    md5: str | None = None
     #: Opaque source-side version tag, used to detect a change between resumed requests.
     etag: str | None = None
 

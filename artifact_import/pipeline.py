@@ -119,6 +119,8 @@ class ImportPipeline:
         # Refused before anything is listed or downloaded.
         for p in passes:
             p.storage.check_writable()
+        for p in passes:
+            await p.storage.preflight()
         artifact = await download.resolve(context.model)
         context.step_metadata[Step.DOWNLOAD.value] = {
             "commit": artifact.commit,
@@ -192,7 +194,7 @@ class ImportPipeline:
                 chunks = self.verify_step.tap(file, chunks, verdicts)
             chunks = self._count(run, file, p.steps[0], chunks)
             path = file.path if final else f"{RESERVED_DIR}/staging/{run.run_id}/{file.path}"
-            pending = await self.archive_step.write(p.storage, path, chunks, file.size)
+            pending = await self.archive_step.write(p.storage, path, chunks, file)
             if final:
                 run.pending.append(pending)
             else:

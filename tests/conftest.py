@@ -13,6 +13,7 @@ from artifact_import import HuggingFaceRegistry, RetryPolicy
 from artifact_import.registries.http import HttpTimeouts
 
 from .hub import Faults, HubServer, LocalHub
+from .s3server import S3Server
 
 ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count()
@@ -46,6 +47,22 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loca
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
     yield local
     local.faults = Faults()
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """The S3 server the tests use: a real MinIO if configured, else moto's standalone server."""
+    server = S3Server.from_env() or S3Server.start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A moto server of this test's own, for tests that kill it."""
+    server = S3Server.start_moto(tmp_path_factory.mktemp("moto"))
+    yield server
+    server.kill()
 
 
 def repo_name(prefix: str = "model") -> str:

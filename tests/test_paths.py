@@ -98,6 +98,13 @@ def test_malformed_source_uris_are_refused(uri: str) -> None:
         ModelTarget.from_uri(uri)
 
 
+def test_s3_source_uris() -> None:
+    target = ModelTarget.from_uri("s3://models-bucket/hub/gpt2/")
+    assert (target.scheme, target.repo_id, target.revision) == ("s3", "models-bucket/hub/gpt2", "")
+    assert target.uri == "s3://models-bucket/hub/gpt2"
+    assert ModelTarget.from_uri("s3://models-bucket").repo_id == "models-bucket"
+
+
 def test_include_and_exclude_follow_huggingface_hub_semantics() -> None:
     target = ModelTarget("o/n", include=("*.json", "tokenizer/"), exclude=("tokenizer/vocab*",))
     assert target.selects("config.json")

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Sequence
 
 from .._aio import run_to_completion
 from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
-from ..model import ArtifactStorageImportStep, FileResult, ResolvedArtifact
+from ..model import ArtifactFile, ArtifactStorageImportStep, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage, PendingWrite
 from ..streams import closing
 
@@ -22,10 +22,10 @@ class ArchiveStep:
     step_type = ArtifactStorageImportStep.ARCHIVE
 
     async def write(
-        self, storage: AbstractStorage, path: str, chunks: AsyncIterator[bytes], size_hint: int | None
+        self, storage: AbstractStorage, path: str, chunks: AsyncIterator[bytes], file: ArtifactFile
     ) -> PendingWrite:
-        """Drain ``chunks`` into a pending write of ``path``; abort it on any error."""
-        pending = await storage.open_write(path, size_hint=size_hint)
+        """Drain ``chunks`` (the bytes of ``file``) into a pending write of ``path``; abort it on any error."""
+        pending = await storage.open_write(path, size_hint=file.size, sha256=file.sha256)
         try:
             async with closing(chunks):
                 async for chunk in chunks:

@@ -54,9 +54,23 @@ class AbstractStorage(abc.ABC):
         if self.read_only:
             raise ReadOnlyStorageError(f"storage {self.describe()} is read-only; choose another destination")
 
+    async def preflight(self) -> None:  # noqa: B027 - optional hook
+        """Fail early (before any download) if this storage cannot take writes."""
+
     @abc.abstractmethod
-    async def open_write(self, filepath: str, *, size_hint: int | None = None) -> PendingWrite:
-        """Start a pending write of ``filepath``; see :class:`PendingWrite`."""
+    def subpath(self, path: str) -> AbstractStorage:
+        """The same storage rooted one folder down (``storage:NAME/PATH``)."""
+
+    @abc.abstractmethod
+    async def open_write(
+        self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
+    ) -> PendingWrite:
+        """Start a pending write of ``filepath``; see :class:`PendingWrite`.
+
+        ``size_hint`` and ``sha256`` are what the content is expected to be
+        (it is verified before commit); a storage may use them to size parts
+        or to record the digest.
+        """
 
     async def stream_upload(self, filepath: str, data_stream: AsyncIterable[bytes]) -> FileInfo:
         """Write ``filepath`` from a chunk stream; it appears only when complete."""
@@ -81,6 +95,9 @@ class AbstractStorage(abc.ABC):
     @abc.abstractmethod
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and threads."""
 
 
 class AbstractStoragePool(abc.ABC):

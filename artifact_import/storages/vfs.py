@@ -69,7 +69,21 @@ class VFSStorage(AbstractStorage):
         # realpath walks the tree with one syscall per segment: off the loop.
         return await asyncio.to_thread(self.resolve_path, filepath, internal=True)
 
-    async def open_write(self, filepath: str, *, size_hint: int | None = None) -> PendingWrite:
+    def subpath(self, path: str) -> VFSStorage:
+        problem = path_problem(path.strip("/"))
+        if problem is not None:
+            raise UnsafePathError([(path, problem)])
+        return VFSStorage(
+            self.name,
+            self.root / path.strip("/"),
+            read_only=self.read_only,
+            fsync=self.fsync,
+            chunk_size=self.chunk_size,
+        )
+
+    async def open_write(
+        self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
+    ) -> PendingWrite:
         self.check_writable()
         target = await self._resolve(filepath)
         folders = (target.parent, *target.parent.parents)

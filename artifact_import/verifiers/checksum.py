@@ -30,6 +30,7 @@ class _ChecksumSession(VerifierSession):
         self._sha1 = (
             Hasher("sha1", git_blob_prefix(file.size)) if file.git_sha1 is not None and file.size is not None else None
         )
+        self._md5 = Hasher("md5") if file.md5 is not None and file.sha256 is None else None
         self._size = 0
 
     async def feed(self, chunk: bytes) -> None:
@@ -37,6 +38,8 @@ class _ChecksumSession(VerifierSession):
         await self._sha256.update(chunk)
         if self._sha1 is not None:
             await self._sha1.update(chunk)
+        if self._md5 is not None:
+            await self._md5.update(chunk)
 
     async def finish(self) -> Verdict:
         file = self._file
@@ -48,6 +51,8 @@ class _ChecksumSession(VerifierSession):
             return _compare("sha256", file.sha256, sha256, data)
         if self._sha1 is not None and file.git_sha1 is not None:
             return _compare("git blob sha1", file.git_sha1, self._sha1.hexdigest(), data)
+        if self._md5 is not None and file.md5 is not None:
+            return _compare("md5", file.md5, self._md5.hexdigest(), data)
         return _verdict(True, "no digest published; size checked only", data)
 
 

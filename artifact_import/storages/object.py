@@ -1,0 +1,339 @@
+"""A bucket (or a prefix in it) on an S3-protocol server as a storage."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import logging
+import math
+from collections.abc import AsyncIterator
+from typing import Any
+
+from minio.datatypes import Part
+
+from .._aio import run_to_completion
+from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
+from ..paths import path_problem
+from ..s3 import S3Bridge, S3Endpoint, redact
+from ..streams import DEFAULT_CHUNK_SIZE
+from .base import AbstractStorage, FileInfo, PendingWrite
+
+log = logging.getLogger(__name__)
+
+MiB = 1 << 20
+#: S3 limits: parts of 5 MiB to 5 GiB (the last may be smaller), at most 10,000 of them.
+MIN_PART_SIZE = 5 * MiB
+MAX_PART_SIZE = 5 << 30
+MAX_PARTS = 10_000
+#: Metadata key (``x-amz-meta-sha256``) holding the verified sha256 of an object.
+SHA256_METADATA = "sha256"
+
+
+def part_size_for(part_number: int, size_hint: int | None, base: int) -> int:
+    """The size of part ``part_number`` (1-based).
+
+    With a known size, one size for every part, large enough that the file
+    fits in 10,000 parts. With an unknown size, parts double every 1,000, so
+    any object S3 can hold fits (S3 allows parts of different sizes).
+    """
+    base = max(base, MIN_PART_SIZE)
+    if size_hint is not None:
+        needed = math.ceil(size_hint / (MAX_PARTS - 1))
+        return min(MAX_PART_SIZE, max(base, math.ceil(needed / MiB) * MiB))
+    return min(MAX_PART_SIZE, base * (1 << ((part_number - 1) // 1000)))
+
+
+class ObjectStorage(AbstractStorage):
+    """Objects under ``prefix`` in ``bucket``; file paths are keys below the prefix.
+
+    A write stays invisible until it commits: small files are buffered (up
+    to ``multipart_threshold``) and PUT at commit; larger ones stream as a
+    multipart upload, completed at commit and aborted otherwise. Memory per
+    write is at most ``parts_in_flight`` + 1 parts.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: S3Endpoint,
+        bucket: str,
+        prefix: str = "",
+        *,
+        read_only: bool = False,
+        multipart_threshold: int = 8 * MiB,
+        part_size: int = 8 * MiB,
+        parts_in_flight: int = 2,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        threads: int = 8,
+        bridge: S3Bridge | None = None,
+    ) -> None:
+        super().__init__(name, read_only=read_only)
+        if len(bucket) < 3 or "/" in bucket:
+            raise StorageError(f"storage {name}: invalid bucket name {bucket!r}")
+        prefix = prefix.strip("/")
+        if prefix and path_problem(prefix) is not None:
+            raise UnsafePathError([(prefix, f"as a key prefix: {path_problem(prefix)}")])
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.prefix = prefix
+        self.multipart_threshold = max(multipart_threshold, 1)
+        self.part_size = part_size
+        self.parts_in_flight = max(parts_in_flight, 1)
+        self.chunk_size = chunk_size
+        self.bridge = bridge or S3Bridge(endpoint, threads=threads)
+
+    def describe(self) -> str:
+        where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
+        return f"{self.name} ({self.endpoint.display}/{where})"
+
+    def subpath(self, path: str) -> ObjectStorage:
+        """The same bucket, one folder down; shares this storage's connections."""
+        prefix = f"{self.prefix}/{path.strip('/')}" if self.prefix else path.strip("/")
+        return ObjectStorage(
+            self.name,
+            self.endpoint,
+            self.bucket,
+            prefix,
+            read_only=self.read_only,
+            multipart_threshold=self.multipart_threshold,
+            part_size=self.part_size,
+            parts_in_flight=self.parts_in_flight,
+            chunk_size=self.chunk_size,
+            bridge=self.bridge,
+        )
+
+    def key(self, filepath: str) -> str:
+        problem = path_problem(filepath)
+        if problem is not None and not problem.startswith("inside the reserved"):
+            raise UnsafePathError([(filepath, problem)])
+        return f"{self.prefix}/{filepath}" if self.prefix else filepath
+
+    async def preflight(self) -> None:
+        """Fail now, before any download, if the bucket is missing or the keys are refused."""
+        exists = await self.bridge.call(self.describe(), self.bridge.client.bucket_exists, self.bucket)
+        if not exists:
+            raise StorageError(f"bucket {self.bucket!r} does not exist on {self.endpoint.display}; create it first")
+
+    async def open_write(
+        self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
+    ) -> PendingWrite:
+        self.check_writable()
+        return _ObjectPendingWrite(self, filepath, self.key(filepath), size_hint, sha256)
+
+    async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
+        async for chunk in self.read_object(self.key(filepath), what=filepath):
+            yield chunk
+
+    async def read_object(
+        self, key: str, *, what: str, etag: str | None = None, offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        """The object's bytes from ``offset``; with ``etag``, only while the object is that version."""
+        headers = {"If-Match": f'"{etag}"'} if etag else None
+        resp = await self.bridge.call(
+            what, self.bridge.client.get_object, self.bucket, key, offset=offset, request_headers=headers
+        )
+        try:
+            while True:
+                chunk = await self.bridge.call(what, resp.read, self.chunk_size)
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            resp.close()
+            resp.release_conn()
+
+    async def delete_file(self, filepath: str) -> None:
+        self.check_writable()
+        await self.bridge.call(filepath, self.bridge.client.remove_object, self.bucket, self.key(filepath))
+
+    async def get_file_info(self, filepath: str) -> FileInfo:
+        stat = await self.bridge.call(filepath, self.bridge.client.stat_object, self.bucket, self.key(filepath))
+        return FileInfo(filepath, stat.size or 0)
+
+    async def list_objects(self) -> list[tuple[str, int, str]]:
+        """(path below the prefix, size, ETag) of every object under the prefix."""
+
+        def listing() -> list[tuple[str, int, str]]:
+            start = f"{self.prefix}/" if self.prefix else ""
+            found = self.bridge.client.list_objects(self.bucket, prefix=start or None, recursive=True)
+            return [
+                (str(o.object_name)[len(start) :], o.size or 0, (o.etag or "").strip('"'))
+                for o in found
+                if not o.is_dir
+            ]
+
+        return await self.bridge.call(self.describe(), listing)
+
+    async def incomplete_uploads(self) -> list[tuple[str, str]]:
+        """(key, upload id) of multipart uploads under the prefix that were neither completed nor aborted."""
+
+        def listing() -> list[tuple[str, str]]:
+            found: list[tuple[str, str]] = []
+            key_marker: str | None = None
+            upload_marker: str | None = None
+            while True:
+                page = self.bridge.client._list_multipart_uploads(
+                    self.bucket,
+                    prefix=f"{self.prefix}/" if self.prefix else None,
+                    key_marker=key_marker,
+                    upload_id_marker=upload_marker,
+                )
+                found.extend((str(u.object_name), str(u.upload_id)) for u in page.uploads)
+                if not page.is_truncated:
+                    return found
+                key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+
+        return await self.bridge.call(self.describe(), listing)
+
+    async def aclose(self) -> None:
+        self.bridge.close()
+
+
+class _ObjectPendingWrite(PendingWrite):
+    def __init__(self, storage: ObjectStorage, path: str, key: str, size_hint: int | None, sha256: str | None) -> None:
+        super().__init__(path)
+        self._s = storage
+        self._key = key
+        self._size_hint = size_hint
+        self._sha256 = sha256
+        self._buffer: list[bytes] = []
+        self._buffered = 0
+        self._upload_id: str | None = None
+        self._next_part = 1
+        self._parts: list[Part] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(storage.parts_in_flight)
+        self._ended = False
+
+    @property
+    def _bridge(self) -> S3Bridge:
+        return self._s.bridge
+
+    async def write(self, chunk: bytes) -> None:
+        self._raise_failed_part()
+        self._buffer.append(chunk)
+        self._buffered += len(chunk)
+        self.bytes_written += len(chunk)
+        if self._upload_id is None and self._buffered <= self._s.multipart_threshold:
+            return
+        if self._upload_id is None:
+            headers = {f"x-amz-meta-{SHA256_METADATA}": self._sha256} if self._sha256 else {}
+            headers["Content-Type"] = "application/octet-stream"
+            self._upload_id = await self._bridge.call(
+                self.path, self._bridge.client._create_multipart_upload, self._s.bucket, self._key, headers
+            )
+        while self._buffered >= (size := part_size_for(self._next_part, self._size_hint, self._s.part_size)):
+            data = b"".join(self._buffer)
+            self._buffer = [data[size:]] if len(data) > size else []
+            self._buffered = len(data) - size
+            await self._send_part(data[:size])
+
+    async def _send_part(self, data: bytes) -> None:
+        number = self._next_part
+        self._next_part += 1
+        await self._slots.acquire()
+        task = asyncio.ensure_future(self._upload_part(number, data))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+        task.add_done_callback(lambda _: self._slots.release())
+
+    async def _upload_part(self, number: int, data: bytes) -> None:
+        # minio signs the payload's sha256 over http and adds Content-MD5 over
+        # https: the server checks every part it receives.
+        etag = await self._bridge.call(
+            f"{self.path} (part {number})",
+            self._bridge.client._upload_part,
+            self._s.bucket,
+            self._key,
+            data,
+            None,
+            self._upload_id,
+            number,
+        )
+        self._parts.append(Part(number, etag))
+
+    def _raise_failed_part(self) -> None:
+        for task in list(self._in_flight):
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+
+    async def commit(self) -> None:
+        if self._ended:
+            raise StorageError(f"{self.path}: pending write already ended")
+        try:
+            if self._upload_id is None:
+                await self._put_whole()
+            else:
+                if self._buffered or self._next_part == 1:
+                    await self._send_part(b"".join(self._buffer))
+                    self._buffer, self._buffered = [], 0
+                await self._drain()
+                parts = sorted(self._parts, key=lambda p: p.part_number)
+                await self._bridge.call(
+                    self.path,
+                    self._bridge.client._complete_multipart_upload,
+                    self._s.bucket,
+                    self._key,
+                    self._upload_id,
+                    parts,
+                )
+        except BaseException:
+            await run_to_completion(self.abort())
+            raise
+        self._ended = True
+
+    async def _put_whole(self) -> None:
+        data = b"".join(self._buffer)
+        self._buffer, self._buffered = [], 0
+        sha256 = self._sha256 or hashlib.sha256(data).hexdigest()
+        await self._bridge.call(
+            self.path,
+            self._bridge.client.put_object,
+            self._s.bucket,
+            self._key,
+            io.BytesIO(data),
+            len(data),
+            metadata={SHA256_METADATA: sha256},
+        )
+
+    async def _drain(self) -> None:
+        while self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+            self._raise_failed_part()
+
+    async def abort(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        self._buffer, self._buffered = [], 0
+        # Parts already running in threads cannot be stopped; wait, so that
+        # none lands after the abort.
+        if self._in_flight:
+            await asyncio.wait(set(self._in_flight))
+        if self._upload_id is None:
+            return
+        last: Exception | None = None
+        for attempt in range(3):
+            try:
+                await self._bridge.call(
+                    self.path, self._bridge.client._abort_multipart_upload, self._s.bucket, self._key, self._upload_id
+                )
+                return
+            except StorageFileNotFoundError:
+                return
+            except StorageError as exc:
+                if "NoSuchUpload" in exc.message:
+                    return
+                last = exc
+                await asyncio.sleep(0.5 * (attempt + 1))
+        detail: dict[str, Any] = {"key": self._key, "upload_id": self._upload_id}
+        log.error(
+            redact(
+                f"{self.path}: could not abort the incomplete multipart upload {detail['upload_id']} of "
+                f"{self._s.bucket}/{detail['key']} on {self._s.endpoint.display} ({last}); "
+                "it holds the parts sent so far: abort it when the server is back "
+                "(e.g. `mc rm --incomplete` or the bucket's lifecycle rule AbortIncompleteMultipartUpload)",
+                self._s.endpoint.secrets(),
+            )
+        )
