@@ -87,10 +87,14 @@ def test_source_uri_parsing(uri: str, repo: str, rev: str) -> None:
         "org/name",
         "hf://name",
         "hf://org/name/extra",
-        "s3://bucket/x",
+        "gs://bucket/x",
         "hf://../etc@main",
         "hf://org/name@",
         "hf://org/na me",
+        "s3://ab",
+        "s3://Upper_Case",
+        "s3://bucket/../escape",
+        "s3://bucket/a b",
     ],
 )
 def test_malformed_source_uris_are_refused(uri: str) -> None:
