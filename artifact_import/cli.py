@@ -12,12 +12,15 @@ import click
 
 from . import __version__
 from .api import import_artifact
+from .config import Config, load_config
 from .errors import ArtifactImportError
+from .locations import open_destination, open_source
 from .model import ImportResult, ModelTarget
 from .pipeline import ProgressCallback
 from .progress import BarProgress, LineProgress, human_bytes
+from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
-from .registries.huggingface import HuggingFaceRegistry
+from .storages.base import AbstractStorage
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -32,8 +35,15 @@ log = logging.getLogger("artifact_import")
 @click.version_option(__version__, prog_name="artifact-import")
 @click.option("-v", "--verbose", count=True, help="More detail on stderr (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output; errors only.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    envvar="ARTIFACT_IMPORT_CONFIG",
+    help="TOML file of named storages (storage:NAME). Also ARTIFACT_IMPORT_CONFIG.",
+)
 @click.pass_context
-def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None) -> None:
     """Import ML model artifacts into the storage where they will be used.
 
     Files are streamed from the source, verified against the digests the
@@ -46,12 +56,18 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    ctx.obj = {"verbose": verbose, "quiet": quiet}
+    ctx.obj = {"verbose": verbose, "quiet": quiet, "config": config_path}
 
 
 @main.command("import")
-@click.argument("source", metavar="hf://ORG/NAME[@REV]")
-@click.option("--to", "to", required=True, metavar="DIR", help="Destination directory (created if missing).")
+@click.argument("source", metavar="SOURCE")
+@click.option(
+    "--to",
+    "to",
+    required=True,
+    metavar="DEST",
+    help="A directory (created if missing), s3://BUCKET[/PREFIX], or storage:NAME[/PATH] from --config.",
+)
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout, nothing else.")
@@ -84,30 +100,45 @@ def import_cmd(
     retries: int,
     stall_timeout: float,
 ) -> None:
-    """Import a repository into a local directory.
+    """Import SOURCE into DEST.
 
-    Files land at DIR/<path in the repository>, with a manifest at
-    DIR/.artifact-import/manifest.json recording the source, the resolved
-    commit and each file's size and sha256. HF_ENDPOINT and HF_TOKEN are
-    honoured as huggingface_hub honours them.
+    \b
+    SOURCE is one of:
+      hf://ORG/NAME[@REV]    a Hugging Face Hub repository (HF_ENDPOINT, HF_TOKEN)
+      s3://BUCKET[/PREFIX]   every object under a prefix (AWS_ENDPOINT_URL,
+                             AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+      storage:NAME[/PATH]    an object storage from --config
+
+    Files land at DEST/<path in the source>, with a manifest at
+    DEST/.artifact-import/manifest.json recording the source, the resolved
+    commit and each file's size and sha256. Nothing appears at DEST until
+    every file has been verified.
 
     \b
     Examples:
       artifact-import import hf://openai-community/gpt2 --to ./gpt2
       artifact-import import hf://org/model@v1.0 --to /srv/models/m \\
           --include '*.safetensors' --include '*.json'
-      artifact-import import hf://org/model --to ./m --exclude 'onnx/' --json
+      artifact-import import hf://org/model --to s3://models/hub/model --json
+      artifact-import --config storage.toml import hf://org/model --to storage:models/org/model
+      artifact-import import s3://datasets/llama --to ./llama
     """
     quiet = ctx.obj["quiet"] or as_json
     progress: BarProgress | LineProgress | None = None
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
     try:
-        model = ModelTarget.from_uri(source, include=include, exclude=exclude)
-        registry = HuggingFaceRegistry(
-            retry=RetryPolicy(max_attempts=retries), timeouts=HttpTimeouts(read=stall_timeout)
+        config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
+        model, registry = open_source(
+            source,
+            config,
+            include=include,
+            exclude=exclude,
+            retry=RetryPolicy(max_attempts=retries),
+            timeouts=HttpTimeouts(read=stall_timeout),
         )
-        result = asyncio.run(_run(model, to, registry, progress, concurrency))
+        storage = open_destination(to, config)
+        result = asyncio.run(_run(model, storage, registry, config, progress, concurrency))
     except ArtifactImportError as exc:
         _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
     except Exception as exc:
@@ -134,22 +165,37 @@ def import_cmd(
 
 
 async def _run(
-    model: ModelTarget, to: str, registry: HuggingFaceRegistry, progress: ProgressCallback | None, concurrency: int
+    model: ModelTarget,
+    storage: AbstractStorage,
+    registry: AbstractRegistry,
+    config: Config | None,
+    progress: ProgressCallback | None,
+    concurrency: int,
 ) -> ImportResult:
     try:
         return await import_artifact(
-            model, to, registry=registry, on_progress=progress, max_concurrent_files=concurrency
+            model, storage, registry=registry, on_progress=progress, max_concurrent_files=concurrency
         )
     finally:
         await registry.aclose()
+        await storage.aclose()
+        if config is not None:
+            await config.aclose()
 
 
 def _summary(result: ImportResult, to: str) -> str:
     rate = result.total_bytes / max(result.seconds, 1e-6)
+    source = f"{result.source}@{result.revision}" if result.revision else result.source
+    size_only = sum(1 for f in result.files if f.verdicts and "size checked only" in f.verdicts[0].detail)
+    checked = (
+        "every file matched its published digest"
+        if not size_only
+        else f"{len(result.files) - size_only} matched a published digest, {size_only} had none (size checked)"
+    )
     return (
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
-        f"{result.source}@{result.revision} (commit {result.commit[:12]}) into {to} "
-        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); all sha256-verified"
+        f"{source} (commit {result.commit[:12]}) into {to} "
+        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); {checked}"
     )
 
 

@@ -50,11 +50,13 @@ class S3Server:
         return cls(S3Endpoint(url, creds, os.environ.get("ARTIFACT_IMPORT_TEST_S3_REGION", "us-east-1")))
 
     @classmethod
-    def start_moto(cls, log_dir: Path) -> S3Server:
+    def start_moto(cls, log_dir: Path, *, auth: bool = False) -> S3Server:
+        """moto's standalone server; with ``auth``, it refuses keys it does not know (all of them)."""
         port = _free_port()
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         log = open(log_dir / f"moto-{port}.log", "wb")  # noqa: SIM115 - lives as long as the server
-        process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+        env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None
+        process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:

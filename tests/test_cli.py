@@ -42,7 +42,7 @@ def test_plain_output_when_not_a_terminal(hub: LocalHub, tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.splitlines()[0].startswith("verified [1/1] config.json")
     assert "\r" not in proc.stderr, "no progress-bar redraws in a log"
-    assert proc.stdout.startswith("imported 1 file(s)") and "sha256-verified" in proc.stdout
+    assert proc.stdout.startswith("imported 1 file(s)") and "every file matched its published digest" in proc.stdout
     assert set(files_under(tmp_path)) == {"config.json", MANIFEST_PATH}
 
 

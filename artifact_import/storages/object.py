@@ -26,6 +26,10 @@ MiB = 1 << 20
 MIN_PART_SIZE = 5 * MiB
 MAX_PART_SIZE = 5 << 30
 MAX_PARTS = 10_000
+#: Below this a file is buffered and PUT whole at commit; above it, multipart.
+DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
+#: The smallest part of a multipart upload (larger when the size calls for it).
+DEFAULT_PART_SIZE = 8 * MiB
 #: Metadata key (``x-amz-meta-sha256``) holding the verified sha256 of an object.
 SHA256_METADATA = "sha256"
 
@@ -61,8 +65,8 @@ class ObjectStorage(AbstractStorage):
         prefix: str = "",
         *,
         read_only: bool = False,
-        multipart_threshold: int = 8 * MiB,
-        part_size: int = 8 * MiB,
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        part_size: int = DEFAULT_PART_SIZE,
         parts_in_flight: int = 2,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         threads: int = 8,

@@ -1,0 +1,212 @@
+"""The TOML config file: named storages, in the style of the storage proxy's config.
+
+    [storage.models]
+    backend = "minio"            # or "s3"; or "vfs" with path = "/srv/models"
+    endpoint = "http://127.0.0.1:9000"
+    bucket = "models"
+    prefix = "hub"
+    read-only = false
+    [storage.models.options]
+    access-key = "..."           # or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
+    secret-key = "..."
+
+A mistake is reported with the file, the line and the key, and never with
+the value of a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .errors import ConfigError
+from .s3 import S3Credentials, S3Endpoint
+from .storages.base import AbstractStorage, StoragePool
+from .storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
+from .storages.vfs import VFSStorage
+
+_VFS_KEYS = {"backend", "path", "read-only", "fsync"}
+_OBJECT_KEYS = {
+    "backend",
+    "endpoint",
+    "bucket",
+    "prefix",
+    "region",
+    "read-only",
+    "multipart-threshold",
+    "part-size",
+    "options",
+}
+# Seed 000 spells them minio-access-key / minio-secret-key; both are accepted.
+_OPTION_KEYS = {
+    "access-key": "access-key",
+    "secret-key": "secret-key",
+    "session-token": "session-token",
+    "minio-access-key": "access-key",
+    "minio-secret-key": "secret-key",
+}
+_SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
+
+
+@attrs.frozen
+class Config:
+    path: Path | None
+    storages: Mapping[str, AbstractStorage] = attrs.field(factory=dict)
+
+    def pool(self) -> StoragePool:
+        return StoragePool(self.storages)
+
+    async def aclose(self) -> None:
+        for storage in self.storages.values():
+            await storage.aclose()
+
+
+class _Reader:
+    def __init__(self, path: Path, text: str) -> None:
+        self.path = path
+        self.lines = text.splitlines()
+
+    def line_of(self, table: str, key: str | None = None) -> int | None:
+        header = re.compile(rf"^\s*\[\s*{re.escape(table)}\s*\]")
+        for i, line in enumerate(self.lines):
+            if header.match(line):
+                if key is None:
+                    return i + 1
+                for j in range(i + 1, len(self.lines)):
+                    if self.lines[j].lstrip().startswith("["):
+                        break
+                    if re.match(rf"^\s*[\"']?{re.escape(key)}[\"']?\s*=", self.lines[j]):
+                        return j + 1
+                return i + 1
+        return None
+
+    def error(self, table: str, key: str | None, problem: str) -> ConfigError:
+        line = self.line_of(table, key)
+        where = f"{self.path}:{line}" if line else str(self.path)
+        name = f"{table}.{key}" if key else table
+        return ConfigError(f"{where}: {name}: {problem}")
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read ``path`` and build its storages; raise :class:`ConfigError` naming the line and key."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    reader = _Reader(path, text)
+    unknown = set(data) - {"storage"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise reader.error(key, None, "unknown section (known: storage)")
+    storages: dict[str, AbstractStorage] = {}
+    for name, table in (data.get("storage") or {}).items():
+        if not isinstance(table, dict):
+            raise reader.error(f"storage.{name}", None, "must be a table, e.g. [storage.NAME]")
+        storages[name] = _storage(reader, name, table, os.environ if env is None else env)
+    return Config(path, storages)
+
+
+def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractStorage:
+    where = f"storage.{name}"
+    backend = table.get("backend")
+    if backend == "vfs":
+        _known(reader, where, table, _VFS_KEYS)
+        path = _string(reader, where, table, "path", required=True)
+        assert path is not None
+        return VFSStorage(
+            name,
+            path,
+            read_only=_bool(reader, where, table, "read-only"),
+            fsync=_bool(reader, where, table, "fsync", default=True),
+        )
+    if backend in ("minio", "s3"):
+        _known(reader, where, table, _OBJECT_KEYS)
+        endpoint_url = _string(reader, where, table, "endpoint") or env.get("AWS_ENDPOINT_URL")
+        if not endpoint_url:
+            raise reader.error(where, "endpoint", "missing (or set AWS_ENDPOINT_URL)")
+        bucket = _string(reader, where, table, "bucket", required=True)
+        assert bucket is not None
+        credentials = _credentials(reader, where, table.get("options", {}), env)
+        region = _string(reader, where, table, "region") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+        try:
+            endpoint = S3Endpoint(endpoint_url, credentials, region)
+        except ConfigError as exc:
+            raise reader.error(where, "endpoint", exc.message) from None
+        return ObjectStorage(
+            name,
+            endpoint,
+            bucket,
+            _string(reader, where, table, "prefix") or "",
+            read_only=_bool(reader, where, table, "read-only"),
+            multipart_threshold=_size(reader, where, table, "multipart-threshold", DEFAULT_MULTIPART_THRESHOLD),
+            part_size=_size(reader, where, table, "part-size", DEFAULT_PART_SIZE),
+        )
+    if backend is None:
+        raise reader.error(where, None, 'missing backend = "vfs" | "minio" | "s3"')
+    raise reader.error(where, "backend", f'unknown backend {backend!r} (known: "vfs", "minio", "s3")')
+
+
+def _known(reader: _Reader, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise reader.error(where, key, f"unknown key (known: {', '.join(sorted(allowed))})")
+
+
+def _string(reader: _Reader, where: str, table: Mapping[str, Any], key: str, *, required: bool = False) -> str | None:
+    value = table.get(key)
+    if value is None:
+        if required:
+            raise reader.error(where, None, f'missing {key} = "..."')
+        return None
+    if not isinstance(value, str) or not value:
+        raise reader.error(where, key, "must be a non-empty string")
+    return value
+
+
+def _bool(reader: _Reader, where: str, table: Mapping[str, Any], key: str, *, default: bool = False) -> bool:
+    value = table.get(key, default)
+    if not isinstance(value, bool):
+        raise reader.error(where, key, "must be true or false")
+    return value
+
+
+def _size(reader: _Reader, where: str, table: Mapping[str, Any], key: str, default: int) -> int:
+    value = table.get(key, default)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise reader.error(where, key, 'must be a size in bytes or like "64MiB"')
+    unit = (match[2] or "").upper()[:1]
+    return int(match[1]) << {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}[unit]
+
+
+def _credentials(reader: _Reader, where: str, options: Any, env: Mapping[str, str]) -> S3Credentials | None:
+    table = f"{where}.options"
+    if not isinstance(options, dict):
+        raise reader.error(where, "options", "must be a table, e.g. [storage.NAME.options]")
+    values: dict[str, str] = {}
+    for key, value in options.items():
+        canonical = _OPTION_KEYS.get(key)
+        if canonical is None:
+            raise reader.error(table, key, f"unknown option (known: {', '.join(sorted(_OPTION_KEYS))})")
+        if not isinstance(value, str) or not value:
+            # The value may be a secret: name the key only.
+            raise reader.error(table, key, "must be a non-empty string")
+        values[canonical] = value
+    if "access-key" in values or "secret-key" in values:
+        if "access-key" not in values or "secret-key" not in values:
+            raise reader.error(table, None, "give both access-key and secret-key")
+        return S3Credentials(values["access-key"], values["secret-key"], values.get("session-token"))
+    return S3Credentials.from_env(dict(env))

@@ -1,0 +1,79 @@
+"""What the CLI's SOURCE and ``--to`` name, turned into a registry and a storage.
+
+Sources: ``hf://ORG/NAME[@REV]``, ``s3://BUCKET[/PREFIX]`` (endpoint and keys
+from the standard AWS variables), ``storage:NAME[/PATH]`` (an object storage
+of the config file). Destinations: a directory, ``s3://BUCKET[/PREFIX]``,
+``storage:NAME[/PATH]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from .config import Config
+from .errors import ConfigError
+from .model import ModelTarget
+from .paths import path_problem
+from .registries.base import AbstractRegistry
+from .registries.http import HttpTimeouts, RetryPolicy
+from .registries.huggingface import HuggingFaceRegistry
+from .registries.s3 import S3Registry
+from .s3 import S3Endpoint
+from .storages.base import AbstractStorage
+from .storages.object import ObjectStorage
+from .storages.vfs import VFSStorage
+
+STORAGE_PREFIX = "storage:"
+
+
+def _configured(spec: str, config: Config | None) -> AbstractStorage:
+    name, _, sub = spec[len(STORAGE_PREFIX) :].partition("/")
+    if config is None:
+        raise ConfigError(f"{spec!r} names a configured storage: give --config FILE")
+    storage = config.pool().get_storage(name)
+    if sub.strip("/"):
+        problem = path_problem(sub.strip("/"))
+        if problem is not None:
+            raise ConfigError(f"{spec!r}: the path {sub!r} {problem}")
+        storage = storage.subpath(sub)
+    return storage
+
+
+def _bucket_and_prefix(uri: str) -> tuple[str, str]:
+    target = ModelTarget.from_uri(uri)  # validates bucket name and prefix
+    bucket, _, prefix = target.repo_id.partition("/")
+    return bucket, prefix
+
+
+def open_destination(to: str, config: Config | None, env: Mapping[str, str] | None = None) -> AbstractStorage:
+    if to.startswith(STORAGE_PREFIX):
+        return _configured(to, config)
+    if to.startswith("s3://"):
+        bucket, prefix = _bucket_and_prefix(to)
+        return ObjectStorage("s3", S3Endpoint.from_env(dict(env) if env is not None else None), bucket, prefix)
+    if "://" in to:
+        raise ConfigError(f"unknown destination {to!r}: expected a directory, s3://BUCKET[/PREFIX] or storage:NAME")
+    return VFSStorage("destination", to)
+
+
+def open_source(
+    uri: str,
+    config: Config | None,
+    *,
+    include: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    retry: RetryPolicy | None = None,
+    timeouts: HttpTimeouts | None = None,
+    env: Mapping[str, str] | None = None,
+) -> tuple[ModelTarget, AbstractRegistry]:
+    if uri.startswith(STORAGE_PREFIX):
+        storage = _configured(uri, config)
+        if not isinstance(storage, ObjectStorage):
+            raise ConfigError(f"{uri!r}: only object storages can be a source for now")
+        repo = f"{storage.bucket}/{storage.prefix}" if storage.prefix else storage.bucket
+        model = ModelTarget(repo, "", include, exclude, scheme="s3")
+        return model, S3Registry(endpoint=storage.endpoint, retry=retry)
+    model = ModelTarget.from_uri(uri, include=include, exclude=exclude)
+    if model.scheme == "s3":
+        return model, S3Registry(endpoint=S3Endpoint.from_env(dict(env) if env is not None else None), retry=retry)
+    return model, HuggingFaceRegistry(retry=retry, timeouts=timeouts)
