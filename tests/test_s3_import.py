@@ -258,3 +258,45 @@ async def test_logging_of_a_failed_import_never_shows_the_secret(
     creds = s3.endpoint.credentials
     assert creds is not None and creds.secret_key not in caplog.text
     assert hub.requests == []
+
+
+async def test_an_upload_cut_off_mid_way_is_aborted_once_the_server_is_back(
+    hub: LocalHub, s3: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    from urllib.parse import urlsplit
+
+    from artifact_import import S3Endpoint
+
+    from .tcpproxy import TcpProxy
+
+    target = urlsplit(s3.endpoint.url)
+    assert target.hostname is not None and target.port is not None
+    proxy = TcpProxy(target.hostname, target.port)
+    endpoint = S3Endpoint(proxy.start(), s3.endpoint.credentials, s3.endpoint.region)
+    repo = repo_name("s3")
+    hub.create_repo(repo, {"model.bin": 40 * MiB})
+    hub.faults.slow_bps = 16 * MiB
+    bucket = s3.make_bucket()
+    storage = ObjectStorage("objects", endpoint, bucket, multipart_threshold=5 * MiB, part_size=5 * MiB)
+
+    async def cut_when_uploading() -> None:
+        while not any(r[1] == "model.bin" for r in hub.requests):  # noqa: ASYNC110 - the hub is another thread
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(proxy.cut)
+
+    cutter = asyncio.create_task(cut_when_uploading())
+    try:
+        with pytest.raises(StorageError, match=r"model\.bin.*cannot reach"):
+            await asyncio.wait_for(import_artifact(f"hf://{repo}", storage, registry=fast_registry()), 120)
+        await cutter
+        assert "could not abort the incomplete multipart upload" in caplog.text
+        assert _incomplete(s3, bucket) == ["model.bin"], "the server still holds the parts"
+        assert _objects(s3, bucket) == {}, "but no object is visible"
+        proxy.restore()
+        await storage.preflight()  # the storage's next use, e.g. the next import
+        assert _incomplete(s3, bucket) == []
+        assert storage.unaborted == set()
+    finally:
+        await storage.aclose()
+        proxy.stop()

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import io
 import logging
 import math
 from collections.abc import AsyncIterator
-from typing import Any
 
 from minio.datatypes import Part
 
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import path_problem
-from ..s3 import S3Bridge, S3Endpoint, redact
+from ..s3 import S3Bridge, S3Endpoint
 from ..streams import DEFAULT_CHUNK_SIZE
 from .base import AbstractStorage, FileInfo, PendingWrite
 
@@ -86,6 +86,8 @@ class ObjectStorage(AbstractStorage):
         self.parts_in_flight = max(parts_in_flight, 1)
         self.chunk_size = chunk_size
         self.bridge = bridge or S3Bridge(endpoint, threads=threads)
+        #: Multipart uploads an abort could not reach; retried by preflight() and aclose().
+        self.unaborted: set[tuple[str, str]] = set()
 
     def describe(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -118,6 +120,26 @@ class ObjectStorage(AbstractStorage):
         exists = await self.bridge.call(self.describe(), self.bridge.client.bucket_exists, self.bucket)
         if not exists:
             raise StorageError(f"bucket {self.bucket!r} does not exist on {self.endpoint.display}; create it first")
+        await self.abort_unaborted()
+
+    async def abort_upload(self, key: str, upload_id: str, *, what: str) -> bool:
+        """Abort a multipart upload; False (and remembered for later) if the server cannot be reached."""
+        try:
+            await self.bridge.call(what, self.bridge.client._abort_multipart_upload, self.bucket, key, upload_id)
+        except StorageFileNotFoundError:
+            pass
+        except StorageError as exc:
+            if "NoSuchUpload" not in exc.message:
+                self.unaborted.add((key, upload_id))
+                return False
+        self.unaborted.discard((key, upload_id))
+        return True
+
+    async def abort_unaborted(self) -> None:
+        """Retry the aborts that failed while the server was unreachable."""
+        for key, upload_id in sorted(self.unaborted):
+            if await self.abort_upload(key, upload_id, what=key):
+                log.info("%s: aborted the incomplete multipart upload %s left by an earlier failure", key, upload_id)
 
     async def open_write(
         self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
@@ -191,6 +213,9 @@ class ObjectStorage(AbstractStorage):
         return await self.bridge.call(self.describe(), listing)
 
     async def aclose(self) -> None:
+        if self.unaborted:
+            with contextlib.suppress(StorageError):
+                await self.abort_unaborted()
         self.bridge.close()
 
 
@@ -317,27 +342,17 @@ class _ObjectPendingWrite(PendingWrite):
             await asyncio.wait(set(self._in_flight))
         if self._upload_id is None:
             return
-        last: Exception | None = None
         for attempt in range(3):
-            try:
-                await self._bridge.call(
-                    self.path, self._bridge.client._abort_multipart_upload, self._s.bucket, self._key, self._upload_id
-                )
+            if await self._s.abort_upload(self._key, self._upload_id, what=self.path):
                 return
-            except StorageFileNotFoundError:
-                return
-            except StorageError as exc:
-                if "NoSuchUpload" in exc.message:
-                    return
-                last = exc
-                await asyncio.sleep(0.5 * (attempt + 1))
-        detail: dict[str, Any] = {"key": self._key, "upload_id": self._upload_id}
+            await asyncio.sleep(0.5 * (attempt + 1))
         log.error(
-            redact(
-                f"{self.path}: could not abort the incomplete multipart upload {detail['upload_id']} of "
-                f"{self._s.bucket}/{detail['key']} on {self._s.endpoint.display} ({last}); "
-                "it holds the parts sent so far: abort it when the server is back "
-                "(e.g. `mc rm --incomplete` or the bucket's lifecycle rule AbortIncompleteMultipartUpload)",
-                self._s.endpoint.secrets(),
-            )
+            "%s: could not abort the incomplete multipart upload %s of %s/%s on %s: the server cannot be "
+            "reached. It holds the parts sent so far; this storage aborts it on its next use, or remove it "
+            "with `mc rm --incomplete` or a lifecycle rule AbortIncompleteMultipartUpload",
+            self.path,
+            self._upload_id,
+            self._s.bucket,
+            self._key,
+            self._s.endpoint.display,
         )
