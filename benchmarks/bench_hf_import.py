@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.hub import parse_size
+from tests.hub import parse_size, small_files
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "bench/model"
@@ -86,7 +86,7 @@ def main() -> None:
 
     args.work.mkdir(parents=True, exist_ok=True)
     hub, url = start_hub(args.large, args.small, args.work / "hub")
-    total = args.large + sum(len(json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)})) for i in range(args.small))
+    total = args.large + sum(len(data) for data in small_files(args.small).values() if isinstance(data, bytes))
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)
     bin_dir = Path(sys.executable).parent

@@ -12,7 +12,6 @@ snapshot to disk, then upload every file with ``fput_object``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -21,7 +20,7 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.bench_hf_import import REPO, ROOT, measure, start_hub
-from tests.hub import parse_size
+from tests.hub import parse_size, small_files
 from tests.s3server import S3Server
 
 TWO_STEP = """
@@ -53,10 +52,21 @@ def main() -> None:
     bin_dir = Path(sys.executable).parent
     tools = {
         "ours": lambda bucket, s3, scratch: [
-            str(bin_dir / "artifact-import"), "-q", "import", f"hf://{REPO}", "--to", f"s3://{bucket}/models",
+            str(bin_dir / "artifact-import"),
+            "-q",
+            "import",
+            f"hf://{REPO}",
+            "--to",
+            f"s3://{bucket}/models",
         ],
         "snapshot_download+fput_object": lambda bucket, s3, scratch: [
-            sys.executable, "-c", TWO_STEP, REPO, bucket, s3.endpoint.url.removeprefix("http://"), scratch,
+            sys.executable,
+            "-c",
+            TWO_STEP,
+            REPO,
+            bucket,
+            s3.endpoint.url.removeprefix("http://"),
+            scratch,
         ],
     }
     results: dict[str, list[tuple[float, float]]] = {name: [] for name in tools}
@@ -88,8 +98,8 @@ def main() -> None:
         hub.wait()
         shutil.rmtree(args.work / "hub", ignore_errors=True)
 
-    total = args.large + sum(len(json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)})) for i in range(args.small))
-    print(f"\n{args.large / 2**20:.0f} MiB file + {args.small} small files into moto, {args.rounds} round(s), median:\n")
+    total = args.large + sum(len(data) for data in small_files(args.small).values() if isinstance(data, bytes))
+    print(f"\n{args.large / 2**20:.0f} MiB + {args.small} small files into moto, {args.rounds} round(s), median:\n")
     print("| route | seconds | MiB/s | peak RSS of the tool (MiB) |")
     print("|---|---:|---:|---:|")
     medians = {}

@@ -418,6 +418,14 @@ DEMO_FILES: dict[str, bytes | int] = {
 }
 
 
+def small_files(count: int) -> dict[str, bytes | int]:
+    """The ``--small-files`` of ``serve``: JSON files of varied small sizes under ``small/``."""
+    return {
+        f"small/file-{i:03d}.json": json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
+        for i in range(count)
+    }
+
+
 def parse_size(text: str) -> int:
     m = re.fullmatch(r"(\d+)\s*([KMG]i?B?)?", text.strip(), re.IGNORECASE)
     if m is None:
@@ -446,8 +454,7 @@ def main(argv: list[str] | None = None) -> None:
     for spec in args.file:
         path, _, size = spec.partition("=")
         files[path] = parse_size(size)
-    for i in range(args.small_files):
-        files[f"small/file-{i:03d}.json"] = json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
+    files.update(small_files(args.small_files))
     if not files:
         parser.error("nothing to serve: give --demo, --file or --small-files")
     started = time.monotonic()
