@@ -300,3 +300,38 @@ async def test_an_upload_cut_off_mid_way_is_aborted_once_the_server_is_back(
     finally:
         await storage.aclose()
         proxy.stop()
+
+
+async def test_a_bucket_as_staging_for_a_directory_archive(hub: LocalHub, s3: S3Server, tmp_path: Path) -> None:
+    from artifact_import import (
+        ArtifactStorageImportStep,
+        ImportPipeline,
+        ImportStepContext,
+        ModelTarget,
+        StoragePool,
+        StorageTarget,
+        VFSStorage,
+    )
+
+    repo = repo_name("s3")
+    hub.create_repo(repo, FILES)
+    bucket = s3.make_bucket("staging")
+    staging = _small_parts(s3, bucket, "scratch")
+    registry = fast_registry()
+    context = ImportStepContext(
+        model=ModelTarget(repo),
+        registry_name=registry.name,
+        storage_pool=StoragePool({"staging": staging, "archive": VFSStorage("archive", tmp_path / "archive")}),
+        storage_step_mappings={
+            ArtifactStorageImportStep.DOWNLOAD: StorageTarget("staging"),
+            ArtifactStorageImportStep.VERIFY: StorageTarget("staging"),
+            ArtifactStorageImportStep.ARCHIVE: StorageTarget("archive"),
+        },
+    )
+    await ImportPipeline({registry.name: registry}).run(context)
+    await staging.aclose()
+    archived = files_under(tmp_path / "archive")
+    archived.pop(MANIFEST_PATH)
+    assert archived == _expected(hub, repo)
+    assert _objects(s3, bucket) == {}, "staged objects are removed after the archive commits"
+    assert _incomplete(s3, bucket) == []
