@@ -8,11 +8,12 @@ import logging
 import sys
 from typing import Any
 
+import attrs
 import click
 
 from . import __version__
 from .api import import_artifact
-from .config import Config, load_config
+from .config import Config, VerifySettings, load_config
 from .errors import ArtifactImportError
 from .locations import open_destination, open_source
 from .model import ImportResult, ModelTarget
@@ -21,6 +22,8 @@ from .progress import BarProgress, LineProgress, human_bytes
 from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
 from .storages.base import AbstractStorage
+from .verifiers import build_verifiers
+from .verifiers.base import Verifier
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -88,6 +91,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     type=click.FloatRange(0.1),
     help="Seconds without a byte before a transfer is dropped and resumed.",
 )
+@click.option(
+    "--clamd",
+    metavar="ADDRESS",
+    envvar="ARTIFACT_IMPORT_CLAMD",
+    help="Scan every file with clamd at tcp://HOST:PORT or unix:///PATH (also ARTIFACT_IMPORT_CLAMD or the "
+    "config's [verify.clamav]). If it cannot scan, the import fails.",
+)
+@click.option(
+    "--pickle-policy",
+    type=click.Choice(["fail", "warn", "off"]),
+    default=None,
+    help="Pickle files (.bin .pt .pth .pkl .ckpt) that would import anything beyond tensors and state dicts: "
+    "fail the import (default), warn and record, or do not scan.",
+)
 @click.pass_context
 def import_cmd(
     ctx: click.Context,
@@ -99,6 +116,8 @@ def import_cmd(
     concurrency: int,
     retries: int,
     stall_timeout: float,
+    clamd: str | None,
+    pickle_policy: str | None,
 ) -> None:
     """Import SOURCE into DEST.
 
@@ -138,7 +157,15 @@ def import_cmd(
             timeouts=HttpTimeouts(read=stall_timeout),
         )
         storage = open_destination(to, config)
-        result = asyncio.run(_run(model, storage, registry, config, progress, concurrency))
+        settings = config.verify if config is not None else VerifySettings()
+        verifiers = build_verifiers(
+            attrs.evolve(
+                settings,
+                clamd=clamd or settings.clamd,
+                pickle_policy=pickle_policy or settings.pickle_policy,
+            )
+        )
+        result = asyncio.run(_run(model, storage, registry, verifiers, config, progress, concurrency))
     except ArtifactImportError as exc:
         _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
     except Exception as exc:
@@ -168,13 +195,19 @@ async def _run(
     model: ModelTarget,
     storage: AbstractStorage,
     registry: AbstractRegistry,
+    verifiers: list[Verifier],
     config: Config | None,
     progress: ProgressCallback | None,
     concurrency: int,
 ) -> ImportResult:
     try:
         return await import_artifact(
-            model, storage, registry=registry, on_progress=progress, max_concurrent_files=concurrency
+            model,
+            storage,
+            registry=registry,
+            verifiers=verifiers,
+            on_progress=progress,
+            max_concurrent_files=concurrency,
         )
     finally:
         await registry.aclose()
@@ -192,10 +225,12 @@ def _summary(result: ImportResult, to: str) -> str:
         if not size_only
         else f"{len(result.files) - size_only} matched a published digest, {size_only} had none (size checked)"
     )
+    scan = result.malware_scan()
+    scanned = f"malware scan: {scan['engine']}, all clean" if scan["ran"] else "malware scan: not run (no --clamd)"
     return (
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "
-        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); {checked}"
+        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); {checked}; {scanned}"
     )
 
 

@@ -10,6 +10,14 @@
     access-key = "..."           # or AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
     secret-key = "..."
 
+    [verify.clamav]
+    address = "tcp://127.0.0.1:3310"   # or unix:///run/clamav/clamd.ctl
+    window-size = "64MiB"               # below clamd's StreamMaxLength and MaxFileSize
+    overlap = "1MiB"
+    [verify.pickle]
+    policy = "fail"                     # or "warn", "off"
+    allow = ["mypackage.MyConfig"]      # more globals a pickle may import
+
 A mistake is reported with the file, the line and the key, and never with
 the value of a secret.
 """
@@ -30,6 +38,7 @@ from .s3 import S3Credentials, S3Endpoint
 from .storages.base import AbstractStorage, StoragePool
 from .storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from .storages.vfs import VFSStorage
+from .verifiers.clamav import DEFAULT_OVERLAP, DEFAULT_WINDOW
 
 _VFS_KEYS = {"backend", "path", "read-only", "fsync"}
 _OBJECT_KEYS = {
@@ -55,9 +64,20 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 
 
 @attrs.frozen
+class VerifySettings:
+    clamd: str | None = None
+    clamd_window: int = DEFAULT_WINDOW
+    clamd_overlap: int = DEFAULT_OVERLAP
+    clamd_timeout: float = 120.0
+    pickle_policy: str = "fail"
+    pickle_allow: frozenset[str] = frozenset()
+
+
+@attrs.frozen
 class Config:
     path: Path | None
     storages: Mapping[str, AbstractStorage] = attrs.field(factory=dict)
+    verify: VerifySettings = attrs.field(factory=VerifySettings)
 
     def pool(self) -> StoragePool:
         return StoragePool(self.storages)
@@ -105,16 +125,41 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     reader = _Reader(path, text)
-    unknown = set(data) - {"storage"}
+    unknown = set(data) - {"storage", "verify"}
     if unknown:
         key = sorted(unknown)[0]
-        raise reader.error(key, None, "unknown section (known: storage)")
+        raise reader.error(key, None, "unknown section (known: storage, verify)")
     storages: dict[str, AbstractStorage] = {}
     for name, table in (data.get("storage") or {}).items():
         if not isinstance(table, dict):
             raise reader.error(f"storage.{name}", None, "must be a table, e.g. [storage.NAME]")
         storages[name] = _storage(reader, name, table, os.environ if env is None else env)
-    return Config(path, storages)
+    return Config(path, storages, _verify(reader, data.get("verify") or {}))
+
+
+def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
+    _known(reader, "verify", table, {"clamav", "pickle"})
+    clam = table.get("clamav") or {}
+    pick = table.get("pickle") or {}
+    _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout"})
+    _known(reader, "verify.pickle", pick, {"policy", "allow"})
+    policy = _string(reader, "verify.pickle", pick, "policy") or "fail"
+    if policy not in ("fail", "warn", "off"):
+        raise reader.error("verify.pickle", "policy", 'must be "fail", "warn" or "off"')
+    allow = pick.get("allow", [])
+    if not isinstance(allow, list) or not all(isinstance(a, str) and "." in a for a in allow):
+        raise reader.error("verify.pickle", "allow", 'must be a list of "module.name" strings')
+    timeout = clam.get("timeout", 120.0)
+    if not isinstance(timeout, int | float) or isinstance(timeout, bool) or timeout <= 0:
+        raise reader.error("verify.clamav", "timeout", "must be a positive number of seconds")
+    return VerifySettings(
+        clamd=_string(reader, "verify.clamav", clam, "address"),
+        clamd_window=_size(reader, "verify.clamav", clam, "window-size", DEFAULT_WINDOW),
+        clamd_overlap=_size(reader, "verify.clamav", clam, "overlap", DEFAULT_OVERLAP),
+        clamd_timeout=float(timeout),
+        pickle_policy=policy,
+        pickle_allow=frozenset(allow),
+    )
 
 
 def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractStorage:

@@ -74,6 +74,14 @@ class IntegrityError(VerificationError):
     """A file's bytes do not match the digest or size its source published."""
 
 
+class ScannerError(VerificationError):
+    """A scanner could not give a verdict (down, timed out, limit hit): the file is not clean."""
+
+
+class UnsafeContentError(VerificationError):
+    """A file's content is dangerous or malformed (malware, unsafe pickle, bad safetensors header)."""
+
+
 class StorageError(ArtifactImportError):
     """A storage could not be found, read or written."""
 

@@ -190,9 +190,18 @@ class ImportResult:
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 
+    def malware_scan(self) -> dict[str, Any]:
+        """Whether a malware scanner looked at every file, and which."""
+        engines = {
+            str(v.data.get("engine", v.verifier)) for f in self.files for v in f.verdicts if v.verifier == "clamav"
+        }
+        ran = bool(self.files) and all(any(v.verifier == "clamav" for v in f.verdicts) for f in self.files)
+        return {"ran": ran, "engine": ", ".join(sorted(engines)) if engines else None}
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ok": True,
+            "malware_scan": self.malware_scan(),
             "source": self.source,
             "revision": self.revision,
             "commit": self.commit,

@@ -14,13 +14,16 @@ import argparse
 import asyncio
 import datetime
 import hashlib
+import itertools
 import json
 import os
 import random
 import re
+import struct
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,6 +90,17 @@ class Faults:
     ignore_range: bool = False
 
 
+def safetensors_header(size: int) -> bytes:
+    """The header of a valid safetensors file of ``size`` bytes holding one U8 tensor."""
+    for width in range(64, 1024, 8):
+        data = size - 8 - width
+        meta = {"__metadata__": {"format": "pt"}, "weight": {"dtype": "U8", "shape": [data], "data_offsets": [0, data]}}
+        text = json.dumps(meta).encode()
+        if len(text) <= width:
+            return struct.pack("<Q", width) + text.ljust(width)
+    raise ValueError(f"no safetensors header fits a file of {size} bytes")
+
+
 def git_blob_sha1(data_size: int, digest_input: Iterable[bytes]) -> str:
     h = hashlib.sha1(b"blob %d\x00" % data_size)
     for chunk in digest_input:
@@ -122,7 +136,11 @@ class LocalHub:
                 blocks: Iterable[bytes] = [content]
             else:
                 rng = random.Random(seed)
-                blocks = (rng.randbytes(min(_BLOCK, size - off)) for off in range(0, size, _BLOCK))
+                head = safetensors_header(size) if path.endswith(".safetensors") else b""
+                body = size - len(head)
+                blocks = itertools.chain(
+                    [head], (rng.randbytes(min(_BLOCK, body - off)) for off in range(0, body, _BLOCK))
+                )
             for block in blocks:
                 sha256.update(block)
                 sha1.update(block)
@@ -152,7 +170,7 @@ class LocalHub:
     ) -> str:
         repo = self.repos[repo_id]
         stored = {
-            path: self._store(path, content, seed=hash((repo_id, path, len(repo.commits))) & 0xFFFFFFFF)
+            path: self._store(path, content, seed=zlib.crc32(f"{repo_id}\0{path}\0{len(repo.commits)}".encode()))
             for path, content in files.items()
         }
         digest = hashlib.sha1(repo_id.encode())

@@ -1,1 +1,30 @@
 """Verifiers: fed every byte of a file, each returns a verdict."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .base import Verifier
+from .clamav import ClamAVVerifier
+from .pickle import PickleVerifier
+from .safetensors import SafetensorsVerifier
+
+if TYPE_CHECKING:
+    from ..config import VerifySettings
+
+
+def build_verifiers(settings: VerifySettings) -> list[Verifier]:
+    """The verifiers the CLI runs besides the checksums: what the settings ask for."""
+    verifiers: list[Verifier] = [SafetensorsVerifier()]
+    if settings.pickle_policy != "off":
+        verifiers.append(PickleVerifier(settings.pickle_policy, extra_safe=settings.pickle_allow))
+    if settings.clamd:
+        verifiers.append(
+            ClamAVVerifier(
+                settings.clamd,
+                window_size=settings.clamd_window,
+                overlap=settings.clamd_overlap,
+                timeout=settings.clamd_timeout,
+            )
+        )
+    return verifiers
