@@ -15,10 +15,12 @@ from .errors import (
     ReadOnlyStorageError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
+    ScannerError,
     SourceError,
     StorageError,
     StorageFileNotFoundError,
     StorageNotFoundError,
+    UnsafeContentError,
     UnsafePathError,
     VerificationError,
 )
@@ -42,8 +44,12 @@ from .s3 import S3Credentials, S3Endpoint
 from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
 from .storages.object import ObjectStorage
 from .storages.vfs import VFSStorage
+from .verifiers import build_verifiers
 from .verifiers.base import Verifier, VerifierSession
 from .verifiers.checksum import ChecksumVerifier
+from .verifiers.clamav import ClamAVVerifier
+from .verifiers.pickle import PicklePolicy, PickleVerifier
+from .verifiers.safetensors import SafetensorsVerifier
 
 __all__ = [
     "MANIFEST_PATH",
@@ -55,6 +61,7 @@ __all__ = [
     "ArtifactImportError",
     "ArtifactStorageImportStep",
     "ChecksumVerifier",
+    "ClamAVVerifier",
     "ConfigError",
     "DownloadError",
     "FileInfo",
@@ -69,6 +76,8 @@ __all__ = [
     "ModelTarget",
     "ObjectStorage",
     "PendingWrite",
+    "PicklePolicy",
+    "PickleVerifier",
     "ProgressCallback",
     "ProgressEvent",
     "ReadOnlyStorageError",
@@ -78,12 +87,15 @@ __all__ = [
     "RevisionNotFoundError",
     "S3Credentials",
     "S3Endpoint",
+    "SafetensorsVerifier",
+    "ScannerError",
     "SourceError",
     "StorageError",
     "StorageFileNotFoundError",
     "StorageNotFoundError",
     "StoragePool",
     "StorageTarget",
+    "UnsafeContentError",
     "UnsafePathError",
     "VFSStorage",
     "Verdict",
@@ -91,5 +103,6 @@ __all__ = [
     "Verifier",
     "VerifierSession",
     "__version__",
+    "build_verifiers",
     "import_artifact",
 ]

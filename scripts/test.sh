@@ -1,8 +1,18 @@
 #!/usr/bin/env bash
 # Everything needed on a fresh machine, then the whole test suite (lint, types, tests).
+# Installs Debian's clamav-daemon if clamd is missing (the tests start their own clamd),
+# and the Python packages into .venv (moto's S3 server among them).
 # Extra arguments go to pytest, e.g. ./scripts/test.sh -k resume -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+if ! command -v clamd >/dev/null 2>&1 && [ ! -x /usr/sbin/clamd ]; then
+    echo "installing clamav-daemon (for the malware-scanning tests)..." >&2
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clamav-daemon >/dev/null
+fi
 
 ./scripts/setup.sh
 .venv/bin/ruff check artifact_import tests benchmarks

@@ -12,6 +12,7 @@ import pytest
 from artifact_import import HuggingFaceRegistry, RetryPolicy
 from artifact_import.registries.http import HttpTimeouts
 
+from .clamd import Clamd
 from .hub import Faults, HubServer, LocalHub
 from .s3server import S3Server
 
@@ -63,6 +64,22 @@ def own_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = S3Server.start_moto(tmp_path_factory.mktemp("moto"))
     yield server
     server.kill()
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    """A real clamd with stock limits and a test signature database (EICAR)."""
+    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
+    yield daemon
+    daemon.stop()
+
+
+@pytest.fixture
+def own_clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clamd]:
+    """A clamd of this test's own, for tests that kill it."""
+    daemon = Clamd(tmp_path_factory.mktemp("clamd")).start()
+    yield daemon
+    daemon.kill()
 
 
 def repo_name(prefix: str = "model") -> str:
