@@ -25,6 +25,7 @@ async def import_artifact(
     verifiers: Sequence[Verifier] = (),
     on_progress: ProgressCallback | None = None,
     max_concurrent_files: int = 4,
+    quarantine: AbstractStorage | None = None,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
@@ -45,7 +46,9 @@ async def import_artifact(
         storage_pool=StoragePool(),
         storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
     )
-    pipeline = ImportPipeline({reg.name: reg}, verifiers, max_concurrent_files=max_concurrent_files)
+    pipeline = ImportPipeline(
+        {reg.name: reg}, verifiers, max_concurrent_files=max_concurrent_files, quarantine=quarantine
+    )
     try:
         return await pipeline.run(context, on_progress)
     finally:

@@ -99,6 +99,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "config's [verify.clamav]). If it cannot scan, the import fails.",
 )
 @click.option(
+    "--quarantine",
+    metavar="DEST",
+    help="Keep files the malware scan flags here (a directory or storage:NAME[/PATH]), with a report. "
+    "Also [verify.clamav] quarantine.",
+)
+@click.option(
     "--pickle-policy",
     type=click.Choice(["fail", "warn", "off"]),
     default=None,
@@ -117,6 +123,7 @@ def import_cmd(
     retries: int,
     stall_timeout: float,
     clamd: str | None,
+    quarantine: str | None,
     pickle_policy: str | None,
 ) -> None:
     """Import SOURCE into DEST.
@@ -165,7 +172,9 @@ def import_cmd(
                 pickle_policy=pickle_policy or settings.pickle_policy,
             )
         )
-        result = asyncio.run(_run(model, storage, registry, verifiers, config, progress, concurrency))
+        quarantine_to = quarantine or settings.quarantine
+        kept = open_destination(quarantine_to, config) if quarantine_to else None
+        result = asyncio.run(_run(model, storage, registry, verifiers, kept, config, progress, concurrency))
     except ArtifactImportError as exc:
         _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
     except Exception as exc:
@@ -196,6 +205,7 @@ async def _run(
     storage: AbstractStorage,
     registry: AbstractRegistry,
     verifiers: list[Verifier],
+    quarantine: AbstractStorage | None,
     config: Config | None,
     progress: ProgressCallback | None,
     concurrency: int,
@@ -208,10 +218,13 @@ async def _run(
             verifiers=verifiers,
             on_progress=progress,
             max_concurrent_files=concurrency,
+            quarantine=quarantine,
         )
     finally:
         await registry.aclose()
         await storage.aclose()
+        if quarantine is not None:
+            await quarantine.aclose()
         if config is not None:
             await config.aclose()
 

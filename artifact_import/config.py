@@ -14,6 +14,7 @@
     address = "tcp://127.0.0.1:3310"   # or unix:///run/clamav/clamd.ctl
     window-size = "64MiB"               # below clamd's StreamMaxLength and MaxFileSize
     overlap = "1MiB"
+    quarantine = "/var/lib/artifact-import/quarantine"   # or storage:NAME[/PATH]; flagged files go here
     [verify.pickle]
     policy = "fail"                     # or "warn", "off"
     allow = ["mypackage.MyConfig"]      # more globals a pickle may import
@@ -69,6 +70,7 @@ class VerifySettings:
     clamd_window: int = DEFAULT_WINDOW
     clamd_overlap: int = DEFAULT_OVERLAP
     clamd_timeout: float = 120.0
+    quarantine: str | None = None
     pickle_policy: str = "fail"
     pickle_allow: frozenset[str] = frozenset()
 
@@ -141,7 +143,7 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
     _known(reader, "verify", table, {"clamav", "pickle"})
     clam = table.get("clamav") or {}
     pick = table.get("pickle") or {}
-    _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout"})
+    _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout", "quarantine"})
     _known(reader, "verify.pickle", pick, {"policy", "allow"})
     policy = _string(reader, "verify.pickle", pick, "policy") or "fail"
     if policy not in ("fail", "warn", "off"):
@@ -157,6 +159,7 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
         clamd_window=_size(reader, "verify.clamav", clam, "window-size", DEFAULT_WINDOW),
         clamd_overlap=_size(reader, "verify.clamav", clam, "overlap", DEFAULT_OVERLAP),
         clamd_timeout=float(timeout),
+        quarantine=_string(reader, "verify.clamav", clam, "quarantine"),
         pickle_policy=policy,
         pickle_allow=frozenset(allow),
     )

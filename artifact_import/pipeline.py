@@ -10,6 +10,7 @@ are committed there under a staging name and read back by the next pass.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 import uuid
@@ -19,7 +20,7 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ConfigError
+from .errors import ArtifactImportError, ConfigError, VerificationError
 from .model import (
     ArtifactFile,
     ArtifactStorageImportStep,
@@ -36,7 +37,7 @@ from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
 from .storages.base import AbstractStorage, PendingWrite
-from .streams import closing, read_ahead
+from .streams import closing, one_chunk, read_ahead
 from .verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,9 @@ class ImportPipeline:
         *,
         max_concurrent_files: int = 4,
         read_ahead_depth: int = 4,
+        quarantine: AbstractStorage | None = None,
     ) -> None:
+        """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination)."""
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
         self.registries = dict(registries)
@@ -104,6 +107,7 @@ class ImportPipeline:
         self.archive_step = ArchiveStep()
         self.max_concurrent_files = max_concurrent_files
         self.read_ahead_depth = read_ahead_depth
+        self.quarantine = quarantine
 
     def _registry(self, name: str) -> AbstractRegistry:
         try:
@@ -117,10 +121,11 @@ class ImportPipeline:
         download = DownloadStep(self._registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
         passes = plan_passes(context)
         # Refused before anything is listed or downloaded.
-        for p in passes:
-            p.storage.check_writable()
-        for p in passes:
-            await p.storage.preflight()
+        targets = [p.storage for p in passes] + ([self.quarantine] if self.quarantine is not None else [])
+        for storage in targets:
+            storage.check_writable()
+        for storage in targets:
+            await storage.preflight()
         artifact = await download.resolve(context.model)
         context.step_metadata[Step.DOWNLOAD.value] = {
             "commit": artifact.commit,
@@ -194,7 +199,12 @@ class ImportPipeline:
                 chunks = self.verify_step.tap(file, chunks, verdicts)
             chunks = self._count(run, file, p.steps[0], chunks)
             path = file.path if final else f"{RESERVED_DIR}/staging/{run.run_id}/{file.path}"
-            pending = await self.archive_step.write(p.storage, path, chunks, file)
+            try:
+                pending = await self.archive_step.write(p.storage, path, chunks, file)
+            except VerificationError:
+                if self.quarantine is not None and any(v.verifier == "clamav" and not v.ok for v in verdicts):
+                    await self._quarantine(run, download, file, verdicts)
+                raise
             if final:
                 run.pending.append(pending)
             else:
@@ -204,6 +214,26 @@ class ImportPipeline:
         checksum = next(v for v in verdicts if v.verifier == "checksum")
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         return FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+
+    async def _quarantine(self, run: _Run, download: DownloadStep, file: ArtifactFile, verdicts: list[Verdict]) -> None:
+        """Keep a flagged file, fetched again from the source, and a report of why, in the quarantine."""
+        assert self.quarantine is not None
+        where = f"{run.run_id}/{file.path}"
+        try:
+            await self.quarantine.stream_upload(where, download.stream(run.artifact, file))
+            report = {
+                "source": run.artifact.source,
+                "revision": run.artifact.revision,
+                "commit": run.artifact.commit,
+                "path": file.path,
+                "verdicts": [attrs.asdict(v) for v in verdicts],
+            }
+            await self.quarantine.stream_upload(
+                f"{where}.quarantine.json", one_chunk(json.dumps(report, indent=2).encode())
+            )
+            log.warning("%s: kept in quarantine %s as %s", file.path, self.quarantine.describe(), where)
+        except ArtifactImportError as exc:
+            log.error("%s: could not be quarantined: %s", file.path, exc)
 
     @staticmethod
     async def _count(run: _Run, file: ArtifactFile, step: Step, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -60,6 +60,11 @@ async def rechunk(chunks: AsyncIterable[bytes], size: int) -> AsyncIterator[byte
         yield b"".join(parts)
 
 
+async def one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    """A stream of one small, already complete chunk (a manifest, a report)."""
+    yield data
+
+
 _END = object()
 
 

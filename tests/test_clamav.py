@@ -160,3 +160,40 @@ def test_cli_infected_file_exits_3_naming_file_and_signature(hub: LocalHub, clam
     error = json.loads(proc.stdout)["error"]
     assert error["path"] == "eicar.com" and SIGNATURE in error["message"]
     assert not (tmp_path / "m").exists()
+
+
+async def test_a_flagged_file_is_kept_in_quarantine_with_a_report(hub: LocalHub, clamd: Clamd, tmp_path: Path) -> None:
+    from artifact_import import VFSStorage
+
+    repo = repo_name("av")
+    payload = b"#!/bin/sh\n" + EICAR + b"\n"
+    commit = hub.create_repo(repo, {**CLEAN, "scripts/run.sh": payload})
+    with pytest.raises(VerificationError, match=SIGNATURE):
+        await import_artifact(
+            f"hf://{repo}",
+            tmp_path / "m",
+            registry=fast_registry(),
+            verifiers=[ClamAVVerifier(clamd.address)],
+            quarantine=VFSStorage("quarantine", tmp_path / "quarantine"),
+        )
+    assert not (tmp_path / "m").exists(), "the destination gets nothing"
+    kept = files_under(tmp_path / "quarantine")
+    [path] = [p for p in kept if p.endswith("scripts/run.sh")]
+    assert kept[path] == payload
+    report = json.loads(kept[f"{path}.quarantine.json"])
+    assert report["commit"] == commit and report["path"] == "scripts/run.sh"
+    assert any(v["verifier"] == "clamav" and SIGNATURE in v["detail"] for v in report["verdicts"])
+    assert len(kept) == 2, "only the flagged file and its report"
+
+
+def test_cli_quarantine_option(hub: LocalHub, clamd: Clamd, tmp_path: Path) -> None:
+    repo = repo_name("av")
+    hub.create_repo(repo, {**CLEAN, "eicar.com": EICAR})
+    proc = run_cli(
+        "import", f"hf://{repo}", "--to", str(tmp_path / "m"), "--clamd", clamd.address,
+        "--quarantine", str(tmp_path / "q"),
+    )  # fmt: skip
+    assert proc.returncode == 3
+    assert "kept in quarantine" in proc.stderr
+    assert any(p.endswith("eicar.com") for p in files_under(tmp_path / "q"))
+    assert not (tmp_path / "m").exists()

@@ -9,13 +9,9 @@ from .._aio import run_to_completion
 from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
 from ..model import ArtifactFile, ArtifactStorageImportStep, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage, PendingWrite
-from ..streams import closing
+from ..streams import closing, one_chunk
 
 log = logging.getLogger(__name__)
-
-
-async def _one(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 class ArchiveStep:
@@ -50,7 +46,7 @@ class ArchiveStep:
         for write in pending:
             await write.commit()
         manifest = encode_manifest(build_manifest(artifact, files))
-        await storage.stream_upload(MANIFEST_PATH, _one(manifest))
+        await storage.stream_upload(MANIFEST_PATH, one_chunk(manifest))
         return MANIFEST_PATH
 
     async def abort_all(self, pending: Sequence[PendingWrite]) -> None:
