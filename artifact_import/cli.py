@@ -18,10 +18,11 @@ from .errors import ArtifactImportError
 from .locations import open_destination, open_source
 from .model import ImportResult, ModelTarget
 from .pipeline import ProgressCallback
-from .progress import BarProgress, LineProgress, human_bytes
+from .progress import BarProgress, LineProgress
 from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
 from .storages.base import AbstractStorage
+from .units import human_bytes
 from .verifiers import build_verifiers
 from .verifiers.base import Verifier
 

@@ -10,6 +10,7 @@ are committed there under a staging name and read back by the next pass.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -43,6 +44,8 @@ from .verifiers.base import Verifier
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressEvent], None]
+#: Reserved for the manifest beyond its per-file entries.
+MANIFEST_ALLOWANCE = 4096
 Step = ArtifactStorageImportStep
 
 
@@ -134,17 +137,22 @@ class ImportPipeline:
         }
         run = _Run(context, artifact, passes, on_progress)
         destination = passes[-1].storage
-        try:
-            results = await self._import_files(run, download)
-            context.step_metadata[Step.VERIFY.value] = {
-                "verifiers": [v.name for v in self.verify_step.verifiers],
-            }
-            manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
-        except BaseException:
-            await run_to_completion(self.archive_step.abort_all(run.pending))
-            raise
-        finally:
-            await run_to_completion(self._remove_staged(run))
+        await destination.check_paths([f.path for f in artifact.files])
+        async with contextlib.AsyncExitStack() as reservations:
+            # Quotas are checked before any byte moves; writes then charge these reservations.
+            for storage in dict.fromkeys(p.storage for p in passes):
+                await reservations.enter_async_context(storage.reserve(self._space_needed(artifact)))
+            try:
+                results = await self._import_files(run, download)
+                context.step_metadata[Step.VERIFY.value] = {
+                    "verifiers": [v.name for v in self.verify_step.verifiers],
+                }
+                manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
+            except BaseException:
+                await run_to_completion(self.archive_step.abort_all(run.pending))
+                raise
+            finally:
+                await run_to_completion(self._remove_staged(run))
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
         for file in artifact.files:
             run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)
@@ -157,6 +165,11 @@ class ImportPipeline:
             seconds=time.monotonic() - started,
             manifest_path=manifest,
         )
+
+    @staticmethod
+    def _space_needed(artifact: ResolvedArtifact) -> int:
+        """The files plus room for the manifest (path, digests and verdicts per file)."""
+        return artifact.total_size + MANIFEST_ALLOWANCE + sum(len(f.path) + 1024 for f in artifact.files)
 
     async def _import_files(self, run: _Run, download: DownloadStep) -> list[FileResult]:
         limit = asyncio.Semaphore(self.max_concurrent_files)

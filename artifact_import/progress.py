@@ -9,14 +9,7 @@ from typing import Never, TextIO
 from tqdm import tqdm
 
 from .model import ArtifactStorageImportStep, FileState, ProgressEvent
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")
+from .units import human_bytes
 
 
 class _Totals:

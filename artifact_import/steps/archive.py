@@ -40,13 +40,20 @@ class ArchiveStep:
     ) -> str:
         """Make every verified file visible, then the manifest that vouches for them.
 
-        The manifest goes last: a destination with a manifest holds every file
-        it lists.
+        The manifest's bytes are written first, so that a destination that
+        cannot take them (full, gone) fails the import before any file is
+        visible; it is committed last, so that a destination with a manifest
+        holds every file it lists.
         """
-        for write in pending:
-            await write.commit()
-        manifest = encode_manifest(build_manifest(artifact, files))
-        await storage.stream_upload(MANIFEST_PATH, one_chunk(manifest))
+        body = encode_manifest(build_manifest(artifact, files))
+        manifest = await self.write(storage, MANIFEST_PATH, one_chunk(body), ArtifactFile(MANIFEST_PATH, len(body)))
+        try:
+            for write in pending:
+                await write.commit()
+            await manifest.commit()
+        except BaseException:
+            await run_to_completion(manifest.abort())
+            raise
         return MANIFEST_PATH
 
     async def abort_all(self, pending: Sequence[PendingWrite]) -> None:

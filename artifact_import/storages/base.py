@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 
 import attrs
 
@@ -56,6 +57,21 @@ class AbstractStorage(abc.ABC):
 
     async def preflight(self) -> None:  # noqa: B027 - optional hook
         """Fail early (before any download) if this storage cannot take writes."""
+
+    async def check_paths(self, paths: Sequence[str]) -> None:  # noqa: B027 - optional hook
+        """Refuse (:class:`UnsafePathError`) before any download the paths that would leave this storage.
+
+        Names are checked syntactically for every storage before this; a
+        storage overrides it to check what only it can see (symlinks).
+        """
+
+    def reserve(self, nbytes: int) -> contextlib.AbstractAsyncContextManager[object]:
+        """Hold ``nbytes`` of space for the import running in this task, or refuse it now.
+
+        Storages with a quota override it (:class:`QuotaExceededError`);
+        writes made inside the context are charged to the reservation.
+        """
+        return contextlib.nullcontext()
 
     @abc.abstractmethod
     def subpath(self, path: str) -> AbstractStorage:

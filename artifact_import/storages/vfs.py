@@ -7,7 +7,7 @@ import collections
 import contextlib
 import os
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiofiles
@@ -64,6 +64,19 @@ class VFSStorage(AbstractStorage):
         if os.path.commonpath([root, target]) != root or target == root:
             raise UnsafePathError([(filepath, "resolves outside the storage root")])
         return Path(target)
+
+    async def check_paths(self, paths: Sequence[str]) -> None:
+        def check() -> None:
+            offending: list[tuple[str, str]] = []
+            for path in paths:
+                try:
+                    self.resolve_path(path)
+                except UnsafePathError as exc:
+                    offending.extend(exc.offending)
+            if offending:
+                raise UnsafePathError(offending)
+
+        await asyncio.to_thread(check)
 
     async def _resolve(self, filepath: str) -> Path:
         # realpath walks the tree with one syscall per segment: off the loop.
