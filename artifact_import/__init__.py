@@ -12,6 +12,7 @@ from .errors import (
     ConfigError,
     DownloadError,
     IntegrityError,
+    QuotaExceededError,
     ReadOnlyStorageError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -23,6 +24,7 @@ from .errors import (
     UnsafeContentError,
     UnsafePathError,
     VerificationError,
+    VFolderNotFoundError,
 )
 from .manifest import MANIFEST_PATH
 from .model import (
@@ -41,21 +43,28 @@ from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
 from .registries.huggingface import HuggingFaceRegistry
 from .s3 import S3Credentials, S3Endpoint
+from .service import ImportService, ImportTask, TaskState
 from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
 from .storages.object import ObjectStorage
 from .storages.vfs import VFSStorage
+from .storages.volume import VolumeStorageAdapter
 from .verifiers import build_verifiers
 from .verifiers.base import Verifier, VerifierSession
 from .verifiers.checksum import ChecksumVerifier
 from .verifiers.clamav import ClamAVVerifier
 from .verifiers.pickle import PicklePolicy, PickleVerifier
 from .verifiers.safetensors import SafetensorsVerifier
+from .volumes.base import AbstractVolume, VFolderID, VFolderRef, VolumePool
+from .volumes.object import ObjectVolume
+from .volumes.quota import QuotaUsage
+from .volumes.vfs import VFSVolume
 
 __all__ = [
     "MANIFEST_PATH",
     "AbstractRegistry",
     "AbstractStorage",
     "AbstractStoragePool",
+    "AbstractVolume",
     "AccessDeniedError",
     "ArtifactFile",
     "ArtifactImportError",
@@ -71,15 +80,20 @@ __all__ = [
     "HuggingFaceRegistry",
     "ImportPipeline",
     "ImportResult",
+    "ImportService",
     "ImportStepContext",
+    "ImportTask",
     "IntegrityError",
     "ModelTarget",
     "ObjectStorage",
+    "ObjectVolume",
     "PendingWrite",
     "PicklePolicy",
     "PickleVerifier",
     "ProgressCallback",
     "ProgressEvent",
+    "QuotaExceededError",
+    "QuotaUsage",
     "ReadOnlyStorageError",
     "RepositoryNotFoundError",
     "ResolvedArtifact",
@@ -95,13 +109,20 @@ __all__ = [
     "StorageNotFoundError",
     "StoragePool",
     "StorageTarget",
+    "TaskState",
     "UnsafeContentError",
     "UnsafePathError",
     "VFSStorage",
+    "VFSVolume",
+    "VFolderID",
+    "VFolderNotFoundError",
+    "VFolderRef",
     "Verdict",
     "VerificationError",
     "Verifier",
     "VerifierSession",
+    "VolumePool",
+    "VolumeStorageAdapter",
     "__version__",
     "build_verifiers",
     "import_artifact",

@@ -44,7 +44,8 @@ log = logging.getLogger("artifact_import")
     "config_path",
     type=click.Path(dir_okay=False),
     envvar="ARTIFACT_IMPORT_CONFIG",
-    help="TOML file of named storages (storage:NAME). Also ARTIFACT_IMPORT_CONFIG.",
+    help="TOML file of named storages (storage:NAME), volumes (vfolder:VOLUME/...) and verifier settings. "
+    "Also ARTIFACT_IMPORT_CONFIG.",
 )
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None) -> None:
@@ -70,7 +71,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "to",
     required=True,
     metavar="DEST",
-    help="A directory (created if missing), s3://BUCKET[/PREFIX], or storage:NAME[/PATH] from --config.",
+    help="A directory (created if missing), s3://BUCKET[/PREFIX], storage:NAME[/PATH] from --config, "
+    "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies).",
 )
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
@@ -149,6 +151,8 @@ def import_cmd(
       artifact-import import hf://org/model --to s3://models/hub/model --json
       artifact-import --config storage.toml import hf://org/model --to storage:models/org/model
       artifact-import import s3://datasets/llama --to ./llama
+      artifact-import --config proxy.toml import hf://org/model \\
+          --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
     quiet = ctx.obj["quiet"] or as_json
     progress: BarProgress | LineProgress | None = None

@@ -19,6 +19,13 @@
     policy = "fail"                     # or "warn", "off"
     allow = ["mypackage.MyConfig"]      # more globals a pickle may import
 
+    [volume.local]                     # users' vfolders (vfolder:local/SCOPE/FOLDER_ID)
+    backend = "vfs"                     # or "minio" / "s3" with endpoint, bucket, prefix, options
+    path = "/srv/vfroot/local"
+    read-only-vfolders = ["user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41"]
+    [volume.local.quotas]
+    "user-1" = "100GiB"                 # per quota scope; "unlimited" or absent: no limit
+
 A mistake is reported with the file, the line and the key, and never with
 the value of a secret.
 """
@@ -40,6 +47,9 @@ from .storages.base import AbstractStorage, StoragePool
 from .storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from .storages.vfs import VFSStorage
 from .verifiers.clamav import DEFAULT_OVERLAP, DEFAULT_WINDOW
+from .volumes.base import AbstractVolume, VFolderID, VolumePool, check_scope
+from .volumes.object import ObjectVolume
+from .volumes.vfs import VFSVolume
 
 _VFS_KEYS = {"backend", "path", "read-only", "fsync"}
 _OBJECT_KEYS = {
@@ -61,6 +71,8 @@ _OPTION_KEYS = {
     "minio-access-key": "access-key",
     "minio-secret-key": "secret-key",
 }
+#: Keys a [volume.NAME] has beyond those of a storage of its backend.
+_VOLUME_KEYS = {"quotas", "read-only-vfolders"}
 _SIZE = re.compile(r"^\s*(\d+)\s*([KMGT]i?B?)?\s*$", re.IGNORECASE)
 
 
@@ -80,13 +92,19 @@ class Config:
     path: Path | None
     storages: Mapping[str, AbstractStorage] = attrs.field(factory=dict)
     verify: VerifySettings = attrs.field(factory=VerifySettings)
+    volumes: Mapping[str, AbstractVolume] = attrs.field(factory=dict)
 
     def pool(self) -> StoragePool:
         return StoragePool(self.storages)
 
+    def volume_pool(self) -> VolumePool:
+        return VolumePool(self.volumes)
+
     async def aclose(self) -> None:
         for storage in self.storages.values():
             await storage.aclose()
+        for volume in self.volumes.values():
+            await volume.aclose()
 
 
 class _Reader:
@@ -127,16 +145,22 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     reader = _Reader(path, text)
-    unknown = set(data) - {"storage", "verify"}
+    unknown = set(data) - {"storage", "verify", "volume"}
     if unknown:
         key = sorted(unknown)[0]
-        raise reader.error(key, None, "unknown section (known: storage, verify)")
+        raise reader.error(key, None, "unknown section (known: storage, verify, volume)")
+    environ = os.environ if env is None else env
     storages: dict[str, AbstractStorage] = {}
     for name, table in (data.get("storage") or {}).items():
         if not isinstance(table, dict):
             raise reader.error(f"storage.{name}", None, "must be a table, e.g. [storage.NAME]")
-        storages[name] = _storage(reader, name, table, os.environ if env is None else env)
-    return Config(path, storages, _verify(reader, data.get("verify") or {}))
+        storages[name] = _storage(reader, name, table, environ)
+    volumes: dict[str, AbstractVolume] = {}
+    for name, table in (data.get("volume") or {}).items():
+        if not isinstance(table, dict):
+            raise reader.error(f"volume.{name}", None, "must be a table, e.g. [volume.NAME]")
+        volumes[name] = _volume(reader, name, table, environ)
+    return Config(path, storages, _verify(reader, data.get("verify") or {}), volumes)
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
@@ -180,20 +204,11 @@ def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str
         )
     if backend in ("minio", "s3"):
         _known(reader, where, table, _OBJECT_KEYS)
-        endpoint_url = _string(reader, where, table, "endpoint") or env.get("AWS_ENDPOINT_URL")
-        if not endpoint_url:
-            raise reader.error(where, "endpoint", "missing (or set AWS_ENDPOINT_URL)")
         bucket = _string(reader, where, table, "bucket", required=True)
         assert bucket is not None
-        credentials = _credentials(reader, where, table.get("options", {}), env)
-        region = _string(reader, where, table, "region") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
-        try:
-            endpoint = S3Endpoint(endpoint_url, credentials, region)
-        except ConfigError as exc:
-            raise reader.error(where, "endpoint", exc.message) from None
         return ObjectStorage(
             name,
-            endpoint,
+            _endpoint(reader, where, table, env),
             bucket,
             _string(reader, where, table, "prefix") or "",
             read_only=_bool(reader, where, table, "read-only"),
@@ -203,6 +218,78 @@ def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str
     if backend is None:
         raise reader.error(where, None, 'missing backend = "vfs" | "minio" | "s3"')
     raise reader.error(where, "backend", f'unknown backend {backend!r} (known: "vfs", "minio", "s3")')
+
+
+def _endpoint(reader: _Reader, where: str, table: Mapping[str, Any], env: Mapping[str, str]) -> S3Endpoint:
+    endpoint_url = _string(reader, where, table, "endpoint") or env.get("AWS_ENDPOINT_URL")
+    if not endpoint_url:
+        raise reader.error(where, "endpoint", "missing (or set AWS_ENDPOINT_URL)")
+    credentials = _credentials(reader, where, table.get("options", {}), env)
+    region = _string(reader, where, table, "region") or env.get("AWS_DEFAULT_REGION") or "us-east-1"
+    try:
+        return S3Endpoint(endpoint_url, credentials, region)
+    except ConfigError as exc:
+        raise reader.error(where, "endpoint", exc.message) from None
+
+
+def _volume(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractVolume:
+    where = f"volume.{name}"
+    backend = table.get("backend")
+    quotas = _quotas(reader, where, table.get("quotas", {}))
+    read_only_vfolders = _vfolder_ids(reader, where, table)
+    if backend == "vfs":
+        _known(reader, where, table, _VFS_KEYS | _VOLUME_KEYS)
+        path = _string(reader, where, table, "path", required=True)
+        assert path is not None
+        return VFSVolume(
+            name,
+            path,
+            read_only=_bool(reader, where, table, "read-only"),
+            fsync=_bool(reader, where, table, "fsync", default=True),
+            quotas=quotas,
+            read_only_vfolders=read_only_vfolders,
+        )
+    if backend in ("minio", "s3"):
+        _known(reader, where, table, _OBJECT_KEYS | _VOLUME_KEYS)
+        bucket = _string(reader, where, table, "bucket", required=True)
+        assert bucket is not None
+        return ObjectVolume(
+            name,
+            _endpoint(reader, where, table, env),
+            bucket,
+            _string(reader, where, table, "prefix") or "",
+            read_only=_bool(reader, where, table, "read-only"),
+            quotas=quotas,
+            read_only_vfolders=read_only_vfolders,
+            multipart_threshold=_size(reader, where, table, "multipart-threshold", DEFAULT_MULTIPART_THRESHOLD),
+            part_size=_size(reader, where, table, "part-size", DEFAULT_PART_SIZE),
+        )
+    if backend is None:
+        raise reader.error(where, None, 'missing backend = "vfs" | "minio" | "s3"')
+    raise reader.error(where, "backend", f'unknown backend {backend!r} (known: "vfs", "minio", "s3")')
+
+
+def _quotas(reader: _Reader, where: str, table: Any) -> dict[str, int | None]:
+    if not isinstance(table, dict):
+        raise reader.error(where, "quotas", 'must be a table of QUOTA_SCOPE = "SIZE", e.g. [volume.NAME.quotas]')
+    quotas: dict[str, int | None] = {}
+    for scope, value in table.items():
+        try:
+            check_scope(scope)
+        except ConfigError as exc:
+            raise reader.error(f"{where}.quotas", scope, exc.message) from None
+        quotas[scope] = None if value == "unlimited" else _size(reader, f"{where}.quotas", table, scope, 0)
+    return quotas
+
+
+def _vfolder_ids(reader: _Reader, where: str, table: Mapping[str, Any]) -> list[VFolderID]:
+    values = table.get("read-only-vfolders", [])
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise reader.error(where, "read-only-vfolders", 'must be a list of "QUOTA_SCOPE/FOLDER_ID" strings')
+    try:
+        return [VFolderID.parse(v) for v in values]
+    except ConfigError as exc:
+        raise reader.error(where, "read-only-vfolders", exc.message) from None
 
 
 def _known(reader: _Reader, where: str, table: Mapping[str, Any], allowed: set[str]) -> None:

@@ -96,3 +96,11 @@ class ReadOnlyStorageError(StorageError):
 
 class StorageFileNotFoundError(StorageError):
     """The file does not exist in the storage."""
+
+
+class VFolderNotFoundError(StorageNotFoundError):
+    """The vfolder (or its volume) does not exist."""
+
+
+class QuotaExceededError(StorageError):
+    """The import does not fit in what is left of the quota scope; nothing was kept."""

@@ -3,11 +3,13 @@
 Sources: ``hf://ORG/NAME[@REV]``, ``s3://BUCKET[/PREFIX]`` (endpoint and keys
 from the standard AWS variables), ``storage:NAME[/PATH]`` (an object storage
 of the config file). Destinations: a directory, ``s3://BUCKET[/PREFIX]``,
-``storage:NAME[/PATH]``.
+``storage:NAME[/PATH]``, ``vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH]``
+(a vfolder of a volume of the config file).
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 
 from .config import Config
@@ -22,8 +24,11 @@ from .s3 import S3Endpoint
 from .storages.base import AbstractStorage
 from .storages.object import ObjectStorage
 from .storages.vfs import VFSStorage
+from .storages.volume import VolumeStorageAdapter
+from .volumes.base import VFolderRef
 
 STORAGE_PREFIX = "storage:"
+VFOLDER_PREFIX = "vfolder:"
 
 
 def _configured(spec: str, config: Config | None) -> AbstractStorage:
@@ -48,11 +53,20 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
 def open_destination(to: str, config: Config | None, env: Mapping[str, str] | None = None) -> AbstractStorage:
     if to.startswith(STORAGE_PREFIX):
         return _configured(to, config)
+    if to.startswith(VFOLDER_PREFIX):
+        ref = VFolderRef.parse(to[len(VFOLDER_PREFIX) :])
+        if config is None:
+            raise ConfigError(f"{to!r} names a vfolder of a configured volume: give --config FILE")
+        volume = config.volume_pool().get_volume(ref.volume)
+        return VolumeStorageAdapter(f"vfolder_storage_{uuid.uuid4().hex[:12]}", volume, ref.vfid, ref.subpath)
     if to.startswith("s3://"):
         bucket, prefix = _bucket_and_prefix(to)
         return ObjectStorage("s3", S3Endpoint.from_env(dict(env) if env is not None else None), bucket, prefix)
     if "://" in to:
-        raise ConfigError(f"unknown destination {to!r}: expected a directory, s3://BUCKET[/PREFIX] or storage:NAME")
+        raise ConfigError(
+            f"unknown destination {to!r}: expected a directory, s3://BUCKET[/PREFIX], storage:NAME[/PATH] "
+            "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH]"
+        )
     return VFSStorage("destination", to)
 
 

@@ -112,7 +112,7 @@ class ImportPipeline:
         self.read_ahead_depth = read_ahead_depth
         self.quarantine = quarantine
 
-    def _registry(self, name: str) -> AbstractRegistry:
+    def registry(self, name: str) -> AbstractRegistry:
         try:
             return self.registries[name]
         except KeyError:
@@ -121,7 +121,7 @@ class ImportPipeline:
 
     async def run(self, context: ImportStepContext, on_progress: ProgressCallback | None = None) -> ImportResult:
         started = time.monotonic()
-        download = DownloadStep(self._registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
+        download = DownloadStep(self.registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
         passes = plan_passes(context)
         # Refused before anything is listed or downloaded.
         targets = [p.storage for p in passes] + ([self.quarantine] if self.quarantine is not None else [])

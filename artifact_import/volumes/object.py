@@ -1,0 +1,160 @@
+"""Vfolders in a bucket of an S3-protocol server (MinIO), as seed 000 has them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import PurePosixPath
+
+from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
+from ..paths import RESERVED_DIR, path_problem
+from ..s3 import S3Endpoint
+from ..storages.base import FileInfo, PendingWrite
+from ..storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
+from ..streams import one_chunk
+from .base import AbstractVolume, VFolderID, check_scope
+from .quota import QuotaLedger
+
+log = logging.getLogger(__name__)
+
+
+class ObjectVolume(AbstractVolume):
+    """Vfolders as key prefixes ``[<prefix>/]<quota scope>/<folder id>/`` in one bucket.
+
+    The volume has its own endpoint and credentials and may be read-only.
+    A vfolder exists as soon as its prefix is used (S3 has no folders).
+
+    Measuring a scope's usage means listing every object under it, a request
+    per 1,000 objects. So the volume keeps a usage record per scope, in the
+    bucket at ``<prefix>/.artifact-import/usage/<scope>.json``, updated by
+    its own writes and deletes; the first use of a scope without a record,
+    and :meth:`reconcile_usage`, measure it by a paginated listing. Writes
+    by other clients are seen only when reconciled.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        endpoint: S3Endpoint,
+        bucket: str,
+        prefix: str = "",
+        *,
+        read_only: bool = False,
+        quotas: Mapping[str, int | None] | None = None,
+        read_only_vfolders: Iterable[VFolderID] = (),
+        multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
+        part_size: int = DEFAULT_PART_SIZE,
+    ) -> None:
+        self.root = ObjectStorage(
+            name, endpoint, bucket, prefix, multipart_threshold=multipart_threshold, part_size=part_size
+        )
+        self._storages: dict[VFolderID, ObjectStorage] = {}
+        super().__init__(name, read_only=read_only, quotas=quotas, read_only_vfolders=read_only_vfolders)
+
+    def _make_ledger(self) -> QuotaLedger:
+        return QuotaLedger(self.describe(), self._load_usage, save=self._save_usage)
+
+    def describe(self) -> str:
+        where = f"{self.root.bucket}/{self.root.prefix}" if self.root.prefix else self.root.bucket
+        return f"volume {self.name} ({self.root.endpoint.display}/{where})"
+
+    def vfolder_prefix(self, vfid: VFolderID) -> str:
+        return f"{vfid.quota_scope_id}/{vfid.folder_id.hex}"
+
+    def _storage(self, vfid: VFolderID) -> ObjectStorage:
+        storage = self._storages.get(vfid)
+        if storage is None:
+            storage = self._storages[vfid] = self.root.subpath(self.vfolder_prefix(vfid))
+        return storage
+
+    async def sanitize_vfpath(self, vfid: VFolderID, relpath: str = "") -> PurePosixPath:
+        if relpath in ("", "."):
+            return PurePosixPath(self.root.key(self.vfolder_prefix(vfid)))
+        problem = path_problem(relpath)
+        if problem is not None and not problem.startswith("inside the reserved"):
+            raise UnsafePathError([(relpath, f"{problem} (in {self.describe_vfolder(vfid)})")])
+        return PurePosixPath(self._storage(vfid).key(relpath))
+
+    async def open_file(
+        self, vfid: VFolderID, relpath: str, *, size_hint: int | None = None, sha256: str | None = None
+    ) -> PendingWrite:
+        await self.sanitize_vfpath(vfid, relpath)
+        return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
+
+    async def read_file(self, vfid: VFolderID, relpath: str) -> AsyncIterator[bytes]:
+        await self.sanitize_vfpath(vfid, relpath)
+        async for chunk in self._storage(vfid).stream_download(relpath):
+            yield chunk
+
+    async def _delete_file(self, vfid: VFolderID, relpath: str) -> None:
+        await self.sanitize_vfpath(vfid, relpath)
+        await self._storage(vfid).delete_file(relpath)
+
+    async def stat_file(self, vfid: VFolderID, relpath: str) -> FileInfo | None:
+        await self.sanitize_vfpath(vfid, relpath)
+        try:
+            return await self._storage(vfid).get_file_info(relpath)
+        except StorageFileNotFoundError:
+            return None
+
+    async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
+        # Keys need no folders; the path is still checked, so a bad one fails here as it would on a VFS volume.
+        self.check_writable(vfid)
+        await self.sanitize_vfpath(vfid, relpath)
+
+    async def vfolder_exists(self, vfid: VFolderID) -> bool:
+        await self.root.preflight()
+        return True
+
+    async def create_vfolder(self, vfid: VFolderID) -> None:
+        self.check_writable(vfid)
+        await self.root.preflight()
+
+    async def measure_usage(self, scope: str) -> int:
+        """Sum the sizes of every object under the scope, page by page (never a full list in memory)."""
+        check_scope(scope)
+        start = self.root.key(scope) + "/"
+
+        def listing() -> int:
+            found = self.root.bridge.client.list_objects(self.root.bucket, prefix=start, recursive=True)
+            return sum(o.size or 0 for o in found if not o.is_dir)
+
+        return await self.root.bridge.call(self.describe(), listing)
+
+    def _record_path(self, scope: str) -> str:
+        return f"{RESERVED_DIR}/usage/{check_scope(scope)}.json"
+
+    async def _load_usage(self, scope: str) -> int:
+        try:
+            chunks = [c async for c in self.root.stream_download(self._record_path(scope))]
+            record = json.loads(b"".join(chunks))
+            return int(record["used"])
+        except StorageFileNotFoundError:
+            pass
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: the usage record of scope %s is unreadable; measuring it", self.describe(), scope)
+        used = await self.measure_usage(scope)
+        await self._save_usage(scope, used)
+        return used
+
+    async def _save_usage(self, scope: str, used: int) -> None:
+        if self.read_only:
+            return
+        record = {"scope": scope, "used": used, "updated": time.time()}
+        try:
+            await self.root.stream_upload(self._record_path(scope), one_chunk(json.dumps(record).encode()))
+        except StorageError as exc:
+            # The next process measures again; this one keeps counting in memory.
+            log.warning("%s: could not store the usage record of scope %s: %s", self.describe(), scope, exc)
+
+    async def _usage_changed(self, scope: str) -> None:
+        usage = await self.quota.usage(scope)
+        await self._save_usage(scope, usage.used)
+
+    async def aclose(self) -> None:
+        for storage in self._storages.values():
+            if storage.unaborted:
+                await storage.abort_unaborted()
+        await self.root.aclose()
