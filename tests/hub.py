@@ -88,6 +88,8 @@ class Faults:
     slow_bps: int = 0
     #: Serve a ``Range`` request as a full ``200`` response, like servers that ignore ranges.
     ignore_range: bool = False
+    #: List the file with this size instead of its real one (a listing that lies).
+    listed_size: dict[str, int] = field(default_factory=dict)
 
 
 def safetensors_header(size: int) -> bytes:
@@ -235,10 +237,11 @@ class LocalHub:
         for f in files.values():
             entry: dict[str, Any] = {"rfilename": f.path}
             if blobs:
-                entry["size"] = f.size
+                size = self.faults.listed_size.get(f.path, f.size)
+                entry["size"] = size
                 entry["blobId"] = git_blob_sha1(len(f.pointer()), [f.pointer()]) if f.lfs else f.git_sha1
                 if f.lfs:
-                    entry["lfs"] = {"sha256": f.sha256, "size": f.size, "pointerSize": len(f.pointer())}
+                    entry["lfs"] = {"sha256": f.sha256, "size": size, "pointerSize": len(f.pointer())}
             siblings.append(entry)
         now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         return web.json_response(
@@ -280,10 +283,11 @@ class LocalHub:
                     oid = hashlib.sha1(folder.encode()).hexdigest()
                     entries.setdefault(folder, {"type": "directory", "oid": oid, "size": 0, "path": folder})
             if recursive or len(rest) == 1:
-                entry: dict[str, Any] = {"type": "file", "size": f.size, "path": f.path}
+                size = self.faults.listed_size.get(f.path, f.size)
+                entry: dict[str, Any] = {"type": "file", "size": size, "path": f.path}
                 if f.lfs:
                     entry["oid"] = git_blob_sha1(len(f.pointer()), [f.pointer()])
-                    entry["lfs"] = {"oid": f.sha256, "size": f.size, "pointerSize": len(f.pointer())}
+                    entry["lfs"] = {"oid": f.sha256, "size": size, "pointerSize": len(f.pointer())}
                 else:
                     entry["oid"] = f.git_sha1
                 entries[f.path] = entry
