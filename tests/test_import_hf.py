@@ -211,6 +211,22 @@ async def test_unsafe_names_in_the_listing_refuse_the_whole_import(hub: LocalHub
     assert hub.requests == [], "no file body may be requested"
 
 
+async def test_a_symlink_out_of_the_destination_refuses_the_import_before_any_download(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name()
+    hub.create_repo(repo, {"ok.json": b"{}", "weights/model.bin": 4096})
+    dest, outside = tmp_path / "dest", tmp_path / "outside"
+    dest.mkdir()
+    outside.mkdir()
+    (dest / "weights").symlink_to(outside)
+    with pytest.raises(UnsafePathError) as info:
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert info.value.offending == (("weights/model.bin", "resolves outside the storage root"),)
+    assert hub.requests == [], "no file body may be requested"
+    assert list(outside.iterdir()) == [] and sorted(p.name for p in dest.iterdir()) == ["weights"]
+
+
 async def test_unknown_repository(hub: LocalHub, tmp_path: Path) -> None:
     with pytest.raises(RepositoryNotFoundError, match=r"hf://nobody/nothing@main: repository not found.*HF_TOKEN"):
         await import_artifact("hf://nobody/nothing", tmp_path, registry=fast_registry())
