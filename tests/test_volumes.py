@@ -520,3 +520,24 @@ async def _chunks(total: int, size: int = MiB) -> AsyncIterator[bytes]:
         n = min(size, total - sent)
         sent += n
         yield b"v" * n
+
+
+async def test_deleting_files_credits_the_scope_and_mkdir_stays_inside(make_volume: VolumeFactory) -> None:
+    volume = make_volume(quotas={SCOPE: 4 * MiB})
+    vfid = await new_vfolder(volume)
+    adapter = VolumeStorageAdapter("vfolder_storage_t", volume, vfid, "sub")
+    await adapter.stream_upload("a/one.bin", _chunks(3 * MiB))
+    assert (await adapter.get_file_info("a/one.bin")).size == 3 * MiB
+    with pytest.raises(QuotaExceededError):
+        await adapter.stream_upload("a/two.bin", _chunks(2 * MiB))
+    await adapter.delete_file("a/one.bin")
+    await adapter.delete_file("a/never-there.bin")
+    assert (await volume.get_quota(SCOPE)).used == 0
+    await adapter.stream_upload("a/two.bin", _chunks(2 * MiB))
+    assert [c async for c in adapter.stream_download("a/two.bin")] == [b"v" * MiB] * 2
+    assert (await volume.reconcile_usage(SCOPE)).used == 2 * MiB
+    await volume.mkdir(vfid, "sub/empty/deeper")
+    if isinstance(volume, VFSVolume):
+        assert (volume.vfolder_path(vfid) / "sub" / "empty" / "deeper").is_dir()
+    with pytest.raises(UnsafePathError):
+        await volume.mkdir(vfid, "../outside")
