@@ -26,6 +26,12 @@
     [volume.local.quotas]
     "user-1" = "100GiB"                 # per quota scope; "unlimited" or absent: no limit
 
+    [server]                            # artifact-import serve / create_app()
+    max-concurrent-imports = 2          # more requests wait, in state "queued"
+    max-concurrent-files = 4            # per import
+    staging = "scratch"                 # a storage above, for DOWNLOAD/VERIFY of vfolder imports
+    webhooks = ["https://hooks.example/import"]   # POSTed when an import ends
+
 A mistake is reported with the file, the line and the key, and never with
 the value of a secret.
 """
@@ -88,11 +94,24 @@ class VerifySettings:
 
 
 @attrs.frozen
+class ServerSettings:
+    """Per deployment (``[server]``): imports and files at once, staging storage, completion webhooks."""
+
+    max_concurrent_imports: int = 2
+    max_concurrent_files: int = 4
+    staging: str | None = None
+    webhooks: tuple[str, ...] = ()
+    webhook_attempts: int = 5
+    webhook_backoff: float = 1.0
+
+
+@attrs.frozen
 class Config:
     path: Path | None
     storages: Mapping[str, AbstractStorage] = attrs.field(factory=dict)
     verify: VerifySettings = attrs.field(factory=VerifySettings)
     volumes: Mapping[str, AbstractVolume] = attrs.field(factory=dict)
+    server: ServerSettings = attrs.field(factory=ServerSettings)
 
     def pool(self) -> StoragePool:
         return StoragePool(self.storages)
@@ -145,10 +164,10 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     reader = _Reader(path, text)
-    unknown = set(data) - {"storage", "verify", "volume"}
+    unknown = set(data) - {"storage", "verify", "volume", "server"}
     if unknown:
         key = sorted(unknown)[0]
-        raise reader.error(key, None, "unknown section (known: storage, verify, volume)")
+        raise reader.error(key, None, "unknown section (known: server, storage, verify, volume)")
     environ = os.environ if env is None else env
     storages: dict[str, AbstractStorage] = {}
     for name, table in (data.get("storage") or {}).items():
@@ -160,7 +179,46 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         if not isinstance(table, dict):
             raise reader.error(f"volume.{name}", None, "must be a table, e.g. [volume.NAME]")
         volumes[name] = _volume(reader, name, table, environ)
-    return Config(path, storages, _verify(reader, data.get("verify") or {}), volumes)
+    server = _server(reader, data.get("server") or {}, storages)
+    return Config(path, storages, _verify(reader, data.get("verify") or {}), volumes, server)
+
+
+def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, AbstractStorage]) -> ServerSettings:
+    keys = {
+        "max-concurrent-imports",
+        "max-concurrent-files",
+        "staging",
+        "webhooks",
+        "webhook-attempts",
+        "webhook-backoff",
+    }
+    _known(reader, "server", table, keys)
+    counts = {}
+    for key, default in (("max-concurrent-imports", 2), ("max-concurrent-files", 4), ("webhook-attempts", 5)):
+        value = table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
+            raise reader.error("server", key, "must be a whole number from 1 to 1000")
+        counts[key] = value
+    backoff = table.get("webhook-backoff", 1.0)
+    if not isinstance(backoff, int | float) or isinstance(backoff, bool) or backoff < 0:
+        raise reader.error("server", "webhook-backoff", "must be a number of seconds")
+    staging = _string(reader, "server", table, "staging")
+    if staging is not None and staging not in storages:
+        raise reader.error("server", "staging", f"no storage named {staging!r} in this file")
+    hooks = table.get("webhooks", [])
+    if not isinstance(hooks, list) or not all(
+        isinstance(h, str) and h.startswith(("http://", "https://")) for h in hooks
+    ):
+        # URLs may carry tokens: never quoted.
+        raise reader.error("server", "webhooks", "must be a list of http:// or https:// URLs")
+    return ServerSettings(
+        max_concurrent_imports=counts["max-concurrent-imports"],
+        max_concurrent_files=counts["max-concurrent-files"],
+        staging=staging,
+        webhooks=tuple(hooks),
+        webhook_attempts=counts["webhook-attempts"],
+        webhook_backoff=float(backoff),
+    )
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:

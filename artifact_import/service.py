@@ -2,10 +2,12 @@
 
 :meth:`ImportService.start_import` checks the request, builds the storage
 mappings (a vfolder becomes a ``VolumeStorageAdapter`` named
-``vfolder_storage_{request_id}``), starts the import in the background and
-returns its id at once. The outcome (success with the result, or failure
-with the error, and every file's progress either way) is kept and can be
-polled (:meth:`get`) or awaited (:meth:`wait`).
+``vfolder_storage_{request_id}``), starts one background task for the
+request and returns its id at once. At most ``max_concurrent_imports`` run
+at a time; the others wait, in state ``queued``. The outcome (each model's
+result or the error, and every file's progress either way) is kept and can
+be polled (:meth:`get`), awaited (:meth:`wait`), followed as events
+(:meth:`ImportTask.subscribe`) or announced to webhooks.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -27,7 +29,7 @@ from .errors import ArtifactImportError, ConfigError
 from .model import ArtifactStorageImportStep, FileState, ImportResult, ModelTarget, ProgressEvent
 from .pipeline import ImportPipeline
 from .registries.base import AbstractRegistry
-from .storages.base import AbstractStoragePool, StoragePool
+from .storages.base import AbstractStorage, AbstractStoragePool, StoragePool
 from .storages.volume import VolumeStorageAdapter
 from .verifiers.base import Verifier
 from .volumes.base import VFolderRef, VolumePool
@@ -38,10 +40,14 @@ Step = ArtifactStorageImportStep
 
 
 class TaskState(enum.Enum):
+    QUEUED = "queued"
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+
+
+FINAL_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.CANCELLED})
 
 
 @attrs.define
@@ -65,41 +71,133 @@ class FileProgress:
 
 
 @attrs.define(eq=False)
-class ImportTask:
-    """One import started by :meth:`ImportService.start_import`, running or finished."""
+class ModelProgress:
+    """One model of a request: where it goes, its files as they move, its result."""
 
-    id: str
     source: str
     destination: str
-    started: float = attrs.field(factory=time.time)
-    state: TaskState = TaskState.RUNNING
-    finished: float | None = None
-    result: ImportResult | None = None
-    error: ArtifactImportError | None = None
     files: dict[str, FileProgress] = attrs.field(factory=dict)
-    _task: asyncio.Task[ImportResult] | None = None
+    result: ImportResult | None = None
 
-    def on_progress(self, event: ProgressEvent) -> None:
-        self.files[event.path] = FileProgress(
-            event.path, event.state, event.step, event.bytes_done, event.bytes_total, event.error
-        )
+    def to_dict(self) -> dict[str, Any]:
+        verdicts = {f.path: [attrs.asdict(v) for v in f.verdicts] for f in self.result.files} if self.result else {}
+        return {
+            "source": self.source,
+            "destination": self.destination,
+            "files": [
+                {**f.to_dict(), "verdicts": verdicts.get(f.path, [])}
+                for f in sorted(self.files.values(), key=lambda f: f.path)
+            ],
+            "result": self.result.to_dict() if self.result else None,
+        }
+
+
+@attrs.define(eq=False)
+class ImportTask:
+    """One request started by :meth:`ImportService.start_import`: queued, running or finished."""
+
+    id: str
+    models: list[ModelProgress]
+    created: float = attrs.field(factory=time.time)
+    state: TaskState = TaskState.QUEUED
+    started: float | None = None
+    finished: float | None = None
+    error: ArtifactImportError | None = None
+    _task: asyncio.Task[list[ImportResult]] | None = None
+    _subscribers: list[_Subscriber] = attrs.field(factory=list)
 
     @property
     def done(self) -> bool:
-        return self.state is not TaskState.RUNNING
+        return self.state in FINAL_STATES
 
-    def to_dict(self) -> dict[str, Any]:
+    @property
+    def results(self) -> list[ImportResult]:
+        return [m.result for m in self.models if m.result is not None]
+
+    def progress_callback(self, index: int) -> Callable[[ProgressEvent], None]:
+        model = self.models[index]
+
+        def on_progress(event: ProgressEvent) -> None:
+            progress = FileProgress(
+                event.path, event.state, event.step, event.bytes_done, event.bytes_total, event.error
+            )
+            model.files[event.path] = progress
+            for subscriber in self._subscribers:
+                subscriber.put(f"file:{index}:{event.path}", {"model": index, **progress.to_dict()})
+
+        return on_progress
+
+    def set_state(self, state: TaskState, error: ArtifactImportError | None = None) -> None:
+        self.state = state
+        if error is not None:
+            self.error = error
+        if state is TaskState.RUNNING:
+            self.started = time.time()
+        if state in FINAL_STATES:
+            self.finished = time.time()
+        for subscriber in self._subscribers:
+            subscriber.put("state", self.summary())
+
+    def summary(self) -> dict[str, Any]:
+        """State and error, without the files."""
         return {
             "id": self.id,
             "state": self.state.value,
-            "source": self.source,
-            "destination": self.destination,
+            "error": None if self.error is None else {"type": type(self.error).__name__, "message": str(self.error)},
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.summary(),
+            "created": self.created,
             "started": self.started,
             "finished": self.finished,
-            "error": None if self.error is None else {"type": type(self.error).__name__, "message": str(self.error)},
-            "result": None if self.result is None else self.result.to_dict(),
-            "files": [f.to_dict() for f in sorted(self.files.values(), key=lambda f: f.path)],
+            "models": [m.to_dict() for m in self.models],
         }
+
+    async def subscribe(self) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """``("state" | "file", data)`` as the task moves, starting with its state; ends when it is finished.
+
+        A slow reader gets the latest state of each file, never an unbounded backlog.
+        """
+        subscriber = _Subscriber()
+        self._subscribers.append(subscriber)
+        try:
+            yield "state", self.summary()
+            while not self.done:
+                for key, data in await subscriber.take():
+                    yield ("state" if key == "state" else "file"), data
+            for key, data in subscriber.drain():
+                yield ("state" if key == "state" else "file"), data
+        finally:
+            self._subscribers.remove(subscriber)
+
+
+class _Subscriber:
+    """Pending events for one reader, keyed so a newer event replaces an older one of the same file."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._ready = asyncio.Event()
+
+    def put(self, key: str, data: dict[str, Any]) -> None:
+        self._pending.pop(key, None)  # re-inserted last: events keep their order
+        self._pending[key] = data
+        self._ready.set()
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        items = list(self._pending.items())
+        self._pending.clear()
+        self._ready.clear()
+        return items
+
+    async def take(self) -> list[tuple[str, dict[str, Any]]]:
+        await self._ready.wait()
+        return self.drain()
+
+
+#: Called with a finished task (e.g. to post webhooks); must not block.
+FinishedCallback = Callable[[ImportTask], None]
 
 
 class ImportService:
@@ -119,14 +217,20 @@ class ImportService:
         volume_pool: VolumePool | None = None,
         verifiers: Sequence[Verifier] = (),
         staging: str | None = None,
+        max_concurrent_imports: int = 2,
         max_concurrent_files: int = 4,
         keep_finished: int = 1000,
+        on_finished: Sequence[FinishedCallback] = (),
     ) -> None:
+        if max_concurrent_imports < 1:
+            raise ConfigError("max_concurrent_imports must be at least 1")
         self.registries = dict(registries)
         self.storage_pool = storage_pool or StoragePool()
         self.volume_pool = volume_pool or VolumePool()
         self.staging = staging
         self.pipeline = ImportPipeline(self.registries, verifiers, max_concurrent_files=max_concurrent_files)
+        self.on_finished = list(on_finished)
+        self._slots = asyncio.Semaphore(max_concurrent_imports)
         self._tasks: dict[str, ImportTask] = {}
         self._finished: collections.deque[str] = collections.deque()
         self._keep_finished = keep_finished
@@ -143,20 +247,25 @@ class ImportService:
 
     async def start_import(
         self,
-        model: ModelTarget,
+        models: ModelTarget | Sequence[ModelTarget],
         registry_name: str,
         *,
         vfolder: VFolderRef | None = None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
     ) -> str:
-        """Start importing ``model`` and return the task id at once.
+        """Start importing ``models`` (one after the other) and return the task id at once.
 
         The destination is ``vfolder``, or the ARCHIVE entry of
-        ``storage_step_mappings`` (storage names of the pool). What can be
-        checked without I/O (registry, volume, storage names) is checked
-        here and raises :class:`ConfigError` / :class:`StorageNotFoundError`.
+        ``storage_step_mappings`` (storage names of the pool, or storages).
+        With several models, each lands in a folder named by its repository
+        id. What can be checked without I/O (registry, volume and storage
+        names) is checked here and raises :class:`ConfigError` /
+        :class:`StorageNotFoundError`.
         """
+        models = [models] if isinstance(models, ModelTarget) else list(models)
+        if not models:
+            raise ConfigError("no models to import")
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._tasks:
             raise ConfigError(f"an import with request id {request_id!r} already exists")
@@ -172,51 +281,61 @@ class ImportService:
             mappings = {**defaults, **mappings}
         if Step.ARCHIVE not in mappings:
             raise ConfigError("no destination: give a vfolder or an ARCHIVE storage mapping")
-        for target in mappings.values():
-            target.resolve(self.storage_pool)
-        context = ImportStepContext(
-            model=model,
-            registry_name=registry_name,
-            storage_pool=self.storage_pool,
-            storage_step_mappings=mappings,
-            step_metadata={"request_id": request_id},
+        resolved = {step: target.resolve(self.storage_pool) for step, target in mappings.items()}
+        contexts = []
+        for model in models:
+            per_model = {
+                step: StorageTarget(s.subpath(model.repo_id) if len(models) > 1 and step is Step.ARCHIVE else s)
+                for step, s in resolved.items()
+            }
+            contexts.append(
+                ImportStepContext(
+                    model=model,
+                    registry_name=registry_name,
+                    storage_pool=self.storage_pool,
+                    storage_step_mappings=per_model,
+                    step_metadata={"request_id": request_id},
+                )
+            )
+        task = ImportTask(
+            request_id,
+            [ModelProgress(c.model.uri, _archive(c).describe()) for c in contexts],
         )
-        destination = mappings[Step.ARCHIVE].resolve(self.storage_pool).describe()
-        task = ImportTask(request_id, model.uri, destination)
-        task._task = asyncio.create_task(self._run(task, context), name=f"import:{request_id}")
+        task._task = asyncio.create_task(self._run(task, contexts), name=f"import:{request_id}")
         # The outcome is kept on the task; nobody has to await it.
         task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._tasks[request_id] = task
         return request_id
 
-    async def _run(self, task: ImportTask, context: ImportStepContext) -> ImportResult:
+    async def _run(self, task: ImportTask, contexts: list[ImportStepContext]) -> list[ImportResult]:
         try:
-            result = await self.pipeline.run(context, task.on_progress)
+            async with self._slots:
+                task.set_state(TaskState.RUNNING)
+                for index, context in enumerate(contexts):
+                    task.models[index].result = await self.pipeline.run(context, task.progress_callback(index))
         except asyncio.CancelledError:
-            self._finish(task, TaskState.CANCELLED, error=ArtifactImportError(f"{task.source}: import cancelled"))
+            self._finish(task, TaskState.CANCELLED, ArtifactImportError(f"import {task.id} cancelled"))
             raise
         except ArtifactImportError as exc:
-            self._finish(task, TaskState.FAILED, error=exc)
+            self._finish(task, TaskState.FAILED, exc)
             raise
         except Exception as exc:
             log.exception("import %s failed unexpectedly", task.id)
-            self._finish(task, TaskState.FAILED, error=ArtifactImportError(f"{task.source}: internal error: {exc!r}"))
+            self._finish(task, TaskState.FAILED, ArtifactImportError(f"import {task.id}: internal error: {exc!r}"))
             raise
-        self._finish(task, TaskState.SUCCEEDED, result=result)
-        return result
+        self._finish(task, TaskState.SUCCEEDED)
+        return task.results
 
-    def _finish(
-        self,
-        task: ImportTask,
-        state: TaskState,
-        *,
-        result: ImportResult | None = None,
-        error: ArtifactImportError | None = None,
-    ) -> None:
-        task.state, task.result, task.error, task.finished = state, result, error, time.time()
+    def _finish(self, task: ImportTask, state: TaskState, error: ArtifactImportError | None = None) -> None:
+        task.set_state(state, error)
         self._finished.append(task.id)
         while len(self._finished) > self._keep_finished:
             self._tasks.pop(self._finished.popleft(), None)
+        for callback in self.on_finished:
+            try:
+                callback(task)
+            except Exception:
+                log.exception("import %s: a completion callback failed", task.id)
 
     def get(self, task_id: str) -> ImportTask:
         try:
@@ -227,8 +346,8 @@ class ImportService:
     def tasks(self) -> list[ImportTask]:
         return list(self._tasks.values())
 
-    async def wait(self, task_id: str) -> ImportResult:
-        """The result of the import; raises its error if it failed or was cancelled."""
+    async def wait(self, task_id: str) -> list[ImportResult]:
+        """The results of the import, one per model; raises its error if it failed or was cancelled."""
         task = self.get(task_id)
         assert task._task is not None
         try:
@@ -249,9 +368,13 @@ class ImportService:
         return task
 
     async def aclose(self) -> None:
-        """Cancel every running import and wait for their cleanup."""
+        """Cancel every queued and running import and wait for their cleanup."""
         running = [t._task for t in self._tasks.values() if t._task is not None and not t._task.done()]
         for t in running:
             t.cancel()
         if running:
             await run_to_completion(asyncio.gather(*running, return_exceptions=True))
+
+
+def _archive(context: ImportStepContext) -> AbstractStorage:
+    return context.storage_for(Step.ARCHIVE)

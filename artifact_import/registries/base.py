@@ -12,6 +12,8 @@ class AbstractRegistry(abc.ABC):
     """Lists an artifact's files at an immutable version and streams their bytes."""
 
     name: str
+    #: The ``ModelTarget.scheme`` of what it serves ("hf", "s3").
+    scheme: str = "hf"
 
     @abc.abstractmethod
     async def resolve(self, model: ModelTarget) -> ResolvedArtifact:

@@ -34,6 +34,8 @@ class S3Registry(AbstractRegistry):
     the size is checked.
     """
 
+    scheme = "s3"
+
     def __init__(
         self,
         name: str = "s3",
