@@ -26,11 +26,14 @@ async def import_artifact(
     on_progress: ProgressCallback | None = None,
     max_concurrent_files: int = 4,
     quarantine: AbstractStorage | None = None,
+    skip_present: bool = True,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
     Every file is verified against the digests its source published before
     any of them becomes visible; on any error nothing of the import remains.
+    Files an earlier import of the same content left at the destination are
+    not fetched again unless ``skip_present`` is false.
     """
     model = (
         source
@@ -47,7 +50,11 @@ async def import_artifact(
         storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
     )
     pipeline = ImportPipeline(
-        {reg.name: reg}, verifiers, max_concurrent_files=max_concurrent_files, quarantine=quarantine
+        {reg.name: reg},
+        verifiers,
+        max_concurrent_files=max_concurrent_files,
+        quarantine=quarantine,
+        skip_present=skip_present,
     )
     try:
         return await pipeline.run(context, on_progress)

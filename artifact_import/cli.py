@@ -114,6 +114,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     help="Pickle files (.bin .pt .pth .pkl .ckpt) that would import anything beyond tensors and state dicts: "
     "fail the import (default), warn and record, or do not scan.",
 )
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Fetch every file again, even those an earlier import left at DEST (by default, files whose "
+    "manifest entry and stored size match are skipped).",
+)
 @click.pass_context
 def import_cmd(
     ctx: click.Context,
@@ -128,6 +134,7 @@ def import_cmd(
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
+    force: bool,
 ) -> None:
     """Import SOURCE into DEST.
 
@@ -140,8 +147,9 @@ def import_cmd(
 
     Files land at DEST/<path in the source>, with a manifest at
     DEST/.artifact-import/manifest.json recording the source, the resolved
-    commit and each file's size and sha256. Nothing appears at DEST until
-    every file has been verified.
+    commit and each file's size, sha256 and verdicts. Nothing appears at
+    DEST until every file has been verified. Importing again into the same
+    DEST fetches only what is missing or changed (--force: everything).
 
     \b
     Examples:
@@ -179,7 +187,9 @@ def import_cmd(
         )
         quarantine_to = quarantine or settings.quarantine
         kept = open_destination(quarantine_to, config) if quarantine_to else None
-        result = asyncio.run(_run(model, storage, registry, verifiers, kept, config, progress, concurrency))
+        result = asyncio.run(
+            _run(model, storage, registry, verifiers, kept, config, progress, concurrency, skip_present=not force)
+        )
     except ArtifactImportError as exc:
         _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
     except Exception as exc:
@@ -214,6 +224,8 @@ async def _run(
     config: Config | None,
     progress: ProgressCallback | None,
     concurrency: int,
+    *,
+    skip_present: bool,
 ) -> ImportResult:
     try:
         return await import_artifact(
@@ -224,6 +236,7 @@ async def _run(
             on_progress=progress,
             max_concurrent_files=concurrency,
             quarantine=quarantine,
+            skip_present=skip_present,
         )
     finally:
         await registry.aclose()
@@ -235,7 +248,7 @@ async def _run(
 
 
 def _summary(result: ImportResult, to: str) -> str:
-    rate = result.total_bytes / max(result.seconds, 1e-6)
+    rate = sum(f.size for f in result.files if not f.skipped) / max(result.seconds, 1e-6)
     source = f"{result.source}@{result.revision}" if result.revision else result.source
     size_only = sum(1 for f in result.files if f.verdicts and "size checked only" in f.verdicts[0].detail)
     checked = (
@@ -245,10 +258,11 @@ def _summary(result: ImportResult, to: str) -> str:
     )
     scan = result.malware_scan()
     scanned = f"malware scan: {scan['engine']}, all clean" if scan["ran"] else "malware scan: not run (no --clamd)"
+    skipped = f", {result.skipped} already present and skipped" if result.skipped else ""
     return (
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "
-        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s); {checked}; {scanned}"
+        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s){skipped}; {checked}; {scanned}"
     )
 
 

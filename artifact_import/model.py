@@ -30,6 +30,8 @@ class FileState(enum.StrEnum):
     VERIFIED = "verified"
     DONE = "done"
     FAILED = "failed"
+    #: Already at the destination from an earlier import (manifest and stored size match): not fetched.
+    SKIPPED = "skipped"
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -164,6 +166,8 @@ class FileResult:
     size: int
     sha256: str
     verdicts: tuple[Verdict, ...] = ()
+    #: Not fetched: the destination already held it (see :data:`FileState.SKIPPED`).
+    skipped: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -171,6 +175,7 @@ class FileResult:
             "size": self.size,
             "sha256": self.sha256,
             "verdicts": [attrs.asdict(v) for v in self.verdicts],
+            "skipped": self.skipped,
         }
 
 
@@ -189,6 +194,11 @@ class ImportResult:
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
+
+    @property
+    def skipped(self) -> int:
+        """How many files were already at the destination and were not fetched again."""
+        return sum(1 for f in self.files if f.skipped)
 
     def malware_scan(self) -> dict[str, Any]:
         """Whether a malware scanner looked at every file, and which."""
@@ -209,6 +219,7 @@ class ImportResult:
             "manifest": self.manifest_path,
             "files": [f.to_dict() for f in self.files],
             "file_count": len(self.files),
+            "skipped_count": self.skipped,
             "total_bytes": self.total_bytes,
             "seconds": round(self.seconds, 3),
         }

@@ -34,6 +34,7 @@ from .model import (
 )
 from .paths import RESERVED_DIR
 from .registries.base import AbstractRegistry
+from .reimport import already_present, read_manifest
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
@@ -74,6 +75,8 @@ class _Run:
     artifact: ResolvedArtifact
     passes: list[_Pass]
     on_progress: ProgressCallback | None
+    #: The files to fetch: those of the artifact the destination does not hold yet.
+    todo: tuple[ArtifactFile, ...]
     run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:12])
     pending: list[PendingWrite] = attrs.field(factory=list)
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
@@ -101,8 +104,14 @@ class ImportPipeline:
         max_concurrent_files: int = 4,
         read_ahead_depth: int = 4,
         quarantine: AbstractStorage | None = None,
+        skip_present: bool = True,
     ) -> None:
-        """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination)."""
+        """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
+
+        ``skip_present``: files an earlier import left at the destination
+        (its manifest and the stored size agree, see :mod:`.reimport`) are
+        not fetched again.
+        """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
         self.registries = dict(registries)
@@ -111,6 +120,7 @@ class ImportPipeline:
         self.max_concurrent_files = max_concurrent_files
         self.read_ahead_depth = read_ahead_depth
         self.quarantine = quarantine
+        self.skip_present = skip_present
 
     def registry(self, name: str) -> AbstractRegistry:
         try:
@@ -135,15 +145,24 @@ class ImportPipeline:
             "files": len(artifact.files),
             "bytes": artifact.total_size,
         }
-        run = _Run(context, artifact, passes, on_progress)
         destination = passes[-1].storage
         await destination.check_paths([f.path for f in artifact.files])
+        present = (
+            await already_present(destination, artifact, self.verify_step.verifiers, await read_manifest(destination))
+            if self.skip_present
+            else {}
+        )
+        todo = tuple(f for f in artifact.files if f.path not in present)
+        run = _Run(context, artifact, passes, on_progress, todo)
+        for file in artifact.files:
+            if file.path in present:
+                run.emit(file, FileState.SKIPPED, None, file.size or 0)
         async with contextlib.AsyncExitStack() as reservations:
             # Quotas are checked before any byte moves; writes then charge these reservations.
             for storage in dict.fromkeys(p.storage for p in passes):
-                await reservations.enter_async_context(storage.reserve(self._space_needed(artifact)))
+                await reservations.enter_async_context(storage.reserve(self._space_needed(artifact, todo)))
             try:
-                results = await self._import_files(run, download)
+                results = [*await self._import_files(run, download), *present.values()]
                 context.step_metadata[Step.VERIFY.value] = {
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
@@ -154,7 +173,7 @@ class ImportPipeline:
             finally:
                 await run_to_completion(self._remove_staged(run))
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
-        for file in artifact.files:
+        for file in todo:
             run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)
         return ImportResult(
             source=artifact.source,
@@ -167,9 +186,9 @@ class ImportPipeline:
         )
 
     @staticmethod
-    def _space_needed(artifact: ResolvedArtifact) -> int:
-        """The files plus room for the manifest (path, digests and verdicts per file)."""
-        return artifact.total_size + MANIFEST_ALLOWANCE + sum(len(f.path) + 1024 for f in artifact.files)
+    def _space_needed(artifact: ResolvedArtifact, todo: Sequence[ArtifactFile]) -> int:
+        """The files to fetch plus room for the manifest (path, digests and verdicts per file)."""
+        return sum(f.size or 0 for f in todo) + MANIFEST_ALLOWANCE + sum(len(f.path) + 1024 for f in artifact.files)
 
     async def _import_files(self, run: _Run, download: DownloadStep) -> list[FileResult]:
         limit = asyncio.Semaphore(self.max_concurrent_files)
@@ -182,10 +201,12 @@ class ImportPipeline:
                     run.emit(file, FileState.FAILED, None, 0, str(exc))
                     raise
 
-        for file in run.artifact.files:
+        if not run.todo:
+            return []
+        for file in run.todo:
             run.emit(file, FileState.QUEUED, None, 0)
         # Largest first: the long poles start early and small files fill the gaps.
-        ordered = sorted(run.artifact.files, key=lambda f: f.size or 0, reverse=True)
+        ordered = sorted(run.todo, key=lambda f: f.size or 0, reverse=True)
         tasks = [asyncio.create_task(one(f), name=f"import:{f.path}") for f in ordered]
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

@@ -104,7 +104,9 @@ class LineProgress:
 
     def __call__(self, event: ProgressEvent) -> None:
         self._received += self._totals.update(event)
-        if event.state is FileState.VERIFIED:
+        if event.state is FileState.SKIPPED:
+            print(f"already present, skipped: {event.path}", file=self._stream, flush=True)
+        elif event.state is FileState.VERIFIED:
             self._finished += 1
             elapsed = max(time.monotonic() - self._started, 1e-6)
             print(

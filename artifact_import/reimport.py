@@ -1,0 +1,108 @@
+"""Importing again into a destination that holds an earlier import: what need not move again.
+
+A file is skipped when the destination's manifest lists it with the same
+size and the same content (the same source at the same commit, or the same
+published sha256), every verifier of this run has an ok verdict for it on
+record, and the stored file still has that size. Anything less, and the
+file is fetched and verified again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
+from .errors import ArtifactImportError, StorageFileNotFoundError
+from .manifest import MANIFEST_PATH
+from .model import ArtifactFile, FileResult, ResolvedArtifact, Verdict
+from .storages.base import AbstractStorage
+from .verifiers.base import Verifier
+
+log = logging.getLogger(__name__)
+
+#: A manifest larger than this is not trusted (nor read into memory).
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
+    """The destination's manifest, or ``None`` if there is none or it cannot be used."""
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in storage.stream_download(MANIFEST_PATH):
+            size += len(chunk)
+            if size > MAX_MANIFEST_BYTES:
+                log.warning("%s: %s is larger than %d bytes; ignored", storage.describe(), MANIFEST_PATH, size)
+                return None
+            chunks.append(chunk)
+    except StorageFileNotFoundError:
+        return None
+    except ArtifactImportError as exc:
+        log.warning("%s: cannot read %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
+        return None
+    try:
+        manifest = json.loads(b"".join(chunks))
+    except ValueError:
+        log.warning("%s: %s is not valid JSON; importing every file", storage.describe(), MANIFEST_PATH)
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        return None
+    return manifest
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
+    """The well-formed file entries of a manifest, by path."""
+    found: dict[str, FileResult] = {}
+    for entry in manifest.get("files", []):
+        try:
+            verdicts = tuple(
+                Verdict(str(v["verifier"]), bool(v["ok"]), str(v.get("detail", "")), dict(v.get("data") or {}))
+                for v in entry.get("verdicts", [])
+            )
+            result = FileResult(str(entry["path"]), int(entry["size"]), str(entry["sha256"]).lower(), verdicts)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found[result.path] = result
+    return found
+
+
+async def already_present(
+    storage: AbstractStorage,
+    artifact: ResolvedArtifact,
+    verifiers: Sequence[Verifier],
+    manifest: dict[str, Any] | None,
+) -> dict[str, FileResult]:
+    """The files of ``artifact`` that ``storage`` already holds, verified as this run would verify them."""
+    if manifest is None:
+        return {}
+    same_version = manifest.get("source") == artifact.source and manifest.get("commit") == artifact.commit
+    entries = manifest_files(manifest)
+    candidates: list[tuple[ArtifactFile, FileResult]] = []
+    for file in artifact.files:
+        entry = entries.get(file.path)
+        if entry is None or file.size is None or entry.size != file.size:
+            continue
+        if not (same_version or (file.sha256 is not None and entry.sha256 == file.sha256.lower())):
+            continue
+        required = {v.name for v in verifiers if v.applies_to(file)}
+        if not required <= {v.verifier for v in entry.verdicts if v.ok}:
+            continue
+        candidates.append((file, entry))
+
+    limit = asyncio.Semaphore(16)
+
+    async def stored(file: ArtifactFile, entry: FileResult) -> FileResult | None:
+        async with limit:
+            try:
+                info = await storage.get_file_info(file.path)
+            except ArtifactImportError:
+                return None
+        return attrs.evolve(entry, skipped=True) if info.size == file.size else None
+
+    checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
+    return {r.path: r for r in checked if r is not None}
