@@ -6,13 +6,15 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Any
 
 import attrs
 import click
 
 from . import __version__
 from .api import import_artifact
+from .cli_common import EXIT_INTERRUPTED, fail, log_level, verbosity
+from .cli_inspect import ls_cmd, verify_cmd
+from .cli_serve import serve_cmd
 from .config import Config, VerifySettings, load_config
 from .errors import ArtifactImportError
 from .locations import open_destination, open_source
@@ -25,12 +27,6 @@ from .storages.base import AbstractStorage
 from .units import human_bytes
 from .verifiers import build_verifiers
 from .verifiers.base import Verifier
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_VERIFY = 3
-EXIT_INTERRUPTED = 130
 
 log = logging.getLogger("artifact_import")
 
@@ -59,13 +55,13 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     Exit codes: 0 ok, 1 import failed, 2 usage or config error,
     3 verification failed, 130 interrupted.
     """
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=log_level(verbose), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     ctx.obj = {"verbose": verbose, "quiet": quiet, "config": config_path}
 
 
 @main.command("import")
 @click.argument("source", metavar="SOURCE")
+@verbosity
 @click.option(
     "--to",
     "to",
@@ -191,13 +187,13 @@ def import_cmd(
             _run(model, storage, registry, verifiers, kept, config, progress, concurrency, skip_present=not force)
         )
     except ArtifactImportError as exc:
-        _fail(exc, source=source, as_json=as_json, verbose=ctx.obj["verbose"])
+        fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"])
     except Exception as exc:
         # Not a failure we know: still one line and an exit code, the detail with -vv.
         log.debug("unexpected failure", exc_info=exc)
-        _fail(
+        fail(
             ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it"),
-            source=source,
+            subject=source,
             as_json=as_json,
             verbose=0,
         )
@@ -266,18 +262,9 @@ def _summary(result: ImportResult, to: str) -> str:
     )
 
 
-def _fail(exc: ArtifactImportError, *, source: str, as_json: bool, verbose: int) -> None:
-    if verbose >= 2:
-        log.debug("failure detail", exc_info=exc)
-    if as_json:
-        payload: dict[str, Any] = {
-            "ok": False,
-            "source": source,
-            "error": {"type": type(exc).__name__, "message": exc.message, "path": exc.path},
-        }
-        click.echo(json.dumps(payload))
-    click.echo(f"error: {exc.message}", err=True)
-    sys.exit(exc.exit_code)
+main.add_command(ls_cmd)
+main.add_command(verify_cmd)
+main.add_command(serve_cmd)
 
 
 if __name__ == "__main__":

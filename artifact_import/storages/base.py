@@ -9,7 +9,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ReadOnlyStorageError, StorageNotFoundError
+from ..errors import ReadOnlyStorageError, StorageError, StorageNotFoundError
 
 
 @attrs.frozen
@@ -111,6 +111,10 @@ class AbstractStorage(abc.ABC):
     @abc.abstractmethod
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+    def list_files(self) -> AsyncIterator[FileInfo]:
+        """Every file in the storage (outside the reserved ``.artifact-import/`` folder), with its size."""
+        raise StorageError(f"{self.describe()} cannot list its files")
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release connections and threads."""

@@ -14,7 +14,7 @@ from minio.datatypes import Part
 
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
-from ..paths import path_problem
+from ..paths import RESERVED_DIR, path_problem
 from ..s3 import S3Bridge, S3Endpoint
 from ..streams import DEFAULT_CHUNK_SIZE
 from .base import AbstractStorage, FileInfo, PendingWrite
@@ -190,6 +190,11 @@ class ObjectStorage(AbstractStorage):
             ]
 
         return await self.bridge.call(self.describe(), listing)
+
+    async def list_files(self) -> AsyncIterator[FileInfo]:
+        for path, size, _ in await self.list_objects():
+            if not (path == RESERVED_DIR or path.startswith(f"{RESERVED_DIR}/")):
+                yield FileInfo(path, size)
 
     async def incomplete_uploads(self) -> list[tuple[str, str]]:
         """(key, upload id) of multipart uploads under the prefix that were neither completed nor aborted."""

@@ -16,7 +16,7 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
-from ..paths import path_problem
+from ..paths import RESERVED_DIR, path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
 from .base import AbstractStorage, FileInfo, PendingWrite
 
@@ -147,6 +147,24 @@ class VFSStorage(AbstractStorage):
         # Staged copies live in folders this storage made; do not leave them empty behind.
         await self._folders.prune((path.parent, *path.parent.parents))
 
+    async def list_files(self) -> AsyncIterator[FileInfo]:
+        # One directory per thread hop: a huge tree never becomes one list in memory.
+        pending = [self.root]
+        while pending:
+            folder = pending.pop()
+            try:
+                entries = await asyncio.to_thread(_scan, folder)
+            except FileNotFoundError:
+                continue
+            for path, is_dir, size in entries:
+                rel = path.relative_to(self.root).as_posix()
+                if rel == RESERVED_DIR:
+                    continue
+                if is_dir:
+                    pending.append(path)
+                elif not path.name.endswith(PART_SUFFIX):
+                    yield FileInfo(rel, size)
+
     async def get_file_info(self, filepath: str) -> FileInfo:
         path = await self._resolve(filepath)
         try:
@@ -261,6 +279,18 @@ class _VFSPendingWrite(PendingWrite):
         with contextlib.suppress(FileNotFoundError):
             await aiofiles.os.remove(self._temp)
         await self._ledger.release(self._folders, remove_empty=True)
+
+
+def _scan(folder: Path) -> list[tuple[Path, bool, int]]:
+    """(path, is a folder, size) of the entries of ``folder``; symlinks are neither followed nor listed."""
+    found: list[tuple[Path, bool, int]] = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                found.append((Path(entry.path), True, 0))
+            elif entry.is_file(follow_symlinks=False):
+                found.append((Path(entry.path), False, entry.stat(follow_symlinks=False).st_size))
+    return sorted(found)
 
 
 def _make_parents(folder: Path) -> list[Path]:

@@ -86,6 +86,10 @@ class VolumeStorageAdapter(AbstractStorage):
     async def delete_file(self, filepath: str) -> None:
         await self._volume.delete_files(self._vfid, [self._rel(filepath)])
 
+    async def list_files(self) -> AsyncIterator[FileInfo]:
+        async for info in self._volume.list_files(self._vfid, self._subpath):
+            yield info
+
     async def get_file_info(self, filepath: str) -> FileInfo:
         await self._volume.sanitize_vfpath(self._vfid, self._rel(filepath))
         info = await self._volume.stat_file(self._vfid, self._rel(filepath))

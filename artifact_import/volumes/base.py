@@ -144,6 +144,10 @@ class AbstractVolume(abc.ABC):
         """Size of ``relpath``, or ``None`` if there is no such file."""
 
     @abc.abstractmethod
+    def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
+        """Every file under ``relpath`` of the vfolder (paths relative to ``relpath``), with its size."""
+
+    @abc.abstractmethod
     async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
         """Create a folder (and its parents) in the vfolder."""
 

@@ -99,6 +99,14 @@ class ObjectVolume(AbstractVolume):
         except StorageFileNotFoundError:
             return None
 
+    async def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
+        storage = self._storage(vfid)
+        if relpath.strip("/"):
+            await self.sanitize_vfpath(vfid, relpath.strip("/"))
+            storage = storage.subpath(relpath)
+        async for info in storage.list_files():
+            yield info
+
     async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
         # Keys need no folders; the path is still checked, so a bad one fails here as it would on a VFS volume.
         self.check_writable(vfid)

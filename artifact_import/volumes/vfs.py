@@ -90,6 +90,14 @@ class VFSVolume(AbstractVolume):
         except StorageFileNotFoundError:
             return None
 
+    async def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
+        storage = self._storage(vfid)
+        if relpath.strip("/"):
+            await self.sanitize_vfpath(vfid, relpath.strip("/"))
+            storage = storage.subpath(relpath)
+        async for info in storage.list_files():
+            yield info
+
     async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
         self.check_writable(vfid)
         path = await self.sanitize_vfpath(vfid, relpath)

@@ -1,0 +1,83 @@
+"""What every ``artifact-import`` command shares: exit codes and how a failure is reported."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from .errors import ArtifactImportError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_VERIFY = 3
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger("artifact_import")
+
+T = TypeVar("T")
+
+
+def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int) -> NoReturn:
+    """One line on stderr (and one JSON object on stdout with ``--json``), then the error's exit code."""
+    if verbose >= 2:
+        log.debug("failure detail", exc_info=exc)
+    if as_json:
+        payload: dict[str, Any] = {
+            "ok": False,
+            "source": subject,
+            "error": {"type": type(exc).__name__, "message": exc.message, "path": exc.path},
+        }
+        click.echo(json.dumps(payload))
+    click.echo(f"error: {exc.message}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def guarded(fn: Callable[[], T], *, subject: str, as_json: bool, verbose: int) -> T:
+    """Run ``fn``; a failure becomes :func:`fail`, Ctrl-C a one-line message and exit 130, never a traceback."""
+    try:
+        return fn()
+    except ArtifactImportError as exc:
+        fail(exc, subject=subject, as_json=as_json, verbose=verbose)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:
+        # Not a failure we know: still one line and an exit code, the detail with -vv.
+        log.debug("unexpected failure", exc_info=exc)
+        fail(
+            ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it"),
+            subject=subject,
+            as_json=as_json,
+            verbose=0,
+        )
+
+
+def log_level(verbose: int) -> int:
+    return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+
+
+def _more_verbose(ctx: click.Context, _: click.Parameter, value: int) -> None:
+    if value:
+        ctx.obj["verbose"] += value
+        logging.getLogger().setLevel(log_level(ctx.obj["verbose"]))
+
+
+def _quieter(ctx: click.Context, _: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.obj["quiet"] = True
+
+
+def verbosity(command: Callable[..., T]) -> Callable[..., T]:
+    """``-v`` / ``-q`` after the command name too (``artifact-import import -v ...``)."""
+    command = click.option(
+        "-q", "--quiet", is_flag=True, expose_value=False, callback=_quieter, help="No progress output; errors only."
+    )(command)
+    return click.option(
+        "-v", "--verbose", count=True, expose_value=False, callback=_more_verbose, help="More detail (-vv for debug)."
+    )(command)
