@@ -27,13 +27,16 @@ async def import_artifact(
     max_concurrent_files: int = 4,
     quarantine: AbstractStorage | None = None,
     skip_present: bool = True,
+    keep_partial: bool = False,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
     Every file is verified against the digests its source published before
     any of them becomes visible; on any error nothing of the import remains.
     Files an earlier import of the same content left at the destination are
-    not fetched again unless ``skip_present`` is false.
+    not fetched again unless ``skip_present`` is false. With ``keep_partial``,
+    an interrupted import keeps the files it verified aside, and the next
+    call finishes the rest.
     """
     model = (
         source
@@ -55,6 +58,7 @@ async def import_artifact(
         max_concurrent_files=max_concurrent_files,
         quarantine=quarantine,
         skip_present=skip_present,
+        keep_partial=keep_partial,
     )
     try:
         return await pipeline.run(context, on_progress)

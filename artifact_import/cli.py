@@ -18,7 +18,7 @@ from .cli_serve import serve_cmd
 from .config import Config, VerifySettings, load_config
 from .errors import ArtifactImportError
 from .locations import open_destination, open_source
-from .model import ImportResult, ModelTarget
+from .model import FileState, ImportResult, ModelTarget, ProgressEvent
 from .pipeline import ProgressCallback
 from .progress import BarProgress, LineProgress
 from .registries.base import AbstractRegistry
@@ -111,6 +111,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "fail the import (default), warn and record, or do not scan.",
 )
 @click.option(
+    "--no-resume",
+    is_flag=True,
+    help="If interrupted, discard the files already verified instead of keeping them (in "
+    "DEST/.artifact-import/partial/) for the next run to finish.",
+)
+@click.option(
     "--force",
     is_flag=True,
     help="Fetch every file again, even those an earlier import left at DEST (by default, files whose "
@@ -130,6 +136,7 @@ def import_cmd(
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
+    no_resume: bool,
     force: bool,
 ) -> None:
     """Import SOURCE into DEST.
@@ -145,7 +152,9 @@ def import_cmd(
     DEST/.artifact-import/manifest.json recording the source, the resolved
     commit and each file's size, sha256 and verdicts. Nothing appears at
     DEST until every file has been verified. Importing again into the same
-    DEST fetches only what is missing or changed (--force: everything).
+    DEST fetches only what is missing or changed (--force: everything). If
+    interrupted (Ctrl-C, the source failing), the files already verified are
+    kept aside and the same command finishes the rest.
 
     \b
     Examples:
@@ -162,6 +171,14 @@ def import_cmd(
     progress: BarProgress | LineProgress | None = None
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
+    parked: list[str] = []
+
+    def on_progress(event: ProgressEvent) -> None:
+        if event.state is FileState.PARKED:
+            parked.append(event.path)
+        if progress is not None:
+            progress(event)
+
     try:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
         model, registry = open_source(
@@ -184,10 +201,26 @@ def import_cmd(
         quarantine_to = quarantine or settings.quarantine
         kept = open_destination(quarantine_to, config) if quarantine_to else None
         result = asyncio.run(
-            _run(model, storage, registry, verifiers, kept, config, progress, concurrency, skip_present=not force)
+            _run(
+                model,
+                storage,
+                registry,
+                verifiers,
+                kept,
+                config,
+                on_progress,
+                concurrency,
+                skip_present=not force,
+                keep_partial=not no_resume,
+            )
         )
     except ArtifactImportError as exc:
-        fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"])
+        hint = (
+            f"{len(parked)} file(s) already verified were kept aside: run the same command again to finish."
+            if parked
+            else None
+        )
+        fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"], hint=hint)
     except Exception as exc:
         # Not a failure we know: still one line and an exit code, the detail with -vv.
         log.debug("unexpected failure", exc_info=exc)
@@ -200,7 +233,14 @@ def import_cmd(
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it
-        click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
+        if parked:
+            click.echo(
+                f"interrupted: the import was cancelled; nothing half-written was left behind. {len(parked)} "
+                "file(s) already verified were kept aside: run the same command again to finish.",
+                err=True,
+            )
+        else:
+            click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
         sys.exit(EXIT_INTERRUPTED)
     finally:
         if progress is not None:
@@ -222,6 +262,7 @@ async def _run(
     concurrency: int,
     *,
     skip_present: bool,
+    keep_partial: bool,
 ) -> ImportResult:
     try:
         return await import_artifact(
@@ -233,6 +274,7 @@ async def _run(
             max_concurrent_files=concurrency,
             quarantine=quarantine,
             skip_present=skip_present,
+            keep_partial=keep_partial,
         )
     finally:
         await registry.aclose()
@@ -255,6 +297,8 @@ def _summary(result: ImportResult, to: str) -> str:
     scan = result.malware_scan()
     scanned = f"malware scan: {scan['engine']}, all clean" if scan["ran"] else "malware scan: not run (no --clamd)"
     skipped = f", {result.skipped} already present and skipped" if result.skipped else ""
+    if result.resumed:
+        skipped += f", {result.resumed} kept from an interrupted import"
     return (
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "

@@ -23,8 +23,8 @@ log = logging.getLogger("artifact_import")
 T = TypeVar("T")
 
 
-def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int) -> NoReturn:
-    """One line on stderr (and one JSON object on stdout with ``--json``), then the error's exit code."""
+def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int, hint: str | None = None) -> NoReturn:
+    """One line on stderr (two with a ``hint``; one JSON object on stdout with ``--json``), then the exit code."""
     if verbose >= 2:
         log.debug("failure detail", exc_info=exc)
     if as_json:
@@ -35,6 +35,8 @@ def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int)
         }
         click.echo(json.dumps(payload))
     click.echo(f"error: {exc.message}", err=True)
+    if hint:
+        click.echo(hint, err=True)
     sys.exit(exc.exit_code)
 
 

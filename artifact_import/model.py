@@ -32,6 +32,10 @@ class FileState(enum.StrEnum):
     FAILED = "failed"
     #: Already at the destination from an earlier import (manifest and stored size match): not fetched.
     SKIPPED = "skipped"
+    #: Verified by an earlier, interrupted import and kept aside (parked): not fetched again.
+    RESUMED = "resumed"
+    #: The import was interrupted after this file was verified: kept aside for the next import.
+    PARKED = "parked"
 
 
 def _patterns(value: Any) -> tuple[str, ...]:
@@ -168,6 +172,8 @@ class FileResult:
     verdicts: tuple[Verdict, ...] = ()
     #: Not fetched: the destination already held it (see :data:`FileState.SKIPPED`).
     skipped: bool = False
+    #: Not fetched: an interrupted import had verified and parked it (see :data:`FileState.RESUMED`).
+    resumed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -176,6 +182,7 @@ class FileResult:
             "sha256": self.sha256,
             "verdicts": [attrs.asdict(v) for v in self.verdicts],
             "skipped": self.skipped,
+            "resumed": self.resumed,
         }
 
 
@@ -200,6 +207,11 @@ class ImportResult:
         """How many files were already at the destination and were not fetched again."""
         return sum(1 for f in self.files if f.skipped)
 
+    @property
+    def resumed(self) -> int:
+        """How many files an interrupted import had verified and kept aside, so were not fetched again."""
+        return sum(1 for f in self.files if f.resumed)
+
     def malware_scan(self) -> dict[str, Any]:
         """Whether a malware scanner looked at every file, and which."""
         engines = {
@@ -220,6 +232,7 @@ class ImportResult:
             "files": [f.to_dict() for f in self.files],
             "file_count": len(self.files),
             "skipped_count": self.skipped,
+            "resumed_count": self.resumed,
             "total_bytes": self.total_bytes,
             "seconds": round(self.seconds, 3),
         }

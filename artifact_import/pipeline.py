@@ -21,7 +21,7 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ArtifactImportError, ConfigError, VerificationError
+from .errors import ArtifactImportError, ConfigError, SourceError, VerificationError
 from .model import (
     ArtifactFile,
     ArtifactStorageImportStep,
@@ -35,6 +35,7 @@ from .model import (
 from .paths import RESERVED_DIR
 from .registries.base import AbstractRegistry
 from .reimport import already_present, read_manifest
+from .resume import PARTIAL_DIR, adopt_parked, discard_parked, park_verified
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
@@ -45,6 +46,8 @@ from .verifiers.base import Verifier
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[ProgressEvent], None]
+#: Failures after which the verified files are worth keeping: the import was cut short, not refused.
+INTERRUPTIONS = (asyncio.CancelledError, KeyboardInterrupt, SourceError)
 #: Reserved for the manifest beyond its per-file entries.
 MANIFEST_ALLOWANCE = 4096
 Step = ArtifactStorageImportStep
@@ -79,6 +82,8 @@ class _Run:
     todo: tuple[ArtifactFile, ...]
     run_id: str = attrs.field(factory=lambda: uuid.uuid4().hex[:12])
     pending: list[PendingWrite] = attrs.field(factory=list)
+    #: Results of the files whose pending writes are verified, by path (what can be parked).
+    verified: dict[str, FileResult] = attrs.field(factory=dict)
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
 
     def emit(
@@ -105,12 +110,18 @@ class ImportPipeline:
         read_ahead_depth: int = 4,
         quarantine: AbstractStorage | None = None,
         skip_present: bool = True,
+        keep_partial: bool = False,
     ) -> None:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
         ``skip_present``: files an earlier import left at the destination
         (its manifest and the stored size agree, see :mod:`.reimport`) are
-        not fetched again.
+        not fetched again, nor are files an interrupted import parked.
+
+        ``keep_partial``: when the import is interrupted (cancelled, Ctrl-C,
+        the source failing), park the files already verified, so that the
+        next import of the same revision finishes the rest (see
+        :mod:`.resume`); otherwise everything is discarded.
         """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
@@ -121,6 +132,7 @@ class ImportPipeline:
         self.read_ahead_depth = read_ahead_depth
         self.quarantine = quarantine
         self.skip_present = skip_present
+        self.keep_partial = keep_partial
 
     def registry(self, name: str) -> AbstractRegistry:
         try:
@@ -153,25 +165,39 @@ class ImportPipeline:
             else {}
         )
         todo = tuple(f for f in artifact.files if f.path not in present)
+        adopted: list[PendingWrite] = []
+        resumed: dict[str, FileResult] = {}
+        had_parked = False
+        if self.skip_present:
+            adopted, resumed, had_parked = await adopt_parked(destination, artifact, todo, self.verify_step.verifiers)
+        else:
+            await discard_parked(destination)
+        todo = tuple(f for f in todo if f.path not in resumed)
         run = _Run(context, artifact, passes, on_progress, todo)
+        run.pending.extend(adopted)
+        run.verified.update(resumed)
         for file in artifact.files:
             if file.path in present:
                 run.emit(file, FileState.SKIPPED, None, file.size or 0)
+            elif file.path in resumed:
+                run.emit(file, FileState.RESUMED, None, file.size or 0)
         async with contextlib.AsyncExitStack() as reservations:
             # Quotas are checked before any byte moves; writes then charge these reservations.
             for storage in dict.fromkeys(p.storage for p in passes):
                 await reservations.enter_async_context(storage.reserve(self._space_needed(artifact, todo)))
             try:
-                results = [*await self._import_files(run, download), *present.values()]
+                results = [*await self._import_files(run, download), *present.values(), *resumed.values()]
                 context.step_metadata[Step.VERIFY.value] = {
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
                 manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
-            except BaseException:
-                await run_to_completion(self.archive_step.abort_all(run.pending))
+            except BaseException as exc:
+                await run_to_completion(self._end_failed(run, destination, exc, had_parked))
                 raise
             finally:
                 await run_to_completion(self._remove_staged(run))
+        if had_parked:
+            await run_to_completion(discard_parked(destination))
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
         for file in todo:
             run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)
@@ -184,6 +210,25 @@ class ImportPipeline:
             seconds=time.monotonic() - started,
             manifest_path=manifest,
         )
+
+    async def _end_failed(self, run: _Run, destination: AbstractStorage, exc: BaseException, had_parked: bool) -> None:
+        """Abort what the import wrote; if it was interrupted, park the verified files for the next import."""
+        if self.keep_partial and isinstance(exc, INTERRUPTIONS):
+            parked = await park_verified(destination, run.artifact, run.pending, run.verified)
+            if parked:
+                for file in run.artifact.files:
+                    if file.path in run.verified:
+                        run.emit(file, FileState.PARKED, None, file.size or 0)
+                log.warning(
+                    "%d verified file(s) kept in %s under %s; import the same revision again to finish",
+                    parked,
+                    destination.describe(),
+                    PARTIAL_DIR,
+                )
+            return
+        await self.archive_step.abort_all(run.pending)
+        if had_parked:
+            await discard_parked(destination)
 
     @staticmethod
     def _space_needed(artifact: ResolvedArtifact, todo: Sequence[ArtifactFile]) -> int:
@@ -247,7 +292,9 @@ class ImportPipeline:
                 source = (p.storage, path)
         checksum = next(v for v in verdicts if v.verifier == "checksum")
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
-        return FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        run.verified[file.path] = result
+        return result
 
     async def _quarantine(self, run: _Run, download: DownloadStep, file: ArtifactFile, verdicts: list[Verdict]) -> None:
         """Keep a flagged file, fetched again from the source, and a report of why, in the quarantine."""

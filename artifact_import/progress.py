@@ -106,6 +106,8 @@ class LineProgress:
         self._received += self._totals.update(event)
         if event.state is FileState.SKIPPED:
             print(f"already present, skipped: {event.path}", file=self._stream, flush=True)
+        elif event.state is FileState.RESUMED:
+            print(f"kept from an interrupted import: {event.path}", file=self._stream, flush=True)
         elif event.state is FileState.VERIFIED:
             self._finished += 1
             elapsed = max(time.monotonic() - self._started, 1e-6)

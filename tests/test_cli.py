@@ -83,7 +83,11 @@ def test_retries_exhausted_exit_1_with_one_clear_line(hub: LocalHub, tmp_path: P
         "the source may be down, try again later"
     ]
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "m").exists()
+    # The files verified before the source gave up are kept aside, not under their names.
+    assert proc.stderr.strip().endswith(
+        "file(s) already verified were kept aside: run the same command again to finish."
+    )
+    assert all(p.startswith(".artifact-import/partial/") for p in files_under(tmp_path / "m"))
 
 
 def test_source_errors_are_one_line_naming_repo_and_revision(hub: LocalHub, tmp_path: Path) -> None:
@@ -166,6 +170,56 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
-    assert err.strip().endswith("interrupted: the import was cancelled and nothing of it was left behind")
+    assert err.strip().endswith(
+        "interrupted: the import was cancelled; nothing half-written was left behind. 3 file(s) already "
+        "verified were kept aside: run the same command again to finish."
+    ), err
     assert "Traceback" not in err
+    # Nothing under the artifact's names, nothing half-written; the verified small files are parked.
+    left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert left == [
+        ".artifact-import/partial/files/config.json",
+        ".artifact-import/partial/files/onnx/model.onnx",
+        ".artifact-import/partial/files/tokenizer/tokenizer.json",
+        ".artifact-import/partial/record.json",
+    ]
+
+    hub.faults.slow_bps = 0
+    hub.requests.clear()
+    again = run_cli("import", f"hf://{repo}", "--to", str(dest), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["resumed_count"] == 3
+    assert sorted(r[1] for r in hub.requests if r[0] == "GET") == ["model.safetensors"]
+    assert sorted(files_under(dest)) == [".artifact-import/manifest.json", *sorted(FILES)]
+
+
+def test_ctrl_c_with_no_resume_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import ROOT
+
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 256 * 1024
+    dest = tmp_path / "m"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), "--no-resume"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while not any(r[1] == "model.safetensors" for r in hub.requests):
+        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert err.strip().endswith("interrupted: the import was cancelled and nothing of it was left behind")
     assert not dest.exists()

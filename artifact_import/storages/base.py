@@ -39,6 +39,14 @@ class PendingWrite(abc.ABC):
     @abc.abstractmethod
     async def abort(self) -> None: ...
 
+    async def park(self, path: str) -> bool:
+        """End the write by keeping its (complete, verified) bytes under ``path`` for a later import.
+
+        ``path`` is inside the reserved folder, never a name the artifact
+        uses. False if this storage cannot park; the caller then aborts.
+        """
+        return False
+
 
 class AbstractStorage(abc.ABC):
     """A place files are imported into (or staged in, or read back from)."""
@@ -111,6 +119,14 @@ class AbstractStorage(abc.ABC):
     @abc.abstractmethod
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
+        """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see
+        :meth:`PendingWrite.park`), or ``None`` if there is none or this storage does not park."""
+        return None
+
+    async def delete_folder(self, path: str) -> None:  # noqa: B027 - optional hook
+        """Remove the folder ``path`` of the reserved folder with everything in it (parked files)."""
 
     def list_files(self) -> AsyncIterator[FileInfo]:
         """Every file in the storage (outside the reserved ``.artifact-import/`` folder), with its size."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import logging
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -19,6 +21,8 @@ from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import RESERVED_DIR, path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
 from .base import AbstractStorage, FileInfo, PendingWrite
+
+log = logging.getLogger(__name__)
 
 #: Suffix of in-flight files; a crash can leave one behind, never a partial file under its real name.
 PART_SUFFIX = ".artifact-import-part"
@@ -111,7 +115,7 @@ class VFSStorage(AbstractStorage):
         except OSError as exc:
             await self._folders.release(folders, remove_empty=True)
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
-        return _VFSPendingWrite(filepath, target, temp, handle, self._folders, folders, fsync=self.fsync)
+        return _VFSPendingWrite(self, filepath, target, temp, handle, folders)
 
     async def _undo_open(
         self, opening: asyncio.Future[tuple[Path, AsyncBufferedIOBase]], folders: tuple[Path, ...]
@@ -146,6 +150,21 @@ class VFSStorage(AbstractStorage):
             await aiofiles.os.remove(path)
         # Staged copies live in folders this storage made; do not leave them empty behind.
         await self._folders.prune((path.parent, *path.parent.parents))
+
+    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
+        self.check_writable()
+        source = await self._resolve(parked)
+        target = await self._resolve(filepath)
+        try:
+            st = await aiofiles.os.stat(source)
+        except FileNotFoundError:
+            return None
+        return _VFSParkedWrite(self, filepath, source, target, st.st_size)
+
+    async def delete_folder(self, path: str) -> None:
+        folder = await self._resolve(path)
+        await asyncio.to_thread(shutil.rmtree, folder, ignore_errors=True)
+        await self._folders.prune((folder.parent, *folder.parent.parents))
 
     async def list_files(self) -> AsyncIterator[FileInfo]:
         # One directory per thread hop: a huge tree never becomes one list in memory.
@@ -220,22 +239,21 @@ class _FolderLedger:
 class _VFSPendingWrite(PendingWrite):
     def __init__(
         self,
+        storage: VFSStorage,
         path: str,
         target: Path,
         temp: Path,
         handle: AsyncBufferedIOBase,
-        ledger: _FolderLedger,
         folders: tuple[Path, ...],
-        *,
-        fsync: bool,
     ) -> None:
         super().__init__(path)
+        self._storage = storage
         self._target = target
         self._temp = temp
         self._handle = handle
-        self._ledger = ledger
+        self._ledger = storage._folders
         self._folders = folders
-        self._fsync = fsync
+        self._fsync = storage.fsync
         self._closed = False
         self._done = False
 
@@ -251,14 +269,36 @@ class _VFSPendingWrite(PendingWrite):
             self._closed = True
             await self._handle.close()
 
+    async def _flush(self) -> None:
+        await self._handle.flush()
+        if self._fsync:
+            await asyncio.to_thread(os.fsync, self._handle.fileno())
+        await self._close()
+
+    async def park(self, path: str) -> bool:
+        if self._done:
+            return False
+        try:
+            await self._flush()
+            parked = await self._storage._resolve(path)
+            folders = (parked.parent, *parked.parent.parents)
+            await self._ledger.hold(folders)
+            try:
+                await aiofiles.os.replace(self._temp, parked)
+            finally:
+                await self._ledger.release(folders, remove_empty=False)
+        except (OSError, StorageError):
+            log.warning("%s: could not be kept for a later import; removed", self.path, exc_info=True)
+            return False
+        self._done = True
+        await self._ledger.release(self._folders, remove_empty=True)
+        return True
+
     async def commit(self) -> None:
         if self._done:
             raise StorageError(f"{self.path}: pending write already ended")
         try:
-            await self._handle.flush()
-            if self._fsync:
-                await asyncio.to_thread(os.fsync, self._handle.fileno())
-            await self._close()
+            await self._flush()
             if await aiofiles.os.path.isdir(self._target):
                 raise StorageError(f"{self.path}: a folder of that name exists in the destination")
             await aiofiles.os.replace(self._temp, self._target)
@@ -279,6 +319,50 @@ class _VFSPendingWrite(PendingWrite):
         with contextlib.suppress(FileNotFoundError):
             await aiofiles.os.remove(self._temp)
         await self._ledger.release(self._folders, remove_empty=True)
+
+
+class _VFSParkedWrite(PendingWrite):
+    """A file parked by an earlier import, renamed into place on commit."""
+
+    def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
+        super().__init__(path)
+        self._storage = storage
+        self._parked = parked
+        self._target = target
+        self.bytes_written = size
+        self._done = False
+
+    async def write(self, chunk: bytes) -> None:
+        raise StorageError(f"{self.path}: a parked file takes no more bytes")
+
+    async def commit(self) -> None:
+        if self._done:
+            raise StorageError(f"{self.path}: pending write already ended")
+        folders = (self._target.parent, *self._target.parent.parents)
+        await self._storage._folders.hold(folders)
+        try:
+            if await aiofiles.os.path.isdir(self._target):
+                raise StorageError(f"{self.path}: a folder of that name exists in the destination")
+            await aiofiles.os.replace(self._parked, self._target)
+        except OSError as exc:
+            await self._storage._folders.release(folders, remove_empty=True)
+            raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
+        except BaseException:
+            await self._storage._folders.release(folders, remove_empty=True)
+            raise
+        self._done = True
+        await self._storage._folders.release(folders, remove_empty=False)
+
+    async def park(self, path: str) -> bool:
+        # Still parked where it was: nothing to do.
+        return not self._done
+
+    async def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        with contextlib.suppress(FileNotFoundError):
+            await aiofiles.os.remove(self._parked)
 
 
 def _scan(folder: Path) -> list[tuple[Path, bool, int]]:

@@ -75,6 +75,12 @@ class VolumeStorageAdapter(AbstractStorage):
     ) -> PendingWrite:
         return await self._volume.open_pending(self._vfid, self._rel(filepath), size_hint=size_hint, sha256=sha256)
 
+    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
+        return await self._volume.adopt_parked(self._vfid, self._rel(parked), self._rel(filepath))
+
+    async def delete_folder(self, path: str) -> None:
+        await self._volume.delete_folder(self._vfid, self._rel(path))
+
     async def stream_upload(self, filepath: str, data_stream: AsyncIterable[bytes]) -> FileInfo:
         info = await self._volume.add_file(self._vfid, self._rel(filepath), data_stream)
         return FileInfo(filepath, info.size)

@@ -203,6 +203,25 @@ class AbstractVolume(abc.ABC):
         inner = await self.open_file(vfid, relpath, size_hint=size_hint, sha256=sha256)
         return _QuotaPendingWrite(self, vfid, relpath, inner, self.quota.current(scope))
 
+    async def open_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+        """A pending write of ``relpath`` from a file an interrupted import parked, if the backend parks."""
+        return None
+
+    async def adopt_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+        """:meth:`open_parked` with quota accounting: the parked bytes are already counted as used."""
+        self.check_writable(vfid)
+        scope = vfid.quota_scope_id
+        await self.quota.ensure_loaded(scope)
+        inner = await self.open_parked(vfid, parked, relpath)
+        if inner is None:
+            return None
+        return _QuotaPendingWrite(
+            self, vfid, relpath, inner, self.quota.current(scope), already_used=inner.bytes_written
+        )
+
+    async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:  # noqa: B027 - optional
+        """Remove a folder of the reserved folder with its content (parked files)."""
+
     async def add_file(self, vfid: VFolderID, relpath: str, payload: AsyncIterable[bytes]) -> FileInfo:
         """Write ``relpath`` from a chunk stream; it appears only when complete and within quota."""
         pending = await self.open_pending(vfid, relpath)
@@ -247,6 +266,8 @@ class _QuotaPendingWrite(PendingWrite):
         path: str,
         inner: PendingWrite,
         reservation: Reservation | None,
+        *,
+        already_used: int = 0,
     ) -> None:
         super().__init__(path)
         self._volume = volume
@@ -254,6 +275,9 @@ class _QuotaPendingWrite(PendingWrite):
         self._inner = inner
         self._reservation = reservation
         self._charged = 0
+        # A parked file's bytes are on the volume already, counted in its usage under their parked name.
+        self._already_used = already_used
+        self.bytes_written = already_used
         self._ended = False
 
     @property
@@ -282,6 +306,14 @@ class _QuotaPendingWrite(PendingWrite):
             raise
         self._ended = True
 
+    async def park(self, path: str) -> bool:
+        if self._ended or not await self._inner.park(path):
+            return False
+        self._ended = True
+        # The bytes stay on the volume (under the parked name): they are used now, no longer in flight.
+        self._volume.quota.committed(self._scope, self._reservation, self._charged, 0)
+        return True
+
     async def abort(self) -> None:
         if self._ended:
             return
@@ -290,6 +322,8 @@ class _QuotaPendingWrite(PendingWrite):
             await self._inner.abort()
         finally:
             self._volume.quota.uncharge(self._scope, self._reservation, self._charged)
+            if self._already_used:
+                self._volume.quota.removed(self._scope, self._already_used)
 
 
 class VolumePool:

@@ -74,6 +74,19 @@ class VFSVolume(AbstractVolume):
         await self.sanitize_vfpath(vfid, relpath)
         return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
 
+    async def open_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+        await self.sanitize_vfpath(vfid, parked)
+        await self.sanitize_vfpath(vfid, relpath)
+        return await self._storage(vfid).adopt(parked, relpath)
+
+    async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:
+        self.check_writable(vfid)
+        await self.sanitize_vfpath(vfid, relpath)
+        async with self.quota.lock(vfid.quota_scope_id):
+            await self._storage(vfid).delete_folder(relpath)
+            if self.quota.limit(vfid.quota_scope_id) is not None:
+                await self.quota.set_used(vfid.quota_scope_id, await self.measure_usage(vfid.quota_scope_id))
+
     async def read_file(self, vfid: VFolderID, relpath: str) -> AsyncIterator[bytes]:
         await self.sanitize_vfpath(vfid, relpath)
         async for chunk in self._storage(vfid).stream_download(relpath):

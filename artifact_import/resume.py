@@ -1,0 +1,134 @@
+"""Finishing an interrupted import instead of starting over.
+
+When an import is interrupted (Ctrl-C, a source that went away) the files
+it had already verified are *parked*: kept, complete, under
+``.artifact-import/partial/`` with a record of their verdicts, never under
+the names the artifact uses. The next import of the same source and commit
+into the same destination adopts them (they become visible with the rest,
+at commit) and fetches only what is left. A verification failure parks
+nothing: it discards everything, as it always did.
+
+Storages that cannot park (object storage) abort as before.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from ._aio import run_to_completion
+from .errors import ArtifactImportError
+from .model import ArtifactFile, FileResult, ResolvedArtifact
+from .paths import RESERVED_DIR
+from .reimport import manifest_files
+from .storages.base import AbstractStorage, PendingWrite
+from .streams import one_chunk
+from .verifiers.base import Verifier
+
+log = logging.getLogger(__name__)
+
+PARTIAL_DIR = f"{RESERVED_DIR}/partial"
+RECORD_PATH = f"{PARTIAL_DIR}/record.json"
+MAX_RECORD_BYTES = 64 << 20
+
+
+def parked_path(path: str) -> str:
+    return f"{PARTIAL_DIR}/files/{path}"
+
+
+async def park_verified(
+    storage: AbstractStorage,
+    artifact: ResolvedArtifact,
+    pending: Sequence[PendingWrite],
+    verified: Mapping[str, FileResult],
+) -> int:
+    """Park every pending write of a verified file; abort the others. Return how many were parked."""
+    kept: list[FileResult] = []
+    for write in pending:
+        result = verified.get(write.path)
+        try:
+            if result is not None and await write.park(parked_path(write.path)):
+                kept.append(result)
+                continue
+        except ArtifactImportError:
+            log.warning("%s: could not be parked", write.path, exc_info=True)
+        await run_to_completion(write.abort())
+    if not kept:
+        return 0
+    record = {
+        "source": artifact.source,
+        "commit": artifact.commit,
+        "files": [r.to_dict() for r in sorted(kept, key=lambda r: r.path)],
+    }
+    try:
+        await storage.stream_upload(RECORD_PATH, one_chunk(json.dumps(record, indent=2).encode()))
+    except ArtifactImportError:
+        log.warning("%s: could not record the parked files; removing them", storage.describe(), exc_info=True)
+        await discard_parked(storage)
+        return 0
+    return len(kept)
+
+
+async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in storage.stream_download(RECORD_PATH):
+            size += len(chunk)
+            if size > MAX_RECORD_BYTES:
+                return None
+            chunks.append(chunk)
+        record = json.loads(b"".join(chunks))
+    except (ArtifactImportError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+async def adopt_parked(
+    storage: AbstractStorage,
+    artifact: ResolvedArtifact,
+    todo: Sequence[ArtifactFile],
+    verifiers: Sequence[Verifier],
+) -> tuple[list[PendingWrite], dict[str, FileResult], bool]:
+    """Pending writes for the parked files of an earlier, interrupted import of the same commit,
+    their results, and whether a record of parked files was there at all.
+
+    A parked file is adopted only if its record has an ok verdict from every
+    verifier of this run and its size is the listed one; parked files of
+    another commit are discarded.
+    """
+    record = await _read_record(storage)
+    if record is None:
+        return [], {}, False
+    if record.get("source") != artifact.source or record.get("commit") != artifact.commit:
+        await discard_parked(storage)
+        return [], {}, False
+    entries = manifest_files(record)
+    adopted: list[PendingWrite] = []
+    results: dict[str, FileResult] = {}
+    for file in todo:
+        entry = entries.get(file.path)
+        if entry is None or entry.size != file.size:
+            continue
+        required = {v.name for v in verifiers if v.applies_to(file)}
+        if not required <= {v.verifier for v in entry.verdicts if v.ok}:
+            continue
+        write = await storage.adopt(parked_path(file.path), file.path)
+        if write is None or write.bytes_written != file.size:
+            if write is not None:
+                await write.park(parked_path(file.path))
+            continue
+        adopted.append(write)
+        results[file.path] = attrs.evolve(entry, resumed=True)
+    return adopted, results, True
+
+
+async def discard_parked(storage: AbstractStorage) -> None:
+    try:
+        await storage.delete_folder(PARTIAL_DIR)
+    except ArtifactImportError:
+        log.warning("%s: could not remove %s", storage.describe(), PARTIAL_DIR, exc_info=True)

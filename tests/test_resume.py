@@ -1,0 +1,160 @@
+"""An interrupted import keeps what it verified; the next one finishes the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+
+from artifact_import import (
+    DownloadError,
+    FileState,
+    IntegrityError,
+    ObjectStorage,
+    ProgressEvent,
+    VFolderID,
+    VFSVolume,
+    VolumeStorageAdapter,
+    import_artifact,
+)
+from artifact_import.resume import PARTIAL_DIR, RECORD_PATH
+from artifact_import.storages.object import MiB
+from artifact_import.storages.vfs import PART_SUFFIX
+
+from .conftest import fast_registry, files_under, repo_name
+from .hub import LocalHub
+from .s3server import S3Server
+
+FILES: dict[str, bytes | int] = {"config.json": b'{"a": 1}', "tok/vocab.json": b"{}", "big.bin": 4 * MiB}
+
+
+def fetched(hub: LocalHub) -> list[str]:
+    return sorted(path for method, path, _ in hub.requests if method == "GET")
+
+
+async def interrupt_after_small_files(hub: LocalHub, dest: object, **kw: object) -> list[ProgressEvent]:
+    """Start an import with the big file trickling in; cancel it once the small files are verified."""
+    hub.faults.slow_bps = 512 * 1024
+    events: list[ProgressEvent] = []
+    verified: set[str] = set()
+    ready = asyncio.Event()
+
+    def on_progress(event: ProgressEvent) -> None:
+        events.append(event)
+        if event.state is FileState.VERIFIED:
+            verified.add(event.path)
+            if verified >= {"config.json", "tok/vocab.json"}:
+                ready.set()
+
+    task = asyncio.create_task(
+        import_artifact(
+            kw.pop("source"),  # type: ignore[arg-type]
+            dest,  # type: ignore[arg-type]
+            registry=fast_registry(),
+            on_progress=on_progress,
+            keep_partial=True,
+            **kw,  # type: ignore[arg-type]
+        )
+    )
+    await asyncio.wait_for(ready.wait(), 30)
+    await asyncio.sleep(0.2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    hub.faults.slow_bps = 0
+    return events
+
+
+async def test_a_cancelled_import_parks_verified_files_and_the_next_one_finishes(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "dest"
+    events = await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
+    assert {e.path for e in events if e.state is FileState.PARKED} == {"config.json", "tok/vocab.json"}
+    left = files_under(dest)
+    assert sorted(left) == [f"{PARTIAL_DIR}/files/config.json", f"{PARTIAL_DIR}/files/tok/vocab.json", RECORD_PATH]
+    assert not list(dest.rglob(f"*{PART_SUFFIX}")), "the big file's partial bytes are gone"
+
+    hub.requests.clear()
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert fetched(hub) == ["big.bin"]
+    assert result.resumed == 2 and {f.path for f in result.files if f.resumed} == {"config.json", "tok/vocab.json"}
+    commit = hub.repos[repo].refs["main"]
+    expected = {p: f.disk.read_bytes() for p, f in hub.repos[repo].commits[commit].items()}
+    after = files_under(dest)
+    manifest = json.loads(after.pop(".artifact-import/manifest.json"))
+    assert after == expected, "the partial folder is gone and every file is in place"
+    assert {f["path"] for f in manifest["files"]} == set(FILES)
+
+
+async def test_a_source_that_fails_parks_the_verified_files(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, {"config.json": b"{}", "big.bin": 64 * 1024})
+    # Retry-After keeps big.bin failing for a while, so config.json is surely verified before it gives up.
+    hub.faults.errors["big.bin"] = [(503, "0.2")] * 10
+    dest = tmp_path / "dest"
+    with pytest.raises(DownloadError):
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry(max_attempts=3), keep_partial=True)
+    record = json.loads((dest / RECORD_PATH).read_bytes())
+    assert [f["path"] for f in record["files"]] == ["config.json"]
+    hub.faults.errors.clear()
+    hub.requests.clear()
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert fetched(hub) == ["big.bin"] and result.resumed == 1
+
+
+async def test_a_verification_failure_parks_nothing(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    hub.faults.flip_byte["big.bin"] = 3 * MiB
+    dest = tmp_path / "dest"
+    with pytest.raises(IntegrityError):
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), keep_partial=True)
+    assert not dest.exists()
+
+
+async def test_parked_files_of_another_revision_are_discarded(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "dest"
+    await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
+    hub.commit(repo, {**FILES, "config.json": b'{"a": 2}'})
+    hub.requests.clear()
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert result.resumed == 0 and len(fetched(hub)) == 3
+    assert (dest / "config.json").read_bytes() == b'{"a": 2}'
+    assert not (dest / PARTIAL_DIR).exists()
+
+
+async def test_resuming_into_a_vfolder_keeps_the_quota_usage_right(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    volume = VFSVolume("local", tmp_path / "vol", fsync=False, quotas={"u": 100 * MiB})
+    vfid = VFolderID("u", uuid.uuid4())
+    await volume.create_vfolder(vfid)
+    adapter = VolumeStorageAdapter("vfolder_storage_r", volume, vfid)
+    await interrupt_after_small_files(hub, adapter, source=f"hf://{repo}")
+    usage = await volume.get_quota("u")
+    assert usage.in_flight == 0 and usage.used == await volume.measure_usage("u") > 0
+    result = await import_artifact(f"hf://{repo}", adapter, registry=fast_registry())
+    assert result.resumed == 2
+    usage = await volume.get_quota("u")
+    assert usage.in_flight == 0
+    assert usage.used == await volume.measure_usage("u")
+    assert sorted(files_under(volume.vfolder_path(vfid))) == sorted([*FILES, ".artifact-import/manifest.json"])
+
+
+async def test_object_storage_cannot_park_so_an_interruption_leaves_nothing(hub: LocalHub, s3: S3Server) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    bucket = s3.make_bucket()
+    storage = ObjectStorage("objects", s3.endpoint, bucket, "m", multipart_threshold=5 * MiB, part_size=5 * MiB)
+    try:
+        await interrupt_after_small_files(hub, storage, source=f"hf://{repo}")
+        assert await storage.list_objects() == []
+        assert await storage.incomplete_uploads() == []
+    finally:
+        await storage.aclose()
