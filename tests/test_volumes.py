@@ -457,6 +457,12 @@ def test_cli_imports_into_a_vfolder_and_reports_quota_and_read_only(hub: LocalHu
     assert json.loads(done.stdout)["destination"].startswith("vfolder_storage_")
     root = volume.vfolder_path(vfid) / "m"
     assert (root / "weights" / "shard-1.bin").read_bytes() == expected(hub, repo)["weights/shard-1.bin"]
+    intact = run_cli("--config", str(config), "verify", f"vfolder:local/{vfid}/m")
+    assert intact.returncode == 0 and intact.stdout.startswith("intact: 4 file(s)"), intact.stderr
+    (root / "config.json").unlink()
+    broken = run_cli("--config", str(config), "verify", f"vfolder:local/{vfid}/m")
+    assert broken.returncode == 3 and "missing: config.json" in broken.stdout
+    (root / "config.json").write_bytes(expected(hub, repo)["config.json"])
 
     again = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", f"vfolder:local/{vfid}/n", env=env)
     assert again.returncode == 1
