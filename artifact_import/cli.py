@@ -216,7 +216,7 @@ def import_cmd(
         )
     except ArtifactImportError as exc:
         hint = (
-            f"{len(parked)} file(s) already verified were kept aside: run the same command again to finish."
+            f"What was already received ({len(parked)} file(s)) was kept aside: run the same command again to finish."
             if parked
             else None
         )
@@ -235,8 +235,8 @@ def import_cmd(
             progress.close()  # before the message, so no bar is redrawn over it
         if parked:
             click.echo(
-                f"interrupted: the import was cancelled; nothing half-written was left behind. {len(parked)} "
-                "file(s) already verified were kept aside: run the same command again to finish.",
+                "interrupted: the import was cancelled; nothing half-written is visible. What was already "
+                f"received ({len(parked)} file(s)) was kept aside: run the same command again to finish.",
                 err=True,
             )
         else:

@@ -34,7 +34,7 @@ class FileState(enum.StrEnum):
     SKIPPED = "skipped"
     #: Verified by an earlier, interrupted import and kept aside (parked): not fetched again.
     RESUMED = "resumed"
-    #: The import was interrupted after this file was verified: kept aside for the next import.
+    #: The import was interrupted: this file (verified, or as far as it was received) is kept aside for the next one.
     PARKED = "parked"
 
 

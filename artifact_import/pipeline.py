@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ArtifactImportError, ConfigError, SourceError, VerificationError
+from .errors import ArtifactImportError, ConfigError, SourceError, StorageError, VerificationError
 from .model import (
     ArtifactFile,
     ArtifactStorageImportStep,
@@ -35,7 +36,7 @@ from .model import (
 from .paths import RESERVED_DIR
 from .registries.base import AbstractRegistry
 from .reimport import already_present, read_manifest
-from .resume import PARTIAL_DIR, adopt_parked, discard_parked, park_verified
+from .resume import PARTIAL_DIR, Adopted, adopt_parked, discard_parked, incomplete_path, park_verified
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
@@ -84,6 +85,11 @@ class _Run:
     pending: list[PendingWrite] = attrs.field(factory=list)
     #: Results of the files whose pending writes are verified, by path (what can be parked).
     verified: dict[str, FileResult] = attrs.field(factory=dict)
+    #: Files an earlier run parked incomplete, to resume; files this run parked incomplete.
+    incomplete_parked: set[str] = attrs.field(factory=set)
+    incomplete_kept: list[str] = attrs.field(factory=list)
+    #: A file was refused (verification, quota, ...): nothing is kept for a later import.
+    refused: bool = False
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
 
     def emit(
@@ -165,17 +171,18 @@ class ImportPipeline:
             else {}
         )
         todo = tuple(f for f in artifact.files if f.path not in present)
-        adopted: list[PendingWrite] = []
-        resumed: dict[str, FileResult] = {}
-        had_parked = False
+        adopted = Adopted()
         if self.skip_present:
-            adopted, resumed, had_parked = await adopt_parked(destination, artifact, todo, self.verify_step.verifiers)
+            adopted = await adopt_parked(destination, artifact, todo, self.verify_step.verifiers)
         else:
             await discard_parked(destination)
+        had_parked, resumed = adopted.found, adopted.results
         todo = tuple(f for f in todo if f.path not in resumed)
         run = _Run(context, artifact, passes, on_progress, todo)
-        run.pending.extend(adopted)
+        run.pending.extend(adopted.writes)
         run.verified.update(resumed)
+        # Resuming a file's bytes needs the single pass (verify while writing into the destination).
+        run.incomplete_parked = set(adopted.incomplete) if len(passes) == 1 else set()
         for file in artifact.files:
             if file.path in present:
                 run.emit(file, FileState.SKIPPED, None, file.size or 0)
@@ -211,23 +218,66 @@ class ImportPipeline:
             manifest_path=manifest,
         )
 
+    async def _resume_incomplete(self, run: _Run, storage: AbstractStorage, file: ArtifactFile) -> PendingWrite | None:
+        """The write an interrupted import left half-done for ``file``, to go on appending to, if any."""
+        if file.path not in run.incomplete_parked:
+            return None
+        run.incomplete_parked.discard(file.path)
+        pending = await storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
+        if pending is not None and (pending.bytes_written == 0 or pending.bytes_written >= (file.size or 0)):
+            # Nothing to go on from, or more than the file: start over.
+            await run_to_completion(pending.abort())
+            return await storage.open_write(file.path, size_hint=file.size, sha256=file.sha256)
+        if pending is not None:
+            log.info("%s: resuming at byte %d of %s", file.path, pending.bytes_written, file.size)
+        return pending
+
+    def _prefix(self, storage: AbstractStorage, file: ArtifactFile, length: int) -> AsyncIterator[bytes]:
+        """The first ``length`` bytes of the half-done write of ``file``, read back for the verifiers."""
+
+        async def read() -> AsyncIterator[bytes]:
+            left = length
+            chunks = storage.stream_download(incomplete_path(file.path))
+            async with closing(chunks):
+                async for chunk in chunks:
+                    if len(chunk) >= left:
+                        yield chunk[:left]
+                        return
+                    left -= len(chunk)
+                    yield chunk
+            if left:
+                raise StorageError(f"{file.path}: the parked start of the file is shorter than recorded")
+
+        return read()
+
+    async def _keep_incomplete(self, run: _Run, file: ArtifactFile, pending: PendingWrite, exc: BaseException) -> bool:
+        """On an interruption, park a half-received file as it is, for the next import to go on from."""
+        if not (self.keep_partial and isinstance(exc, INTERRUPTIONS)) or run.refused or pending.bytes_written == 0:
+            return False
+        if not await pending.park(incomplete_path(file.path)):
+            return False
+        run.incomplete_kept.append(file.path)
+        return True
+
     async def _end_failed(self, run: _Run, destination: AbstractStorage, exc: BaseException, had_parked: bool) -> None:
         """Abort what the import wrote; if it was interrupted, park the verified files for the next import."""
-        if self.keep_partial and isinstance(exc, INTERRUPTIONS):
-            parked = await park_verified(destination, run.artifact, run.pending, run.verified)
-            if parked:
+        if self.keep_partial and isinstance(exc, INTERRUPTIONS) and not run.refused:
+            parked = await park_verified(destination, run.artifact, run.pending, run.verified, run.incomplete_kept)
+            if parked or run.incomplete_kept:
                 for file in run.artifact.files:
-                    if file.path in run.verified:
+                    if file.path in run.verified or file.path in run.incomplete_kept:
                         run.emit(file, FileState.PARKED, None, file.size or 0)
                 log.warning(
-                    "%d verified file(s) kept in %s under %s; import the same revision again to finish",
+                    "%d verified and %d partly received file(s) kept in %s under %s; "
+                    "import the same revision again to finish",
                     parked,
+                    len(run.incomplete_kept),
                     destination.describe(),
                     PARTIAL_DIR,
                 )
             return
         await self.archive_step.abort_all(run.pending)
-        if had_parked:
+        if had_parked or run.incomplete_kept:
             await discard_parked(destination)
 
     @staticmethod
@@ -257,7 +307,11 @@ class ImportPipeline:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+                    exc = task.exception()
+                    if not isinstance(exc, INTERRUPTIONS):
+                        # A refused file ends the import for good: the others must not be parked.
+                        run.refused = True
+                    raise exc  # type: ignore[misc]
             return [t.result() for t in tasks]
         finally:
             for task in tasks:
@@ -270,16 +324,20 @@ class ImportPipeline:
         for index, p in enumerate(run.passes):
             final = index == len(run.passes) - 1
             chunks: AsyncIterator[bytes]
+            resumed = await self._resume_incomplete(run, p.storage, file) if final else None
+            offset = resumed.bytes_written if resumed is not None else 0
             if source is None:
-                chunks = download.stream(run.artifact, file)
+                chunks = download.stream(run.artifact, file, offset)
             else:
                 chunks = read_ahead(source[0].stream_download(source[1]), self.read_ahead_depth)
             if Step.VERIFY in p.steps:
-                chunks = self.verify_step.tap(file, chunks, verdicts)
-            chunks = self._count(run, file, p.steps[0], chunks)
+                prefix = self._prefix(p.storage, file, offset) if offset else None
+                chunks = self.verify_step.tap(file, chunks, verdicts, prefix)
+            chunks = self._count(run, file, p.steps[0], chunks, offset)
             path = file.path if final else f"{RESERVED_DIR}/staging/{run.run_id}/{file.path}"
+            keep = functools.partial(self._keep_incomplete, run, file) if final and len(run.passes) == 1 else None
             try:
-                pending = await self.archive_step.write(p.storage, path, chunks, file)
+                pending = await self.archive_step.write(p.storage, path, chunks, file, pending=resumed, keep=keep)
             except VerificationError:
                 if self.quarantine is not None and any(v.verifier == "clamav" and not v.ok for v in verdicts):
                     await self._quarantine(run, download, file, verdicts)
@@ -317,9 +375,11 @@ class ImportPipeline:
             log.error("%s: could not be quarantined: %s", file.path, exc)
 
     @staticmethod
-    async def _count(run: _Run, file: ArtifactFile, step: Step, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        done = 0
-        run.emit(file, FileState.RUNNING, step, 0)
+    async def _count(
+        run: _Run, file: ArtifactFile, step: Step, chunks: AsyncIterator[bytes], offset: int = 0
+    ) -> AsyncIterator[bytes]:
+        done = offset
+        run.emit(file, FileState.RUNNING, step, done)
         async with closing(chunks):
             async for chunk in chunks:
                 done += len(chunk)

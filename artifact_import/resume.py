@@ -2,10 +2,13 @@
 
 When an import is interrupted (Ctrl-C, a source that went away) the files
 it had already verified are *parked*: kept, complete, under
-``.artifact-import/partial/`` with a record of their verdicts, never under
-the names the artifact uses. The next import of the same source and commit
-into the same destination adopts them (they become visible with the rest,
-at commit) and fetches only what is left. A verification failure parks
+``.artifact-import/partial/files/`` with a record of their verdicts, never
+under the names the artifact uses; the files it was still receiving are
+parked as they are, under ``.artifact-import/partial/incomplete/``. The next
+import of the same source and commit into the same destination adopts the
+complete ones (they become visible with the rest, at commit), and for the
+incomplete ones re-reads the bytes it has (every verifier sees the whole
+file again) and fetches only the rest. A verification failure parks
 nothing: it discards everything, as it always did.
 
 Storages that cannot park (object storage) abort as before.
@@ -40,13 +43,32 @@ def parked_path(path: str) -> str:
     return f"{PARTIAL_DIR}/files/{path}"
 
 
+def incomplete_path(path: str) -> str:
+    return f"{PARTIAL_DIR}/incomplete/{path}"
+
+
+@attrs.frozen
+class Adopted:
+    """What an earlier, interrupted import of the same commit left for this one."""
+
+    #: Pending writes of the complete files, and their results.
+    writes: tuple[PendingWrite, ...] = ()
+    results: Mapping[str, FileResult] = attrs.field(factory=dict)
+    #: Files whose first bytes are parked: resumed from where they stopped.
+    incomplete: frozenset[str] = frozenset()
+    #: Whether a record of parked files was there at all (to remove it at the end).
+    found: bool = False
+
+
 async def park_verified(
     storage: AbstractStorage,
     artifact: ResolvedArtifact,
     pending: Sequence[PendingWrite],
     verified: Mapping[str, FileResult],
+    incomplete: Sequence[str] = (),
 ) -> int:
-    """Park every pending write of a verified file; abort the others. Return how many were parked."""
+    """Park every pending write of a verified file; abort the others; record them and the
+    ``incomplete`` files already parked. Return how many complete files were parked."""
     kept: list[FileResult] = []
     for write in pending:
         result = verified.get(write.path)
@@ -57,12 +79,13 @@ async def park_verified(
         except ArtifactImportError:
             log.warning("%s: could not be parked", write.path, exc_info=True)
         await run_to_completion(write.abort())
-    if not kept:
+    if not kept and not incomplete:
         return 0
     record = {
         "source": artifact.source,
         "commit": artifact.commit,
         "files": [r.to_dict() for r in sorted(kept, key=lambda r: r.path)],
+        "incomplete": sorted(incomplete),
     }
     try:
         await storage.stream_upload(RECORD_PATH, one_chunk(json.dumps(record, indent=2).encode()))
@@ -93,9 +116,8 @@ async def adopt_parked(
     artifact: ResolvedArtifact,
     todo: Sequence[ArtifactFile],
     verifiers: Sequence[Verifier],
-) -> tuple[list[PendingWrite], dict[str, FileResult], bool]:
-    """Pending writes for the parked files of an earlier, interrupted import of the same commit,
-    their results, and whether a record of parked files was there at all.
+) -> Adopted:
+    """What an earlier, interrupted import of the same commit parked, ready for this one.
 
     A parked file is adopted only if its record has an ok verdict from every
     verifier of this run and its size is the listed one; parked files of
@@ -103,10 +125,10 @@ async def adopt_parked(
     """
     record = await _read_record(storage)
     if record is None:
-        return [], {}, False
+        return Adopted()
     if record.get("source") != artifact.source or record.get("commit") != artifact.commit:
         await discard_parked(storage)
-        return [], {}, False
+        return Adopted()
     entries = manifest_files(record)
     adopted: list[PendingWrite] = []
     results: dict[str, FileResult] = {}
@@ -124,7 +146,10 @@ async def adopt_parked(
             continue
         adopted.append(write)
         results[file.path] = attrs.evolve(entry, resumed=True)
-    return adopted, results, True
+    listed = record.get("incomplete")
+    wanted = {str(p) for p in listed} if isinstance(listed, list) else set()
+    incomplete = frozenset(f.path for f in todo if f.path in wanted and f.path not in results)
+    return Adopted(tuple(adopted), results, incomplete, True)
 
 
 async def discard_parked(storage: AbstractStorage) -> None:

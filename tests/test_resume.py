@@ -36,7 +36,8 @@ def fetched(hub: LocalHub) -> list[str]:
 
 
 async def interrupt_after_small_files(hub: LocalHub, dest: object, **kw: object) -> list[ProgressEvent]:
-    """Start an import with the big file trickling in; cancel it once the small files are verified."""
+    """Start an import with the big file trickling in; cancel it once the small files are verified
+    and the big file's first chunk was written."""
     hub.faults.slow_bps = 512 * 1024
     events: list[ProgressEvent] = []
     verified: set[str] = set()
@@ -46,8 +47,10 @@ async def interrupt_after_small_files(hub: LocalHub, dest: object, **kw: object)
         events.append(event)
         if event.state is FileState.VERIFIED:
             verified.add(event.path)
-            if verified >= {"config.json", "tok/vocab.json"}:
-                ready.set()
+        if event.path == "big.bin" and event.state is FileState.RUNNING and event.bytes_done >= MiB:
+            verified.add("big.bin:1MiB")
+        if verified >= {"config.json", "tok/vocab.json", "big.bin:1MiB"}:
+            ready.set()
 
     task = asyncio.create_task(
         import_artifact(
@@ -73,14 +76,21 @@ async def test_a_cancelled_import_parks_verified_files_and_the_next_one_finishes
     hub.create_repo(repo, FILES)
     dest = tmp_path / "dest"
     events = await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
-    assert {e.path for e in events if e.state is FileState.PARKED} == {"config.json", "tok/vocab.json"}
+    assert {e.path for e in events if e.state is FileState.PARKED} == {"config.json", "tok/vocab.json", "big.bin"}
     left = files_under(dest)
-    assert sorted(left) == [f"{PARTIAL_DIR}/files/config.json", f"{PARTIAL_DIR}/files/tok/vocab.json", RECORD_PATH]
-    assert not list(dest.rglob(f"*{PART_SUFFIX}")), "the big file's partial bytes are gone"
+    assert sorted(left) == [
+        f"{PARTIAL_DIR}/files/config.json",
+        f"{PARTIAL_DIR}/files/tok/vocab.json",
+        f"{PARTIAL_DIR}/incomplete/big.bin",
+        RECORD_PATH,
+    ]
+    kept = len(left[f"{PARTIAL_DIR}/incomplete/big.bin"])
+    assert MiB <= kept < 4 * MiB
+    assert not list(dest.rglob(f"*{PART_SUFFIX}")), "nothing half-written outside the partial folder"
 
     hub.requests.clear()
     result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
-    assert fetched(hub) == ["big.bin"]
+    assert [(p, r) for m, p, r in hub.requests if m == "GET"] == [("big.bin", f"bytes={kept}-")]
     assert result.resumed == 2 and {f.path for f in result.files if f.resumed} == {"config.json", "tok/vocab.json"}
     commit = hub.repos[repo].refs["main"]
     expected = {p: f.disk.read_bytes() for p, f in hub.repos[repo].commits[commit].items()}
@@ -90,11 +100,29 @@ async def test_a_cancelled_import_parks_verified_files_and_the_next_one_finishes
     assert {f["path"] for f in manifest["files"]} == set(FILES)
 
 
+async def test_a_corrupted_parked_start_fails_closed_and_the_next_import_starts_over(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "dest"
+    await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
+    parked = dest / PARTIAL_DIR / "incomplete" / "big.bin"
+    data = bytearray(parked.read_bytes())
+    data[10] ^= 0xFF
+    parked.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match=r"big\.bin"):
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), keep_partial=True)
+    assert not dest.exists() or files_under(dest) == {}, "a verification failure keeps nothing"
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert result.resumed == 0 and (dest / "big.bin").stat().st_size == 4 * MiB
+
+
 async def test_a_source_that_fails_parks_the_verified_files(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("resume")
     hub.create_repo(repo, {"config.json": b"{}", "big.bin": 64 * 1024})
     # Retry-After keeps big.bin failing for a while, so config.json is surely verified before it gives up.
-    hub.faults.errors["big.bin"] = [(503, "0.2")] * 10
+    hub.faults.errors["big.bin"] = [(503, "1")] * 10
     dest = tmp_path / "dest"
     with pytest.raises(DownloadError):
         await import_artifact(f"hf://{repo}", dest, registry=fast_registry(max_attempts=3), keep_partial=True)
@@ -112,6 +140,19 @@ async def test_a_verification_failure_parks_nothing(hub: LocalHub, tmp_path: Pat
     hub.faults.flip_byte["big.bin"] = 3 * MiB
     dest = tmp_path / "dest"
     with pytest.raises(IntegrityError):
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), keep_partial=True)
+    assert not dest.exists()
+
+
+async def test_a_file_refused_while_others_stream_keeps_nothing_of_them(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    hub.faults.flip_byte["tok/vocab.json"] = 0
+    # vocab.json arrives (and is refused) after 1 s, when big.bin has its first MiB written.
+    hub.faults.errors["tok/vocab.json"] = [(503, "1")]
+    hub.faults.slow_bps = 2 * MiB
+    dest = tmp_path / "dest"
+    with pytest.raises(IntegrityError, match=r"tok/vocab\.json"):
         await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), keep_partial=True)
     assert not dest.exists()
 
@@ -138,9 +179,12 @@ async def test_resuming_into_a_vfolder_keeps_the_quota_usage_right(hub: LocalHub
     adapter = VolumeStorageAdapter("vfolder_storage_r", volume, vfid)
     await interrupt_after_small_files(hub, adapter, source=f"hf://{repo}")
     usage = await volume.get_quota("u")
-    assert usage.in_flight == 0 and usage.used == await volume.measure_usage("u") > 0
+    assert usage.in_flight == 0 and usage.used == await volume.measure_usage("u") > MiB
+    hub.requests.clear()
     result = await import_artifact(f"hf://{repo}", adapter, registry=fast_registry())
     assert result.resumed == 2
+    (request,) = [(p, r) for m, p, r in hub.requests if m == "GET"]
+    assert request[0] == "big.bin" and str(request[1]).startswith("bytes="), "big.bin went on where it stopped"
     usage = await volume.get_quota("u")
     assert usage.in_flight == 0
     assert usage.used == await volume.measure_usage("u")

@@ -20,8 +20,8 @@ class AbstractRegistry(abc.ABC):
         """Pin ``model.revision`` to an immutable id and list the selected files."""
 
     @abc.abstractmethod
-    def open(self, artifact: ResolvedArtifact, file: ArtifactFile) -> AsyncIterator[bytes]:
-        """The bytes of ``file`` at ``artifact.commit``, as bounded chunks.
+    def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
+        """The bytes of ``file`` at ``artifact.commit`` from byte ``offset``, as bounded chunks.
 
         Transient failures are retried and resumed inside; the caller sees one
         continuous stream or an error.

@@ -87,14 +87,15 @@ async def stream_url(
     expected_size: int | None,
     chunk_size: int,
     retry: RetryPolicy,
+    offset: int = 0,
 ) -> AsyncIterator[bytes]:
-    """Yield the body of ``url`` once, whatever drops and retries happen underneath.
+    """Yield the body of ``url`` from byte ``offset`` once, whatever drops and retries happen underneath.
 
     ``name`` is what errors call the file and ``source`` where it comes from;
     the URL is never put in a message because after a redirect it can carry
     a signature. ``denied_hint`` tells the user what to do on 401/403.
     """
-    received = 0
+    received = offset
     failures = 0
     first_etag: str | None = None
     while True:

@@ -162,7 +162,7 @@ class HuggingFaceRegistry(AbstractRegistry):
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         return f"{self.endpoint}/{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
 
-    def open(self, artifact: ResolvedArtifact, file: ArtifactFile) -> AsyncIterator[bytes]:
+    def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
         # Bytes as stored: a Content-Encoding would break sizes, digests and Range offsets.
         headers["Accept-Encoding"] = "identity"
@@ -179,6 +179,7 @@ class HuggingFaceRegistry(AbstractRegistry):
             expected_size=file.size,
             chunk_size=self.chunk_size,
             retry=self.retry,
+            offset=offset,
         )
 
     async def aclose(self) -> None:

@@ -80,10 +80,10 @@ class S3Registry(AbstractRegistry):
             files=files,
         )
 
-    async def open(self, artifact: ResolvedArtifact, file: ArtifactFile) -> AsyncIterator[bytes]:
+    async def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         storage = self._bucket(ModelTarget(artifact.repo_id, scheme="s3"))
         key = storage.key(file.path)
-        received = 0
+        received = offset
         failures = 0
         while True:
             try:

@@ -24,7 +24,7 @@ class DownloadStep:
             raise SourceError(f"{model.uri}: no files to import{filters}")
         return artifact
 
-    def stream(self, artifact: ResolvedArtifact, file: ArtifactFile) -> AsyncIterator[bytes]:
+    def stream(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         # Reading ahead lets the network keep receiving while the previous
         # chunks are hashed and written; the depth bounds the memory it costs.
-        return read_ahead(self.registry.open(artifact, file), self.read_ahead_depth)
+        return read_ahead(self.registry.open(artifact, file, offset), self.read_ahead_depth)

@@ -32,11 +32,21 @@ class VerifyStep:
         )
 
     async def tap(
-        self, file: ArtifactFile, chunks: AsyncIterator[bytes], verdicts: list[Verdict]
+        self,
+        file: ArtifactFile,
+        chunks: AsyncIterator[bytes],
+        verdicts: list[Verdict],
+        prefix: AsyncIterator[bytes] | None = None,
     ) -> AsyncIterator[bytes]:
+        """``chunks`` unchanged, verified on the way; ``prefix`` (the file's first bytes, already
+        written by an interrupted import) is fed to the verifiers first and not passed on."""
         sessions = [v.start(file) for v in self.verifiers if v.applies_to(file)]
         feeding: asyncio.Future[Any] | None = None
         try:
+            if prefix is not None:
+                async with closing(prefix):
+                    async for chunk in prefix:
+                        await asyncio.gather(*(s.feed(chunk) for s in sessions))
             async with closing(chunks):
                 async for chunk in chunks:
                     if feeding is not None:

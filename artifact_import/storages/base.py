@@ -120,9 +120,13 @@ class AbstractStorage(abc.ABC):
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
 
-    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
+    async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see
-        :meth:`PendingWrite.park`), or ``None`` if there is none or this storage does not park."""
+        :meth:`PendingWrite.park`), or ``None`` if there is none or this storage does not park.
+
+        ``incomplete``: the parked bytes are only the start of the file; the
+        write goes on appending (its ``bytes_written`` says from where).
+        """
         return None
 
     async def delete_folder(self, path: str) -> None:  # noqa: B027 - optional hook

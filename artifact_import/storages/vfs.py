@@ -151,7 +151,7 @@ class VFSStorage(AbstractStorage):
         # Staged copies live in folders this storage made; do not leave them empty behind.
         await self._folders.prune((path.parent, *path.parent.parents))
 
-    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
+    async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         self.check_writable()
         source = await self._resolve(parked)
         target = await self._resolve(filepath)
@@ -159,7 +159,18 @@ class VFSStorage(AbstractStorage):
             st = await aiofiles.os.stat(source)
         except FileNotFoundError:
             return None
-        return _VFSParkedWrite(self, filepath, source, target, st.st_size)
+        if not incomplete:
+            return _VFSParkedWrite(self, filepath, source, target, st.st_size)
+        folders = (target.parent, *target.parent.parents)
+        await self._folders.hold(folders)
+        try:
+            handle = await aiofiles.open(source, "ab")
+        except OSError:
+            await self._folders.release(folders, remove_empty=True)
+            return None
+        pending = _VFSPendingWrite(self, filepath, target, source, handle, folders)
+        pending.bytes_written = st.st_size
+        return pending
 
     async def delete_folder(self, path: str) -> None:
         folder = await self._resolve(path)

@@ -75,8 +75,10 @@ class VolumeStorageAdapter(AbstractStorage):
     ) -> PendingWrite:
         return await self._volume.open_pending(self._vfid, self._rel(filepath), size_hint=size_hint, sha256=sha256)
 
-    async def adopt(self, parked: str, filepath: str) -> PendingWrite | None:
-        return await self._volume.adopt_parked(self._vfid, self._rel(parked), self._rel(filepath))
+    async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
+        return await self._volume.adopt_parked(
+            self._vfid, self._rel(parked), self._rel(filepath), incomplete=incomplete
+        )
 
     async def delete_folder(self, path: str) -> None:
         await self._volume.delete_folder(self._vfid, self._rel(path))

@@ -203,16 +203,20 @@ class AbstractVolume(abc.ABC):
         inner = await self.open_file(vfid, relpath, size_hint=size_hint, sha256=sha256)
         return _QuotaPendingWrite(self, vfid, relpath, inner, self.quota.current(scope))
 
-    async def open_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+    async def open_parked(
+        self, vfid: VFolderID, parked: str, relpath: str, *, incomplete: bool = False
+    ) -> PendingWrite | None:
         """A pending write of ``relpath`` from a file an interrupted import parked, if the backend parks."""
         return None
 
-    async def adopt_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+    async def adopt_parked(
+        self, vfid: VFolderID, parked: str, relpath: str, *, incomplete: bool = False
+    ) -> PendingWrite | None:
         """:meth:`open_parked` with quota accounting: the parked bytes are already counted as used."""
         self.check_writable(vfid)
         scope = vfid.quota_scope_id
         await self.quota.ensure_loaded(scope)
-        inner = await self.open_parked(vfid, parked, relpath)
+        inner = await self.open_parked(vfid, parked, relpath, incomplete=incomplete)
         if inner is None:
             return None
         return _QuotaPendingWrite(

@@ -74,10 +74,12 @@ class VFSVolume(AbstractVolume):
         await self.sanitize_vfpath(vfid, relpath)
         return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
 
-    async def open_parked(self, vfid: VFolderID, parked: str, relpath: str) -> PendingWrite | None:
+    async def open_parked(
+        self, vfid: VFolderID, parked: str, relpath: str, *, incomplete: bool = False
+    ) -> PendingWrite | None:
         await self.sanitize_vfpath(vfid, parked)
         await self.sanitize_vfpath(vfid, relpath)
-        return await self._storage(vfid).adopt(parked, relpath)
+        return await self._storage(vfid).adopt(parked, relpath, incomplete=incomplete)
 
     async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:
         self.check_writable(vfid)
