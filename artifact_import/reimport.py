@@ -3,8 +3,9 @@
 A file is skipped when the destination's manifest lists it with the same
 size and the same content (the same source at the same commit, or the same
 published sha256), every verifier of this run has an ok verdict for it on
-record, and the stored file still has that size. Anything less, and the
-file is fetched and verified again.
+record, and the stored file still has that size (and that sha256, where the
+storage keeps one beside the object). Anything less, and the file is
+fetched and verified again.
 """
 
 from __future__ import annotations
@@ -102,7 +103,9 @@ async def already_present(
                 info = await storage.get_file_info(file.path)
             except ArtifactImportError:
                 return None
-        return attrs.evolve(entry, skipped=True) if info.size == file.size else None
+        if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
+            return None
+        return attrs.evolve(entry, skipped=True)
 
     checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
     return {r.path: r for r in checked if r is not None}

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import pickle
 from pathlib import Path
 
-from artifact_import import MANIFEST_PATH, PickleVerifier, import_artifact
+from artifact_import import MANIFEST_PATH, ObjectStorage, PickleVerifier, import_artifact
 
 from .conftest import fast_registry, files_under, repo_name, run_cli
 from .hub import LocalHub, safetensors_header
+from .s3server import S3Server
 
 _HEADER = safetensors_header(300_000)
 BIG_A = _HEADER + os.urandom(300_000 - len(_HEADER))
@@ -121,3 +124,28 @@ def test_cli_reports_skipped_files_and_force_fetches_everything(hub: LocalHub, t
     forced = run_cli("import", f"hf://{repo}", "--to", dest, "--force", "--json", env=env)
     assert json.loads(forced.stdout)["skipped_count"] == 0
     assert len(fetched(hub)) == 4
+
+
+async def test_an_object_replaced_with_the_same_size_is_caught_by_its_sha256_metadata(
+    hub: LocalHub, s3: S3Server
+) -> None:
+    repo = repo_name("re")
+    hub.create_repo(repo, repo_files())
+    bucket = s3.make_bucket()
+    storage = ObjectStorage("objects", s3.endpoint, bucket, "m")
+    try:
+        await import_artifact(f"hf://{repo}", storage, registry=fast_registry())
+        other = os.urandom(len(BIG_B))
+        client = s3.endpoint.client(max_connections=1)
+        client.put_object(
+            bucket, "m/b.bin", io.BytesIO(other), len(other), metadata={"sha256": hashlib.sha256(other).hexdigest()}
+        )
+        hub.requests.clear()
+        result = await import_artifact(f"hf://{repo}", storage, registry=fast_registry())
+        assert fetched(hub) == ["b.bin"] and result.skipped == 3
+        resp = client.get_object(bucket, "m/b.bin")
+        assert resp.read() == BIG_B
+        resp.close()
+        resp.release_conn()
+    finally:
+        await storage.aclose()

@@ -16,6 +16,8 @@ from ..errors import ReadOnlyStorageError, StorageError, StorageNotFoundError
 class FileInfo:
     path: str
     size: int
+    #: The content's sha256 when the storage keeps it beside the file (object metadata), else None.
+    sha256: str | None = None
 
 
 class PendingWrite(abc.ABC):

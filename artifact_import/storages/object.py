@@ -175,7 +175,8 @@ class ObjectStorage(AbstractStorage):
 
     async def get_file_info(self, filepath: str) -> FileInfo:
         stat = await self.bridge.call(filepath, self.bridge.client.stat_object, self.bucket, self.key(filepath))
-        return FileInfo(filepath, stat.size or 0)
+        recorded = (stat.metadata or {}).get(f"x-amz-meta-{SHA256_METADATA}")
+        return FileInfo(filepath, stat.size or 0, str(recorded).lower() if recorded else None)
 
     async def list_objects(self) -> list[tuple[str, int, str]]:
         """(path below the prefix, size, ETag) of every object under the prefix."""

@@ -103,4 +103,4 @@ class VolumeStorageAdapter(AbstractStorage):
         info = await self._volume.stat_file(self._vfid, self._rel(filepath))
         if info is None:
             raise StorageFileNotFoundError(f"{filepath}: not found in {self.describe()}")
-        return FileInfo(filepath, info.size)
+        return FileInfo(filepath, info.size, info.sha256)
