@@ -254,7 +254,7 @@ class ImportPipeline:
         """On an interruption, park a half-received file as it is, for the next import to go on from."""
         if not (self.keep_partial and isinstance(exc, INTERRUPTIONS)) or run.refused or pending.bytes_written == 0:
             return False
-        if not await pending.park(incomplete_path(file.path)):
+        if not await pending.park(incomplete_path(file.path), complete=False):
             return False
         run.incomplete_kept.append(file.path)
         return True

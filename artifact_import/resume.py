@@ -11,7 +11,9 @@ incomplete ones re-reads the bytes it has (every verifier sees the whole
 file again) and fetches only the rest. A verification failure parks
 nothing: it discards everything, as it always did.
 
-Storages that cannot park (object storage) abort as before.
+Object storage parks a verified file by keeping its multipart upload open
+(invisible) with a token at the parked name; it cannot park half-received
+or small files. Storages that cannot park abort as before.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from artifact_import import (
     VolumeStorageAdapter,
     import_artifact,
 )
+from artifact_import.manifest import MANIFEST_PATH as MANIFEST
 from artifact_import.resume import PARTIAL_DIR, RECORD_PATH
 from artifact_import.storages.object import MiB
 from artifact_import.storages.vfs import PART_SUFFIX
@@ -191,7 +192,82 @@ async def test_resuming_into_a_vfolder_keeps_the_quota_usage_right(hub: LocalHub
     assert sorted(files_under(volume.vfolder_path(vfid))) == sorted([*FILES, ".artifact-import/manifest.json"])
 
 
-async def test_object_storage_cannot_park_so_an_interruption_leaves_nothing(hub: LocalHub, s3: S3Server) -> None:
+async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it_next_time(
+    hub: LocalHub, s3: S3Server
+) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, {"a.bin": 2 * MiB, "big.bin": 16 * MiB})
+    hub.faults.slow_bps = 4 * MiB
+    bucket = s3.make_bucket()
+    storage = ObjectStorage("objects", s3.endpoint, bucket, "m", multipart_threshold=MiB, part_size=5 * MiB)
+    try:
+        ready = asyncio.Event()
+
+        def on_progress(event: ProgressEvent) -> None:
+            if event.path == "a.bin" and event.state is FileState.VERIFIED:
+                ready.set()
+
+        task = asyncio.create_task(
+            import_artifact(
+                f"hf://{repo}", storage, registry=fast_registry(), on_progress=on_progress, keep_partial=True
+            )
+        )
+        await asyncio.wait_for(ready.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        hub.faults.slow_bps = 0
+        left = sorted(path for path, _, _ in await storage.list_objects())
+        assert left == [f"{PARTIAL_DIR}/files/a.bin", RECORD_PATH], "a token and the record; no object under its name"
+        assert [key for key, _ in await storage.incomplete_uploads()] == ["m/a.bin"], "a.bin's upload is kept open"
+
+        hub.requests.clear()
+        result = await import_artifact(f"hf://{repo}", storage, registry=fast_registry())
+        assert fetched(hub) == ["big.bin"] and result.resumed == 1
+        objects = {path: size for path, size, _ in await storage.list_objects()}
+        assert objects == {"a.bin": 2 * MiB, "big.bin": 16 * MiB, ".artifact-import/manifest.json": objects[MANIFEST]}
+        assert await storage.incomplete_uploads() == []
+        commit = hub.repos[repo].refs["main"]
+        resp = s3.endpoint.client(max_connections=1).get_object(bucket, "m/a.bin")
+        assert resp.read() == hub.repos[repo].commits[commit]["a.bin"].disk.read_bytes()
+        resp.close()
+        resp.release_conn()
+    finally:
+        await storage.aclose()
+
+
+async def test_parked_uploads_of_another_revision_are_aborted(hub: LocalHub, s3: S3Server) -> None:
+    repo = repo_name("resume")
+    hub.create_repo(repo, {"a.bin": 2 * MiB, "big.bin": 16 * MiB})
+    hub.faults.slow_bps = 4 * MiB
+    bucket = s3.make_bucket()
+    storage = ObjectStorage("objects", s3.endpoint, bucket, "m", multipart_threshold=MiB, part_size=5 * MiB)
+    try:
+        ready = asyncio.Event()
+        task = asyncio.create_task(
+            import_artifact(
+                f"hf://{repo}",
+                storage,
+                registry=fast_registry(),
+                keep_partial=True,
+                on_progress=lambda e: ready.set() if e.path == "a.bin" and e.state is FileState.VERIFIED else None,
+            )
+        )
+        await asyncio.wait_for(ready.wait(), 30)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        hub.faults.slow_bps = 0
+        hub.commit(repo, {"a.bin": 2 * MiB, "big.bin": MiB})
+        result = await import_artifact(f"hf://{repo}", storage, registry=fast_registry())
+        assert result.resumed == 0
+        assert await storage.incomplete_uploads() == [], "the parked upload was aborted, not left to bill"
+        assert not [p for p, _, _ in await storage.list_objects() if p.startswith(PARTIAL_DIR)]
+    finally:
+        await storage.aclose()
+
+
+async def test_object_storage_does_not_park_small_or_half_received_files(hub: LocalHub, s3: S3Server) -> None:
     repo = repo_name("resume")
     hub.create_repo(repo, FILES)
     bucket = s3.make_bucket()

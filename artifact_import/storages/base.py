@@ -41,11 +41,13 @@ class PendingWrite(abc.ABC):
     @abc.abstractmethod
     async def abort(self) -> None: ...
 
-    async def park(self, path: str) -> bool:
-        """End the write by keeping its (complete, verified) bytes under ``path`` for a later import.
+    async def park(self, path: str, *, complete: bool = True) -> bool:
+        """End the write by keeping its bytes under ``path`` for a later import.
 
-        ``path`` is inside the reserved folder, never a name the artifact
-        uses. False if this storage cannot park; the caller then aborts.
+        ``complete``: the bytes are the whole, verified file; otherwise only
+        its start, which a later import must be able to read back. ``path``
+        is inside the reserved folder, never a name the artifact uses. False
+        if this storage cannot park that; the caller then aborts.
         """
         return False
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import io
+import json
 import logging
 import math
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import RESERVED_DIR, path_problem
 from ..s3 import S3Bridge, S3Endpoint
-from ..streams import DEFAULT_CHUNK_SIZE
+from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from .base import AbstractStorage, FileInfo, PendingWrite
 
 log = logging.getLogger(__name__)
@@ -169,6 +170,57 @@ class ObjectStorage(AbstractStorage):
             resp.close()
             resp.release_conn()
 
+    async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
+        """The multipart upload a verified file was parked in (see ``_ObjectPendingWrite.park``), to complete."""
+        if incomplete:
+            return None  # the parts of an open upload cannot be read back for the verifiers
+        try:
+            token = json.loads(b"".join([c async for c in self.stream_download(parked)]))
+            key, upload_id, size = str(token["key"]), str(token["upload_id"]), int(token["size"])
+            parts = [Part(int(n), str(etag)) for n, etag in token["parts"]]
+        except (StorageError, ValueError, KeyError, TypeError):
+            return None
+        if key != self.key(filepath) or not parts:
+            return None
+        try:
+            listed = await self.bridge.call(filepath, self._all_parts, key, upload_id)
+        except StorageError:
+            return None  # aborted meanwhile (e.g. by a lifecycle rule): fetch the file again
+        if listed != {(p.part_number, p.etag) for p in parts}:
+            return None
+        pending = _ObjectPendingWrite(self, filepath, key, size, token.get("sha256"))
+        pending.resume_upload(upload_id, parts, size)
+        return pending
+
+    def _all_parts(self, key: str, upload_id: str) -> set[tuple[int, str]]:
+        found: set[tuple[int, str]] = set()
+        marker: str | None = None
+        while True:
+            page = self.bridge.client._list_parts(self.bucket, key, upload_id, part_number_marker=marker)
+            found.update((p.part_number, p.etag.strip('"')) for p in page.parts)
+            if not page.is_truncated:
+                return found
+            marker = page.next_part_number_marker
+
+    async def delete_folder(self, path: str) -> None:
+        """Remove every object under ``path``, aborting the uploads that parked tokens there refer to."""
+        start = self.key(path).rstrip("/") + "/"
+
+        def listing() -> list[str]:
+            return [
+                str(o.object_name) for o in self.bridge.client.list_objects(self.bucket, prefix=start, recursive=True)
+            ]
+
+        for key in await self.bridge.call(path, listing):
+            what = key[len(self.prefix) + 1 :] if self.prefix else key
+            try:
+                token = json.loads(b"".join([c async for c in self.read_object(key, what=what)]))
+                if isinstance(token, dict) and "upload_id" in token and "key" in token:
+                    await self.abort_upload(str(token["key"]), str(token["upload_id"]), what=what)
+            except (StorageError, ValueError):
+                pass
+            await self.bridge.call(what, self.bridge.client.remove_object, self.bucket, key)
+
     async def delete_file(self, filepath: str) -> None:
         self.check_writable()
         await self.bridge.call(filepath, self.bridge.client.remove_object, self.bucket, self.key(filepath))
@@ -244,6 +296,39 @@ class _ObjectPendingWrite(PendingWrite):
     @property
     def _bridge(self) -> S3Bridge:
         return self._s.bridge
+
+    def resume_upload(self, upload_id: str, parts: list[Part], size: int) -> None:
+        """Take over a parked multipart upload holding all ``size`` bytes: commit completes it."""
+        self._upload_id = upload_id
+        self._parts = list(parts)
+        self._next_part = max(p.part_number for p in parts) + 1
+        self.bytes_written = size
+
+    async def park(self, path: str, *, complete: bool = True) -> bool:
+        """Keep a verified file's multipart upload open, with a token naming it at ``path``.
+
+        Small files (never uploaded yet) and incomplete ones are not parked:
+        the first are cheap to fetch again, the second cannot be read back.
+        """
+        if self._ended or not complete or self._upload_id is None:
+            return False
+        try:
+            if self._buffered:
+                await self._send_part(b"".join(self._buffer))
+                self._buffer, self._buffered = [], 0
+            await self._drain()
+            token = {
+                "key": self._key,
+                "upload_id": self._upload_id,
+                "parts": [[p.part_number, p.etag] for p in sorted(self._parts, key=lambda p: p.part_number)],
+                "size": self.bytes_written,
+                "sha256": self._sha256,
+            }
+            await self._s.stream_upload(path, one_chunk(json.dumps(token).encode()))
+        except StorageError:
+            return False
+        self._ended = True
+        return True
 
     async def write(self, chunk: bytes) -> None:
         self._raise_failed_part()

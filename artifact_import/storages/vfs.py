@@ -286,7 +286,7 @@ class _VFSPendingWrite(PendingWrite):
             await asyncio.to_thread(os.fsync, self._handle.fileno())
         await self._close()
 
-    async def park(self, path: str) -> bool:
+    async def park(self, path: str, *, complete: bool = True) -> bool:
         if self._done:
             return False
         try:
@@ -364,7 +364,7 @@ class _VFSParkedWrite(PendingWrite):
         self._done = True
         await self._storage._folders.release(folders, remove_empty=False)
 
-    async def park(self, path: str) -> bool:
+    async def park(self, path: str, *, complete: bool = True) -> bool:
         # Still parked where it was: nothing to do.
         return not self._done
 

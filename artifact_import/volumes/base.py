@@ -96,6 +96,9 @@ class AbstractVolume(abc.ABC):
     every byte to the vfolder's quota scope and refuse what does not fit.
     """
 
+    #: Whether an interrupted import may park files here for the next one (see :mod:`..resume`).
+    parks: bool = True
+
     def __init__(
         self,
         name: str,
@@ -310,8 +313,8 @@ class _QuotaPendingWrite(PendingWrite):
             raise
         self._ended = True
 
-    async def park(self, path: str) -> bool:
-        if self._ended or not await self._inner.park(path):
+    async def park(self, path: str, *, complete: bool = True) -> bool:
+        if self._ended or not self._volume.parks or not await self._inner.park(path, complete=complete):
             return False
         self._ended = True
         # The bytes stay on the volume (under the parked name): they are used now, no longer in flight.

@@ -34,6 +34,9 @@ class ObjectVolume(AbstractVolume):
     by other clients are seen only when reconciled.
     """
 
+    # Parked uploads are invisible to the listing that reconciles usage: not worth the drift.
+    parks = False
+
     def __init__(
         self,
         name: str,
