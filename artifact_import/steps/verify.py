@@ -61,6 +61,9 @@ class VerifyStep:
             if feeding is not None:
                 feeding.cancel()
                 await asyncio.wait([feeding])
+                if not feeding.cancelled():
+                    # gather reports a cancelled child as its exception: take it, so it is not logged as lost.
+                    feeding.exception()
             for session in sessions:
                 await session.cancel()
             raise

@@ -340,9 +340,15 @@ class _ObjectPendingWrite(PendingWrite):
         if self._upload_id is None:
             headers = {f"x-amz-meta-{SHA256_METADATA}": self._sha256} if self._sha256 else {}
             headers["Content-Type"] = "application/octet-stream"
-            self._upload_id = await self._bridge.call(
-                self.path, self._bridge.client._create_multipart_upload, self._s.bucket, self._key, headers
-            )
+
+            async def create() -> None:
+                self._upload_id = await self._bridge.call(
+                    self.path, self._bridge.client._create_multipart_upload, self._s.bucket, self._key, headers
+                )
+
+            # Shielded: a cancellation while the server creates the upload must still learn its id, or the
+            # abort that follows could not remove it.
+            await run_to_completion(create())
         while self._buffered >= (size := part_size_for(self._next_part, self._size_hint, self._s.part_size)):
             data = b"".join(self._buffer)
             self._buffer = [data[size:]] if len(data) > size else []
