@@ -12,13 +12,14 @@ import re
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import PurePath
+from typing import Any
 
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ConfigError, ReadOnlyStorageError, StorageError, VFolderNotFoundError
+from ..errors import ConfigError, ReadOnlyStorageError, StorageError, StorageFileNotFoundError, VFolderNotFoundError
 from ..paths import path_problem
-from ..storages.base import FileInfo, PendingWrite
+from ..storages.base import AbstractStorage, FileInfo, PendingWrite
 from .quota import QuotaLedger, QuotaUsage, Reservation
 
 _SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
@@ -261,6 +262,68 @@ class AbstractVolume(abc.ABC):
 
     async def _usage_changed(self, scope: str) -> None:  # noqa: B027 - for volumes keeping a record
         """Usage of ``scope`` changed outside an import (deleted files)."""
+
+
+class StorageVolume(AbstractVolume):
+    """A volume whose every vfolder is served by one of this library's storages (files, or keys).
+
+    Subclasses say where a vfolder lives (:meth:`_make_storage`) and how a
+    path is checked (:meth:`sanitize_vfpath`); the file operations are the
+    storage's, so writes keep its commit/abort guarantee.
+    """
+
+    def __init__(self, name: str, **kwargs: Any) -> None:
+        # One storage per vfolder, so concurrent imports into it share its state (folder ledger, uploads).
+        self._storages: dict[VFolderID, AbstractStorage] = {}
+        super().__init__(name, **kwargs)
+
+    @abc.abstractmethod
+    def _make_storage(self, vfid: VFolderID) -> AbstractStorage: ...
+
+    def _storage(self, vfid: VFolderID) -> AbstractStorage:
+        storage = self._storages.get(vfid)
+        if storage is None:
+            storage = self._storages[vfid] = self._make_storage(vfid)
+        return storage
+
+    async def open_file(
+        self, vfid: VFolderID, relpath: str, *, size_hint: int | None = None, sha256: str | None = None
+    ) -> PendingWrite:
+        await self.sanitize_vfpath(vfid, relpath)
+        return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
+
+    async def open_parked(
+        self, vfid: VFolderID, parked: str, relpath: str, *, incomplete: bool = False
+    ) -> PendingWrite | None:
+        if not self.parks:
+            return None
+        await self.sanitize_vfpath(vfid, parked)
+        await self.sanitize_vfpath(vfid, relpath)
+        return await self._storage(vfid).adopt(parked, relpath, incomplete=incomplete)
+
+    async def read_file(self, vfid: VFolderID, relpath: str) -> AsyncIterator[bytes]:
+        await self.sanitize_vfpath(vfid, relpath)
+        async for chunk in self._storage(vfid).stream_download(relpath):
+            yield chunk
+
+    async def _delete_file(self, vfid: VFolderID, relpath: str) -> None:
+        await self.sanitize_vfpath(vfid, relpath)
+        await self._storage(vfid).delete_file(relpath)
+
+    async def stat_file(self, vfid: VFolderID, relpath: str) -> FileInfo | None:
+        await self.sanitize_vfpath(vfid, relpath)
+        try:
+            return await self._storage(vfid).get_file_info(relpath)
+        except StorageFileNotFoundError:
+            return None
+
+    async def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
+        storage = self._storage(vfid)
+        if relpath.strip("/"):
+            await self.sanitize_vfpath(vfid, relpath.strip("/"))
+            storage = storage.subpath(relpath)
+        async for info in storage.list_files():
+            yield info
 
 
 class _QuotaPendingWrite(PendingWrite):

@@ -5,22 +5,21 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import PurePosixPath
 
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import RESERVED_DIR, path_problem
 from ..s3 import S3Endpoint
-from ..storages.base import FileInfo, PendingWrite
 from ..storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from ..streams import one_chunk
-from .base import AbstractVolume, VFolderID, check_scope
+from .base import StorageVolume, VFolderID, check_scope
 from .quota import QuotaLedger
 
 log = logging.getLogger(__name__)
 
 
-class ObjectVolume(AbstractVolume):
+class ObjectVolume(StorageVolume):
     """Vfolders as key prefixes ``[<prefix>/]<quota scope>/<folder id>/`` in one bucket.
 
     The volume has its own endpoint and credentials and may be read-only.
@@ -53,7 +52,6 @@ class ObjectVolume(AbstractVolume):
         self.root = ObjectStorage(
             name, endpoint, bucket, prefix, multipart_threshold=multipart_threshold, part_size=part_size
         )
-        self._storages: dict[VFolderID, ObjectStorage] = {}
         super().__init__(name, read_only=read_only, quotas=quotas, read_only_vfolders=read_only_vfolders)
 
     def _make_ledger(self) -> QuotaLedger:
@@ -66,10 +64,12 @@ class ObjectVolume(AbstractVolume):
     def vfolder_prefix(self, vfid: VFolderID) -> str:
         return f"{vfid.quota_scope_id}/{vfid.folder_id.hex}"
 
+    def _make_storage(self, vfid: VFolderID) -> ObjectStorage:
+        return self.root.subpath(self.vfolder_prefix(vfid))
+
     def _storage(self, vfid: VFolderID) -> ObjectStorage:
-        storage = self._storages.get(vfid)
-        if storage is None:
-            storage = self._storages[vfid] = self.root.subpath(self.vfolder_prefix(vfid))
+        storage = super()._storage(vfid)
+        assert isinstance(storage, ObjectStorage)
         return storage
 
     async def sanitize_vfpath(self, vfid: VFolderID, relpath: str = "") -> PurePosixPath:
@@ -79,36 +79,6 @@ class ObjectVolume(AbstractVolume):
         if problem is not None and not problem.startswith("inside the reserved"):
             raise UnsafePathError([(relpath, f"{problem} (in {self.describe_vfolder(vfid)})")])
         return PurePosixPath(self._storage(vfid).key(relpath))
-
-    async def open_file(
-        self, vfid: VFolderID, relpath: str, *, size_hint: int | None = None, sha256: str | None = None
-    ) -> PendingWrite:
-        await self.sanitize_vfpath(vfid, relpath)
-        return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
-
-    async def read_file(self, vfid: VFolderID, relpath: str) -> AsyncIterator[bytes]:
-        await self.sanitize_vfpath(vfid, relpath)
-        async for chunk in self._storage(vfid).stream_download(relpath):
-            yield chunk
-
-    async def _delete_file(self, vfid: VFolderID, relpath: str) -> None:
-        await self.sanitize_vfpath(vfid, relpath)
-        await self._storage(vfid).delete_file(relpath)
-
-    async def stat_file(self, vfid: VFolderID, relpath: str) -> FileInfo | None:
-        await self.sanitize_vfpath(vfid, relpath)
-        try:
-            return await self._storage(vfid).get_file_info(relpath)
-        except StorageFileNotFoundError:
-            return None
-
-    async def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
-        storage = self._storage(vfid)
-        if relpath.strip("/"):
-            await self.sanitize_vfpath(vfid, relpath.strip("/"))
-            storage = storage.subpath(relpath)
-        async for info in storage.list_files():
-            yield info
 
     async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
         # Keys need no folders; the path is still checked, so a bad one fails here as it would on a VFS volume.
@@ -166,6 +136,6 @@ class ObjectVolume(AbstractVolume):
 
     async def aclose(self) -> None:
         for storage in self._storages.values():
-            if storage.unaborted:
+            if isinstance(storage, ObjectStorage) and storage.unaborted:
                 await storage.abort_unaborted()
         await self.root.aclose()

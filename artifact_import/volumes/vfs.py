@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
-from ..storages.base import FileInfo, PendingWrite
+from ..errors import StorageError, UnsafePathError
 from ..storages.vfs import PART_SUFFIX, VFSStorage
-from .base import AbstractVolume, VFolderID, check_scope
+from .base import StorageVolume, VFolderID, check_scope
 from .quota import QuotaLedger
 
 
-class VFSVolume(AbstractVolume):
+class VFSVolume(StorageVolume):
     """Vfolders at ``<mount>/<quota scope>/<id[0:2]>/<id[2:4]>/<id[4:]>``.
 
     Writes go through a :class:`VFSStorage` rooted at the vfolder (temp file
@@ -36,8 +35,6 @@ class VFSVolume(AbstractVolume):
     ) -> None:
         self.mount = Path(mount)
         self.fsync = fsync
-        # One storage per vfolder, so concurrent imports into it share its folder ledger.
-        self._storages: dict[VFolderID, VFSStorage] = {}
         super().__init__(name, read_only=read_only, quotas=quotas, read_only_vfolders=read_only_vfolders)
 
     def _make_ledger(self) -> QuotaLedger:
@@ -50,12 +47,13 @@ class VFSVolume(AbstractVolume):
         h = vfid.folder_id.hex
         return self.mount / vfid.quota_scope_id / h[0:2] / h[2:4] / h[4:]
 
+    def _make_storage(self, vfid: VFolderID) -> VFSStorage:
+        # Read-only is the volume's to decide (check_writable), as flags can change.
+        return VFSStorage(str(vfid), self.vfolder_path(vfid), fsync=self.fsync)
+
     def _storage(self, vfid: VFolderID) -> VFSStorage:
-        storage = self._storages.get(vfid)
-        if storage is None:
-            # Read-only is the volume's to decide (check_writable), as flags can change.
-            storage = VFSStorage(str(vfid), self.vfolder_path(vfid), fsync=self.fsync)
-            self._storages[vfid] = storage
+        storage = super()._storage(vfid)
+        assert isinstance(storage, VFSStorage)
         return storage
 
     async def sanitize_vfpath(self, vfid: VFolderID, relpath: str = "") -> Path:
@@ -68,19 +66,6 @@ class VFSVolume(AbstractVolume):
             reasons = "; ".join(f"{p!r} {r.replace('storage root', 'vfolder')}" for p, r in exc.offending)
             raise UnsafePathError([(relpath, f"{reasons} (in {self.describe_vfolder(vfid)})")]) from None
 
-    async def open_file(
-        self, vfid: VFolderID, relpath: str, *, size_hint: int | None = None, sha256: str | None = None
-    ) -> PendingWrite:
-        await self.sanitize_vfpath(vfid, relpath)
-        return await self._storage(vfid).open_write(relpath, size_hint=size_hint, sha256=sha256)
-
-    async def open_parked(
-        self, vfid: VFolderID, parked: str, relpath: str, *, incomplete: bool = False
-    ) -> PendingWrite | None:
-        await self.sanitize_vfpath(vfid, parked)
-        await self.sanitize_vfpath(vfid, relpath)
-        return await self._storage(vfid).adopt(parked, relpath, incomplete=incomplete)
-
     async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:
         self.check_writable(vfid)
         await self.sanitize_vfpath(vfid, relpath)
@@ -88,30 +73,6 @@ class VFSVolume(AbstractVolume):
             await self._storage(vfid).delete_folder(relpath)
             if self.quota.limit(vfid.quota_scope_id) is not None:
                 await self.quota.set_used(vfid.quota_scope_id, await self.measure_usage(vfid.quota_scope_id))
-
-    async def read_file(self, vfid: VFolderID, relpath: str) -> AsyncIterator[bytes]:
-        await self.sanitize_vfpath(vfid, relpath)
-        async for chunk in self._storage(vfid).stream_download(relpath):
-            yield chunk
-
-    async def _delete_file(self, vfid: VFolderID, relpath: str) -> None:
-        await self.sanitize_vfpath(vfid, relpath)
-        await self._storage(vfid).delete_file(relpath)
-
-    async def stat_file(self, vfid: VFolderID, relpath: str) -> FileInfo | None:
-        await self.sanitize_vfpath(vfid, relpath)
-        try:
-            return await self._storage(vfid).get_file_info(relpath)
-        except StorageFileNotFoundError:
-            return None
-
-    async def list_files(self, vfid: VFolderID, relpath: str = "") -> AsyncIterator[FileInfo]:
-        storage = self._storage(vfid)
-        if relpath.strip("/"):
-            await self.sanitize_vfpath(vfid, relpath.strip("/"))
-            storage = storage.subpath(relpath)
-        async for info in storage.list_files():
-            yield info
 
     async def mkdir(self, vfid: VFolderID, relpath: str) -> None:
         self.check_writable(vfid)
