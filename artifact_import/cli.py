@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .api import import_artifact
-from .cli_common import EXIT_INTERRUPTED, fail, log_level, verbosity
+from .cli_common import EXIT_INTERRUPTED, fail, log_level, unexpected, verbosity
 from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
 from .config import Config, VerifySettings, load_config
@@ -222,14 +222,7 @@ def import_cmd(
         )
         fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"], hint=hint)
     except Exception as exc:
-        # Not a failure we know: still one line and an exit code, the detail with -vv.
-        log.debug("unexpected failure", exc_info=exc)
-        fail(
-            ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it"),
-            subject=source,
-            as_json=as_json,
-            verbose=0,
-        )
+        fail(unexpected(exc), subject=source, as_json=as_json, verbose=0)
     except KeyboardInterrupt:
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it

@@ -40,6 +40,12 @@ def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int,
     sys.exit(exc.exit_code)
 
 
+def unexpected(exc: BaseException) -> ArtifactImportError:
+    """A failure we do not know, as one line that asks for a report; the detail is logged for -vv."""
+    log.debug("unexpected failure", exc_info=exc)
+    return ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it")
+
+
 def guarded(fn: Callable[[], T], *, subject: str, as_json: bool, verbose: int) -> T:
     """Run ``fn``; a failure becomes :func:`fail`, Ctrl-C a one-line message and exit 130, never a traceback."""
     try:
@@ -50,14 +56,7 @@ def guarded(fn: Callable[[], T], *, subject: str, as_json: bool, verbose: int) -
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:
-        # Not a failure we know: still one line and an exit code, the detail with -vv.
-        log.debug("unexpected failure", exc_info=exc)
-        fail(
-            ArtifactImportError(f"unexpected {type(exc).__name__}; run with -vv for details and report it"),
-            subject=subject,
-            as_json=as_json,
-            verbose=0,
-        )
+        fail(unexpected(exc), subject=subject, as_json=as_json, verbose=0)
 
 
 def log_level(verbose: int) -> int:

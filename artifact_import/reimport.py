@@ -26,30 +26,35 @@ from .verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
 
-#: A manifest larger than this is not trusted (nor read into memory).
-MAX_MANIFEST_BYTES = 64 << 20
+#: A file of the library's own (manifest, record) larger than this is not trusted, nor read into memory.
+MAX_JSON_BYTES = 64 << 20
+
+
+async def read_json(storage: AbstractStorage, path: str) -> Any:
+    """The parsed JSON of a small file the library wrote at ``path``; ``None`` if there is none.
+
+    Raises ``ValueError`` if it is too large or not JSON, and the storage's
+    error if it cannot be read.
+    """
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async for chunk in storage.stream_download(path):
+            size += len(chunk)
+            if size > MAX_JSON_BYTES:
+                raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+            chunks.append(chunk)
+    except StorageFileNotFoundError:
+        return None
+    return json.loads(b"".join(chunks))
 
 
 async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
     """The destination's manifest, or ``None`` if there is none or it cannot be used."""
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in storage.stream_download(MANIFEST_PATH):
-            size += len(chunk)
-            if size > MAX_MANIFEST_BYTES:
-                log.warning("%s: %s is larger than %d bytes; ignored", storage.describe(), MANIFEST_PATH, size)
-                return None
-            chunks.append(chunk)
-    except StorageFileNotFoundError:
-        return None
-    except ArtifactImportError as exc:
-        log.warning("%s: cannot read %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
-        return None
-    try:
-        manifest = json.loads(b"".join(chunks))
-    except ValueError:
-        log.warning("%s: %s is not valid JSON; importing every file", storage.describe(), MANIFEST_PATH)
+        manifest = await read_json(storage, MANIFEST_PATH)
+    except (ArtifactImportError, ValueError) as exc:
+        log.warning("%s: cannot use %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
         return None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
         return None

@@ -29,7 +29,7 @@ from ._aio import run_to_completion
 from .errors import ArtifactImportError
 from .model import ArtifactFile, FileResult, ResolvedArtifact
 from .paths import RESERVED_DIR
-from .reimport import manifest_files
+from .reimport import manifest_files, read_json
 from .storages.base import AbstractStorage, PendingWrite
 from .streams import one_chunk
 from .verifiers.base import Verifier
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 PARTIAL_DIR = f"{RESERVED_DIR}/partial"
 RECORD_PATH = f"{PARTIAL_DIR}/record.json"
-MAX_RECORD_BYTES = 64 << 20
 
 
 def parked_path(path: str) -> str:
@@ -99,15 +98,8 @@ async def park_verified(
 
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async for chunk in storage.stream_download(RECORD_PATH):
-            size += len(chunk)
-            if size > MAX_RECORD_BYTES:
-                return None
-            chunks.append(chunk)
-        record = json.loads(b"".join(chunks))
+        record = await read_json(storage, RECORD_PATH)
     except (ArtifactImportError, ValueError):
         return None
     return record if isinstance(record, dict) else None
