@@ -248,31 +248,36 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
 
 
 def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractStorage:
-    where = f"storage.{name}"
-    backend = table.get("backend")
+    backend, args, options = _backend(reader, f"storage.{name}", table, env, set())
     if backend == "vfs":
-        _known(reader, where, table, _VFS_KEYS)
+        return VFSStorage(name, *args, **options)
+    return ObjectStorage(name, *args, **options)
+
+
+def _backend(
+    reader: _Reader, where: str, table: Mapping[str, Any], env: Mapping[str, str], extra_keys: set[str]
+) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The backend ("vfs" or "object") a [storage.*] or [volume.*] table names, with its arguments."""
+    backend = table.get("backend")
+    options: dict[str, Any]
+    if backend == "vfs":
+        _known(reader, where, table, _VFS_KEYS | extra_keys)
         path = _string(reader, where, table, "path", required=True)
-        assert path is not None
-        return VFSStorage(
-            name,
-            path,
-            read_only=_bool(reader, where, table, "read-only"),
-            fsync=_bool(reader, where, table, "fsync", default=True),
-        )
+        options = {
+            "read_only": _bool(reader, where, table, "read-only"),
+            "fsync": _bool(reader, where, table, "fsync", default=True),
+        }
+        return "vfs", (path,), options
     if backend in ("minio", "s3"):
-        _known(reader, where, table, _OBJECT_KEYS)
+        _known(reader, where, table, _OBJECT_KEYS | extra_keys)
         bucket = _string(reader, where, table, "bucket", required=True)
-        assert bucket is not None
-        return ObjectStorage(
-            name,
-            _endpoint(reader, where, table, env),
-            bucket,
-            _string(reader, where, table, "prefix") or "",
-            read_only=_bool(reader, where, table, "read-only"),
-            multipart_threshold=_size(reader, where, table, "multipart-threshold", DEFAULT_MULTIPART_THRESHOLD),
-            part_size=_size(reader, where, table, "part-size", DEFAULT_PART_SIZE),
-        )
+        args = (_endpoint(reader, where, table, env), bucket, _string(reader, where, table, "prefix") or "")
+        options = {
+            "read_only": _bool(reader, where, table, "read-only"),
+            "multipart_threshold": _size(reader, where, table, "multipart-threshold", DEFAULT_MULTIPART_THRESHOLD),
+            "part_size": _size(reader, where, table, "part-size", DEFAULT_PART_SIZE),
+        }
+        return "object", args, options
     if backend is None:
         raise reader.error(where, None, 'missing backend = "vfs" | "minio" | "s3"')
     raise reader.error(where, "backend", f'unknown backend {backend!r} (known: "vfs", "minio", "s3")')
@@ -292,39 +297,11 @@ def _endpoint(reader: _Reader, where: str, table: Mapping[str, Any], env: Mappin
 
 def _volume(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractVolume:
     where = f"volume.{name}"
-    backend = table.get("backend")
     quotas = _quotas(reader, where, table.get("quotas", {}))
     read_only_vfolders = _vfolder_ids(reader, where, table)
-    if backend == "vfs":
-        _known(reader, where, table, _VFS_KEYS | _VOLUME_KEYS)
-        path = _string(reader, where, table, "path", required=True)
-        assert path is not None
-        return VFSVolume(
-            name,
-            path,
-            read_only=_bool(reader, where, table, "read-only"),
-            fsync=_bool(reader, where, table, "fsync", default=True),
-            quotas=quotas,
-            read_only_vfolders=read_only_vfolders,
-        )
-    if backend in ("minio", "s3"):
-        _known(reader, where, table, _OBJECT_KEYS | _VOLUME_KEYS)
-        bucket = _string(reader, where, table, "bucket", required=True)
-        assert bucket is not None
-        return ObjectVolume(
-            name,
-            _endpoint(reader, where, table, env),
-            bucket,
-            _string(reader, where, table, "prefix") or "",
-            read_only=_bool(reader, where, table, "read-only"),
-            quotas=quotas,
-            read_only_vfolders=read_only_vfolders,
-            multipart_threshold=_size(reader, where, table, "multipart-threshold", DEFAULT_MULTIPART_THRESHOLD),
-            part_size=_size(reader, where, table, "part-size", DEFAULT_PART_SIZE),
-        )
-    if backend is None:
-        raise reader.error(where, None, 'missing backend = "vfs" | "minio" | "s3"')
-    raise reader.error(where, "backend", f'unknown backend {backend!r} (known: "vfs", "minio", "s3")')
+    backend, args, options = _backend(reader, where, table, env, _VOLUME_KEYS)
+    kind = VFSVolume if backend == "vfs" else ObjectVolume
+    return kind(name, *args, quotas=quotas, read_only_vfolders=read_only_vfolders, **options)
 
 
 def _quotas(reader: _Reader, where: str, table: Any) -> dict[str, int | None]:
