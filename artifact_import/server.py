@@ -30,7 +30,7 @@ from .config import ServerSettings, VerifySettings
 from .errors import ArtifactImportError, ConfigError, StorageNotFoundError
 from .model import ArtifactStorageImportStep, ModelTarget
 from .registries.base import AbstractRegistry
-from .service import ImportService
+from .service import ImportService, ImportTask
 from .storages.base import AbstractStoragePool
 from .verifiers import build_verifiers
 from .verifiers.base import Verifier
@@ -127,28 +127,27 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
     async def index(_: web.Request) -> web.Response:
         return web.json_response({"tasks": [{**t.summary(), "created": t.created} for t in service.tasks()]})
 
+    def find(request: web.Request) -> ImportTask:
+        try:
+            return service.get(request.match_info["task_id"])
+        except ConfigError as exc:
+            raise web.HTTPNotFound(
+                text=json.dumps({"error": {"field": "task_id", "message": exc.message}}),
+                content_type="application/json",
+            ) from None
+
     @routes.get("/import/{task_id}")
     async def status(request: web.Request) -> web.Response:
-        try:
-            task = service.get(request.match_info["task_id"])
-        except ConfigError as exc:
-            return _error(404, "task_id", exc.message)
-        return web.json_response(task.to_dict())
+        return web.json_response(find(request).to_dict())
 
     @routes.delete("/import/{task_id}")
     async def cancel(request: web.Request) -> web.Response:
-        try:
-            task = await service.cancel(request.match_info["task_id"])
-        except ConfigError as exc:
-            return _error(404, "task_id", exc.message)
+        task = await service.cancel(find(request).id)
         return web.json_response(task.to_dict())
 
     @routes.get("/import/{task_id}/events")
     async def events(request: web.Request) -> web.StreamResponse:
-        try:
-            task = service.get(request.match_info["task_id"])
-        except ConfigError as exc:
-            return _error(404, "task_id", exc.message)
+        task = find(request)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
