@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from artifact_import import MANIFEST_PATH
 
-from .conftest import files_under, repo_name, run_cli
+from .conftest import ROOT, files_under, repo_name, run_cli
 from .hub import LocalHub
 
 FILES: dict[str, bytes | int] = {
@@ -139,30 +144,22 @@ def test_a_malformed_endpoint_is_a_config_error_not_a_traceback(tmp_path: Path) 
         assert proc.stderr.startswith("error: ")
 
 
-def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+def _interrupt_import(hub: LocalHub, dest: Path, *extra: str) -> tuple[str, str]:
+    """Run `import` of a new repo with its big file trickling in; Ctrl-C once its first chunk is written.
 
-    from .conftest import ROOT
-
+    Return the repository and what the command said on stderr.
+    """
     repo = repo_name("cli")
     hub.create_repo(repo, FILES)
     hub.faults.slow_bps = 256 * 1024
-    dest = tmp_path / "m"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest)],
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), *extra],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     deadline = time.monotonic() + 30
-    while not any(r[1] == "model.safetensors" for r in hub.requests):
-        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
-        time.sleep(0.05)
     # Bytes reach the file a chunk (1 MiB) at a time: wait for the first one.
     while not any(p.stat().st_size for p in dest.glob(".model.safetensors.*.artifact-import-part")):
         assert time.monotonic() < deadline and proc.poll() is None, "no bytes in flight"
@@ -170,11 +167,18 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
     os.kill(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
+    assert "Traceback" not in err
+    hub.faults.slow_bps = 0
+    return repo, err
+
+
+def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    repo, err = _interrupt_import(hub, dest)
     assert err.strip().endswith(
         "interrupted: the import was cancelled; nothing half-written is visible. What was already received "
         "(4 file(s)) was kept aside: run the same command again to finish."
     ), err
-    assert "Traceback" not in err
     # Nothing under the artifact's names, nothing half-written; the verified small files are parked.
     left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert left == [
@@ -187,7 +191,6 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
     kept = (dest / ".artifact-import/partial/incomplete/model.safetensors").stat().st_size
     assert 0 < kept < 2 * 1024 * 1024
 
-    hub.faults.slow_bps = 0
     hub.requests.clear()
     again = run_cli("import", f"hf://{repo}", "--to", str(dest), "--json")
     assert again.returncode == 0, again.stderr
@@ -198,32 +201,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
 
 
 def test_ctrl_c_with_no_resume_leaves_nothing(hub: LocalHub, tmp_path: Path) -> None:
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from .conftest import ROOT
-
-    repo = repo_name("cli")
-    hub.create_repo(repo, FILES)
-    hub.faults.slow_bps = 256 * 1024
     dest = tmp_path / "m"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), "--no-resume"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while not any(r[1] == "model.safetensors" for r in hub.requests):
-        assert time.monotonic() < deadline and proc.poll() is None, "the transfer never started"
-        time.sleep(0.05)
-    time.sleep(0.5)
-    os.kill(proc.pid, signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130
+    _, err = _interrupt_import(hub, dest, "--no-resume")
     assert err.strip().endswith("interrupted: the import was cancelled and nothing of it was left behind")
     assert not dest.exists()
