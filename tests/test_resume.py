@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -192,9 +194,9 @@ async def test_resuming_into_a_vfolder_keeps_the_quota_usage_right(hub: LocalHub
     assert sorted(files_under(volume.vfolder_path(vfid))) == sorted([*FILES, ".artifact-import/manifest.json"])
 
 
-async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it_next_time(
-    hub: LocalHub, s3: S3Server
-) -> None:
+@contextlib.asynccontextmanager
+async def interrupted_s3_import(hub: LocalHub, s3: S3Server) -> AsyncIterator[tuple[str, ObjectStorage]]:
+    """An import into a bucket, cancelled once its 2 MiB multipart file is verified and the big one streams."""
     repo = repo_name("resume")
     hub.create_repo(repo, {"a.bin": 2 * MiB, "big.bin": 16 * MiB})
     hub.faults.slow_bps = 4 * MiB
@@ -217,6 +219,15 @@ async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it
         with pytest.raises(asyncio.CancelledError):
             await task
         hub.faults.slow_bps = 0
+        yield repo, storage
+    finally:
+        await storage.aclose()
+
+
+async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it_next_time(
+    hub: LocalHub, s3: S3Server
+) -> None:
+    async with interrupted_s3_import(hub, s3) as (repo, storage):
         left = sorted(path for path, _, _ in await storage.list_objects())
         assert left == [f"{PARTIAL_DIR}/files/a.bin", RECORD_PATH], "a token and the record; no object under its name"
         assert [key for key, _ in await storage.incomplete_uploads()] == ["m/a.bin"], "a.bin's upload is kept open"
@@ -228,43 +239,19 @@ async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it
         assert objects == {"a.bin": 2 * MiB, "big.bin": 16 * MiB, ".artifact-import/manifest.json": objects[MANIFEST]}
         assert await storage.incomplete_uploads() == []
         commit = hub.repos[repo].refs["main"]
-        resp = s3.endpoint.client(max_connections=1).get_object(bucket, "m/a.bin")
+        resp = s3.endpoint.client(max_connections=1).get_object(storage.bucket, "m/a.bin")
         assert resp.read() == hub.repos[repo].commits[commit]["a.bin"].disk.read_bytes()
         resp.close()
         resp.release_conn()
-    finally:
-        await storage.aclose()
 
 
 async def test_parked_uploads_of_another_revision_are_aborted(hub: LocalHub, s3: S3Server) -> None:
-    repo = repo_name("resume")
-    hub.create_repo(repo, {"a.bin": 2 * MiB, "big.bin": 16 * MiB})
-    hub.faults.slow_bps = 4 * MiB
-    bucket = s3.make_bucket()
-    storage = ObjectStorage("objects", s3.endpoint, bucket, "m", multipart_threshold=MiB, part_size=5 * MiB)
-    try:
-        ready = asyncio.Event()
-        task = asyncio.create_task(
-            import_artifact(
-                f"hf://{repo}",
-                storage,
-                registry=fast_registry(),
-                keep_partial=True,
-                on_progress=lambda e: ready.set() if e.path == "a.bin" and e.state is FileState.VERIFIED else None,
-            )
-        )
-        await asyncio.wait_for(ready.wait(), 30)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        hub.faults.slow_bps = 0
+    async with interrupted_s3_import(hub, s3) as (repo, storage):
         hub.commit(repo, {"a.bin": 2 * MiB, "big.bin": MiB})
         result = await import_artifact(f"hf://{repo}", storage, registry=fast_registry())
         assert result.resumed == 0
         assert await storage.incomplete_uploads() == [], "the parked upload was aborted, not left to bill"
         assert not [p for p, _, _ in await storage.list_objects() if p.startswith(PARTIAL_DIR)]
-    finally:
-        await storage.aclose()
 
 
 async def test_object_storage_does_not_park_small_or_half_received_files(hub: LocalHub, s3: S3Server) -> None:
