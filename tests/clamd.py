@@ -13,6 +13,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .daemon import Daemon
+
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "Test.Eicar.UNOFFICIAL"
 
@@ -27,7 +29,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Clamd:
+class Clamd(Daemon):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = _free_port()
@@ -68,13 +70,3 @@ class Clamd:
                 return s.recv(16).startswith(b"PONG")
         except OSError:
             return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from artifact_import.s3 import S3Credentials, S3Endpoint
 
+from .daemon import Daemon
+
 MOTO_ACCESS_KEY = "AKIAARTIFACTIMPORTTEST"
 MOTO_SECRET_KEY = "moto-secret-key-that-must-never-be-printed"
 _buckets = itertools.count()
@@ -30,7 +32,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class S3Server:
+class S3Server(Daemon):
     def __init__(self, endpoint: S3Endpoint, process: subprocess.Popen[bytes] | None = None) -> None:
         self.endpoint = endpoint
         self.process = process
@@ -84,13 +86,3 @@ class S3Server:
         name = f"ai-test-{prefix}-{os.getpid()}-{next(_buckets)}"
         self.endpoint.client(max_connections=1).make_bucket(name)
         return name
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)

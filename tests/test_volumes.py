@@ -124,6 +124,18 @@ def service(volume: AbstractVolume, **kw: object) -> tuple[ImportService, str]:
     return svc, registry.name
 
 
+async def start_each_in_its_folder(
+    svc: ImportService, registry: str, volume: AbstractVolume, vfid: VFolderID, repos: list[str]
+) -> list[str]:
+    """Start one import per repository into the vfolder, each in a folder named after it."""
+    return [
+        await svc.start_import(
+            ModelTarget.from_uri(f"hf://{repo}"), registry, vfolder=VFolderRef(volume.name, vfid, repo.split("/")[1])
+        )
+        for repo in repos
+    ]
+
+
 def body_requests(hub: LocalHub) -> list[str]:
     return [path for method, path, _ in hub.requests if method == "GET"]
 
@@ -316,12 +328,7 @@ async def test_concurrent_imports_into_one_vfolder_keep_their_files_and_the_usag
     volume = make_volume(quotas={SCOPE: 100 * MiB})
     vfid = await new_vfolder(volume)
     svc, reg = service(volume)
-    ids = [
-        await svc.start_import(
-            ModelTarget.from_uri(f"hf://{repo}"), reg, vfolder=VFolderRef(volume.name, vfid, repo.split("/")[1])
-        )
-        for repo in repos
-    ]
+    ids = await start_each_in_its_folder(svc, reg, volume, vfid, repos)
     await asyncio.gather(*(svc.wait(i) for i in ids))
     files = await vfolder_files(volume, vfid)
     for repo in repos:
@@ -344,12 +351,7 @@ async def test_two_imports_that_fit_only_one_at_a_time_one_is_refused_up_front(
     volume = make_volume(quotas={SCOPE: 6 * MiB})
     vfid = await new_vfolder(volume)
     svc, reg = service(volume)
-    ids = [
-        await svc.start_import(
-            ModelTarget.from_uri(f"hf://{repo}"), reg, vfolder=VFolderRef(volume.name, vfid, repo.split("/")[1])
-        )
-        for repo in repos
-    ]
+    ids = await start_each_in_its_folder(svc, reg, volume, vfid, repos)
     outcomes = await asyncio.gather(*(svc.wait(i) for i in ids), return_exceptions=True)
     failed = [o for o in outcomes if isinstance(o, BaseException)]
     assert len(failed) == 1 and isinstance(failed[0], QuotaExceededError), outcomes
