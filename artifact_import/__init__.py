@@ -52,7 +52,12 @@ from .verifiers import build_verifiers
 from .verifiers.base import Verifier, VerifierSession
 from .verifiers.checksum import ChecksumVerifier
 from .verifiers.clamav import ClamAVVerifier
+from .verifiers.gguf import GgufVerifier
+from .verifiers.hubscan import HubScanVerifier
+from .verifiers.keras import KerasVerifier
+from .verifiers.onnx import OnnxVerifier
 from .verifiers.pickle import PicklePolicy, PickleVerifier
+from .verifiers.policy import Policy
 from .verifiers.safetensors import SafetensorsVerifier
 from .volumes.base import AbstractVolume, VFolderID, VFolderRef, VolumePool
 from .volumes.object import ObjectVolume
@@ -76,7 +81,9 @@ __all__ = [
     "FileInfo",
     "FileResult",
     "FileState",
+    "GgufVerifier",
     "HttpTimeouts",
+    "HubScanVerifier",
     "HuggingFaceRegistry",
     "ImportPipeline",
     "ImportResult",
@@ -84,12 +91,15 @@ __all__ = [
     "ImportStepContext",
     "ImportTask",
     "IntegrityError",
+    "KerasVerifier",
     "ModelTarget",
     "ObjectStorage",
     "ObjectVolume",
+    "OnnxVerifier",
     "PendingWrite",
     "PicklePolicy",
     "PickleVerifier",
+    "Policy",
     "ProgressCallback",
     "ProgressEvent",
     "QuotaExceededError",

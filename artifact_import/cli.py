@@ -107,8 +107,23 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "--pickle-policy",
     type=click.Choice(["fail", "warn", "off"]),
     default=None,
-    help="Pickle files (.bin .pt .pth .pkl .ckpt) that would import anything beyond tensors and state dicts: "
-    "fail the import (default), warn and record, or do not scan.",
+    help="Files holding a pickle (found by content, whatever their name: torch checkpoints, joblib, numpy "
+    "object arrays, archives of them) that would import anything beyond tensors and state dicts, or that "
+    "cannot be fully scanned: fail the import (default), warn and record, or do not scan.",
+)
+@click.option(
+    "--format-policy",
+    type=click.Choice(["fail", "warn", "off"]),
+    default=None,
+    help="Keras models with Lambda layers or foreign modules, ONNX models whose external data leaves "
+    "their folder, malformed GGUF headers or code-reaching chat templates: fail (default), warn, or do not check.",
+)
+@click.option(
+    "--hub-scan-policy",
+    type=click.Choice(["fail", "warn", "off"]),
+    default=None,
+    help="Files the Hub's own scan flags (a virus, dangerous pickle imports): fail (default), warn, or do not "
+    "ask the Hub for its scan.",
 )
 @click.option(
     "--no-resume",
@@ -136,6 +151,8 @@ def import_cmd(
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
+    format_policy: str | None,
+    hub_scan_policy: str | None,
     no_resume: bool,
     force: bool,
 ) -> None:
@@ -181,6 +198,14 @@ def import_cmd(
 
     try:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
+        configured = config.verify if config is not None else VerifySettings()
+        settings = attrs.evolve(
+            configured,
+            clamd=clamd or configured.clamd,
+            pickle_policy=pickle_policy or configured.pickle_policy,
+            format_policy=format_policy or configured.format_policy,
+            hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
+        )
         model, registry = open_source(
             source,
             config,
@@ -188,16 +213,10 @@ def import_cmd(
             exclude=exclude,
             retry=RetryPolicy(max_attempts=retries),
             timeouts=HttpTimeouts(read=stall_timeout),
+            hub_scan=settings.hub_scan_policy != "off",
         )
         storage = open_destination(to, config)
-        settings = config.verify if config is not None else VerifySettings()
-        verifiers = build_verifiers(
-            attrs.evolve(
-                settings,
-                clamd=clamd or settings.clamd,
-                pickle_policy=pickle_policy or settings.pickle_policy,
-            )
-        )
+        verifiers = build_verifiers(settings)
         quarantine_to = quarantine or settings.quarantine
         kept = open_destination(quarantine_to, config) if quarantine_to else None
         result = asyncio.run(
@@ -238,10 +257,22 @@ def import_cmd(
     finally:
         if progress is not None:
             progress.close()
+    for line in _warnings(result):
+        click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
     elif not ctx.obj["quiet"]:
         click.echo(_summary(result, to))
+
+
+def _warnings(result: ImportResult) -> list[str]:
+    """One line per finding a ``warn`` policy let through: imported, but the user must hear of it."""
+    return [
+        f"warning: {f.path}: {v.verifier}: {v.data['warning']}"
+        for f in result.files
+        for v in f.verdicts
+        if v.data.get("warning")
+    ]
 
 
 async def _run(

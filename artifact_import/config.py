@@ -18,6 +18,10 @@
     [verify.pickle]
     policy = "fail"                     # or "warn", "off"
     allow = ["mypackage.MyConfig"]      # more globals a pickle may import
+    [verify.formats]                    # Keras Lambda layers, ONNX external data, GGUF headers
+    policy = "fail"                     # or "warn", "off"
+    [verify.hub-scan]                   # the Hub's own ClamAV and pickle scan of each file
+    policy = "fail"                     # or "warn", "off" (off also skips asking for it)
 
     [volume.local]                     # users' vfolders (vfolder:local/SCOPE/FOLDER_ID)
     backend = "vfs"                     # or "minio" / "s3" with endpoint, bucket, prefix, options
@@ -91,6 +95,10 @@ class VerifySettings:
     quarantine: str | None = None
     pickle_policy: str = "fail"
     pickle_allow: frozenset[str] = frozenset()
+    #: Keras, ONNX and GGUF checks.
+    format_policy: str = "fail"
+    #: The Hub's own per-file scan.
+    hub_scan_policy: str = "fail"
 
 
 @attrs.frozen
@@ -222,14 +230,12 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
-    _known(reader, "verify", table, {"clamav", "pickle"})
+    _known(reader, "verify", table, {"clamav", "pickle", "formats", "hub-scan"})
     clam = table.get("clamav") or {}
     pick = table.get("pickle") or {}
     _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout", "quarantine"})
     _known(reader, "verify.pickle", pick, {"policy", "allow"})
-    policy = _string(reader, "verify.pickle", pick, "policy") or "fail"
-    if policy not in ("fail", "warn", "off"):
-        raise reader.error("verify.pickle", "policy", 'must be "fail", "warn" or "off"')
+    policy = _policy(reader, "verify.pickle", pick)
     allow = pick.get("allow", [])
     if not isinstance(allow, list) or not all(isinstance(a, str) and "." in a for a in allow):
         raise reader.error("verify.pickle", "allow", 'must be a list of "module.name" strings')
@@ -244,7 +250,17 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
         quarantine=_string(reader, "verify.clamav", clam, "quarantine"),
         pickle_policy=policy,
         pickle_allow=frozenset(allow),
+        format_policy=_policy(reader, "verify.formats", table.get("formats") or {}),
+        hub_scan_policy=_policy(reader, "verify.hub-scan", table.get("hub-scan") or {}),
     )
+
+
+def _policy(reader: _Reader, section: str, table: dict[str, Any]) -> str:
+    _known(reader, section, table, {"policy"} | ({"allow"} if section == "verify.pickle" else set()))
+    policy = _string(reader, section, table, "policy") or "fail"
+    if policy not in ("fail", "warn", "off"):
+        raise reader.error(section, "policy", 'must be "fail", "warn" or "off"')
+    return policy
 
 
 def _storage(reader: _Reader, name: str, table: dict[str, Any], env: Mapping[str, str]) -> AbstractStorage:

@@ -79,6 +79,7 @@ def open_source(
     retry: RetryPolicy | None = None,
     timeouts: HttpTimeouts | None = None,
     env: Mapping[str, str] | None = None,
+    hub_scan: bool = True,
 ) -> tuple[ModelTarget, AbstractRegistry]:
     if uri.startswith(STORAGE_PREFIX):
         storage = _configured(uri, config)
@@ -90,4 +91,4 @@ def open_source(
     model = ModelTarget.from_uri(uri, include=include, exclude=exclude)
     if model.scheme == "s3":
         return model, S3Registry(endpoint=S3Endpoint.from_env(dict(env) if env is not None else None), retry=retry)
-    return model, HuggingFaceRegistry(retry=retry, timeouts=timeouts)
+    return model, HuggingFaceRegistry(retry=retry, timeouts=timeouts, hub_scan=hub_scan)

@@ -123,6 +123,8 @@ class ArtifactFile:
     md5: str | None = None
     #: Opaque source-side version tag, used to detect a change between resumed requests.
     etag: str | None = None
+    #: The source's own security scan of the file (the Hub's ``securityFileStatus``), if it publishes one.
+    security: Mapping[str, Any] | None = attrs.field(default=None, eq=False, hash=False)
 
 
 @attrs.frozen

@@ -92,6 +92,27 @@ class Faults:
     listed_size: dict[str, int] = field(default_factory=dict)
 
 
+#: How the Hub lists a file its scanners found clean.
+SAFE_SCAN: dict[str, Any] = {
+    "status": "safe",
+    "avScan": {"virusFound": False, "virusNames": None},
+    "pickleImportScan": {"highestSafetyLevel": "innocuous", "imports": []},
+}
+
+
+def unsafe_scan(virus: str | None = None, imports: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    """How the Hub lists a file its scanners flag: a virus, or dangerous pickle imports."""
+    dangerous = [{"module": m, "name": n, "safety": "dangerous"} for m, n in imports]
+    return {
+        "status": "unsafe",
+        "avScan": {"virusFound": virus is not None, "virusNames": [virus] if virus else None},
+        "pickleImportScan": {
+            "highestSafetyLevel": "dangerous" if dangerous else "innocuous",
+            "imports": dangerous,
+        },
+    }
+
+
 def safetensors_header(size: int) -> bytes:
     """The header of a valid safetensors file of ``size`` bytes holding one U8 tensor."""
     for width in range(64, 1024, 8):
@@ -123,6 +144,9 @@ class LocalHub:
         self.base_url = ""
         #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
         self.cdn_url = ""
+        #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
+        #: files not here are listed as scanned and safe, as the Hub lists clean files.
+        self.scans: dict[tuple[str, str], dict[str, Any]] = {}
 
     # --- building repositories -------------------------------------------------
 
@@ -268,10 +292,11 @@ class LocalHub:
         found = self._lookup(request, request.match_info["rev"], content=False)
         if isinstance(found, web.Response):
             return found
-        _, _, files = found
+        repo, sha, files = found
         base = request.match_info.get("path", "").strip("/")
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "").lower() == "true"
+        expand = request.query.get("expand", "").lower() == "true"
         entries: dict[str, dict[str, Any]] = {}
         for f in sorted(files.values(), key=lambda f: f.path):
             if not f.path.startswith(prefix):
@@ -290,6 +315,9 @@ class LocalHub:
                     entry["lfs"] = {"oid": f.sha256, "size": size, "pointerSize": len(f.pointer())}
                 else:
                     entry["oid"] = f.git_sha1
+                if expand:
+                    entry["lastCommit"] = {"id": sha, "title": "Upload", "date": "2026-11-01T00:00:00.000Z"}
+                    entry["securityFileStatus"] = self.scans.get((repo.repo_id, f.path), SAFE_SCAN)
                 entries[f.path] = entry
         if base and not entries:
             return self._error(404, "EntryNotFound", f"{base} does not exist")

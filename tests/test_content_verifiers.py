@@ -224,7 +224,11 @@ def test_cli_scans_pickles_and_safetensors_by_default(hub: LocalHub, tmp_path: P
     assert pickle_verdict["data"]["unsafe"] == ["posix.system"]
     manifest = json.loads(files_under(tmp_path / "b")[MANIFEST_PATH])
     recorded = {f["path"]: [v["verifier"] for v in f["verdicts"]] for f in manifest["files"]}
-    assert recorded == {"model.safetensors": ["checksum", "safetensors"], "training_args.bin": ["checksum", "pickle"]}
+    # Every file is looked at for pickles by content, and carries the hub's own scan.
+    assert recorded == {
+        "model.safetensors": ["checksum", "safetensors", "pickle", "hub-scan"],
+        "training_args.bin": ["checksum", "pickle", "hub-scan"],
+    }
 
 
 def test_cli_refuses_a_truncated_safetensors_header(hub: LocalHub, tmp_path: Path) -> None:
@@ -237,8 +241,16 @@ def test_cli_refuses_a_truncated_safetensors_header(hub: LocalHub, tmp_path: Pat
     assert not (tmp_path / "m").exists()
 
 
-def test_nothing_here_unpickles(tmp_path: Path) -> None:
-    # A guard on the guard: the verifier module must not even import pickle's loader entry points.
-    source = Path(__file__).resolve().parent.parent / "artifact_import" / "verifiers" / "pickle.py"
-    text = source.read_text()
-    assert "pickle.load" not in text and "pickle.loads" not in text and "Unpickler" not in text
+def test_nothing_here_unpickles() -> None:
+    # A guard on the guard: no verifier module calls a loader (names in prose do not count).
+    import ast
+
+    loaders = {"load", "loads", "Unpickler", "_Unpickler"}
+    for source in (Path(__file__).resolve().parent.parent / "artifact_import" / "verifiers").glob("*.py"):
+        tree = ast.parse(source.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "pickle":
+                assert node.attr not in loaders, f"{source.name} calls pickle.{node.attr}"
+            if isinstance(node, ast.ImportFrom) and node.module == "pickle":
+                assert not {a.name for a in node.names} & loaders, f"{source.name} imports a pickle loader"
+            assert not (isinstance(node, ast.Import) and any(a.name == "pickle" for a in node.names)), source.name

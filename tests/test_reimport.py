@@ -9,7 +9,7 @@ import os
 import pickle
 from pathlib import Path
 
-from artifact_import import MANIFEST_PATH, ObjectStorage, PickleVerifier, import_artifact
+from artifact_import import MANIFEST_PATH, ObjectStorage, PickleVerifier, SafetensorsVerifier, import_artifact
 
 from .conftest import fast_registry, files_under, repo_name, run_cli
 from .hub import LocalHub, safetensors_header
@@ -93,9 +93,24 @@ async def test_a_file_without_a_verdict_this_run_requires_is_fetched_and_verifie
     dest = tmp_path / "dest"
     await import_artifact(f"hf://{repo}", dest, registry=fast_registry())  # checksums only
     hub.requests.clear()
+    verifiers = [SafetensorsVerifier()]
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), verifiers=verifiers)
+    assert fetched(hub) == ["a.safetensors"], "the safetensors check did not run on it before"
+    assert {v.verifier for f in result.files if f.path == "a.safetensors" for v in f.verdicts} >= {"safetensors"}
+
+
+async def test_the_pickle_scan_reads_every_file_so_none_is_skipped_without_its_verdict(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name("re")
+    hub.create_repo(repo, repo_files())
+    dest = tmp_path / "dest"
+    await import_artifact(f"hf://{repo}", dest, registry=fast_registry())  # checksums only
+    hub.requests.clear()
     result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), verifiers=[PickleVerifier()])
-    assert fetched(hub) == ["b.bin", "weights.pkl"], "the pickle scan did not run on them before"
-    assert {v.verifier for f in result.files if f.path == "weights.pkl" for v in f.verdicts} >= {"pickle"}
+    # By content, not by name: a pickle called config.json would be unpickled by whoever loads it as one.
+    assert fetched(hub) == ["a.safetensors", "b.bin", "config.json", "weights.pkl"]
+    assert all(any(v.verifier == "pickle" for v in f.verdicts) for f in result.files)
 
 
 async def test_a_manifest_that_is_not_json_means_everything_is_fetched(hub: LocalHub, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 import aiohttp
@@ -60,6 +60,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         timeouts: HttpTimeouts | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_connections: int = 16,
+        hub_scan: bool = True,
     ) -> None:
         self.name = name
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
@@ -69,6 +70,8 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.chunk_size = chunk_size
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
+        self.hub_scan = hub_scan
 
     def _api(self) -> HfApi:
         return HfApi(
@@ -88,7 +91,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         entries = await self._call(
             where,
             model,
-            lambda: list(api.list_repo_tree(model.repo_id, recursive=True, revision=commit)),
+            lambda: list(api.list_repo_tree(model.repo_id, recursive=True, revision=commit, expand=self.hub_scan)),
         )
         files = tuple(
             _artifact_file(entry) for entry in entries if isinstance(entry, RepoFile) and model.selects(entry.path)
@@ -199,6 +202,16 @@ def _check_endpoint(endpoint: str) -> str:
 
 
 def _artifact_file(entry: RepoFile) -> ArtifactFile:
+    security = _security(entry)
     if entry.lfs is not None:
-        return ArtifactFile(entry.path, entry.lfs.size, sha256=entry.lfs.sha256, etag=entry.lfs.sha256)
-    return ArtifactFile(entry.path, entry.size, git_sha1=entry.blob_id, etag=entry.blob_id)
+        return ArtifactFile(
+            entry.path, entry.lfs.size, sha256=entry.lfs.sha256, etag=entry.lfs.sha256, security=security
+        )
+    return ArtifactFile(entry.path, entry.size, git_sha1=entry.blob_id, etag=entry.blob_id, security=security)
+
+
+def _security(entry: RepoFile) -> dict[str, Any] | None:
+    info = getattr(entry, "security", None)
+    if info is None:
+        return None
+    return {"status": info.status, "avScan": info.av_scan, "pickleImportScan": info.pickle_import_scan}

@@ -6,6 +6,10 @@ from typing import TYPE_CHECKING
 
 from .base import Verifier
 from .clamav import ClamAVVerifier
+from .gguf import GgufVerifier
+from .hubscan import HubScanVerifier
+from .keras import KerasVerifier
+from .onnx import OnnxVerifier
 from .pickle import PickleVerifier
 from .safetensors import SafetensorsVerifier
 
@@ -18,6 +22,10 @@ def build_verifiers(settings: VerifySettings) -> list[Verifier]:
     verifiers: list[Verifier] = [SafetensorsVerifier()]
     if settings.pickle_policy != "off":
         verifiers.append(PickleVerifier(settings.pickle_policy, extra_safe=settings.pickle_allow))
+    if settings.format_policy != "off":
+        verifiers += [cls(settings.format_policy) for cls in (KerasVerifier, OnnxVerifier, GgufVerifier)]
+    if settings.hub_scan_policy != "off":
+        verifiers.append(HubScanVerifier(settings.hub_scan_policy))
     if settings.clamd:
         verifiers.append(
             ClamAVVerifier(

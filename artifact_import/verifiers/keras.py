@@ -1,0 +1,107 @@
+"""Keras: a model config that loads code is refused.
+
+A ``Lambda`` layer stores its function as marshalled Python bytecode (or a
+module and name to import), run when the model is loaded by Keras 2 and by
+Keras 3 outside safe mode; a layer or object whose ``module`` is outside
+Keras/TensorFlow makes the loader import that module. ``.keras`` files are zip
+archives whose ``config.json`` is read in full; legacy ``.h5``/``.hdf5`` files
+keep the config as a JSON attribute inside HDF5, which is searched for a
+Lambda layer as the bytes stream past (there is no HDF5 parser here).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ..model import ArtifactFile, Verdict
+from .base import Verifier, VerifierSession
+from .contentscan import EXPAND_LIMIT
+from .policy import Policy, judge
+from .reader import ChunkFeed, Reader, Unscannable
+from .threaded import ThreadedSession
+from .zipscan import scan_zip
+
+MAX_CONFIG = 64 << 20
+_H5_LAMBDA = re.compile(rb'"class_name":\s*"Lambda"')
+_TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow", "builtins")
+_HINT = "Use --format-policy warn to import it anyway"
+
+
+class KerasVerifier(Verifier):
+    name = "keras"
+
+    def __init__(self, policy: Policy | str = Policy.FAIL) -> None:
+        self.policy = Policy.parse(policy, "format")
+
+    def applies_to(self, file: ArtifactFile) -> bool:
+        return self.policy is not Policy.OFF and file.path.lower().endswith((".keras", ".h5", ".hdf5"))
+
+    def start(self, file: ArtifactFile) -> VerifierSession:
+        return _KerasSession(self, file)
+
+
+class _KerasSession(ThreadedSession[list[str]]):
+    def __init__(self, verifier: KerasVerifier, file: ArtifactFile) -> None:
+        self._v = verifier
+        super().__init__(file)
+
+    def parse(self, feed: ChunkFeed) -> list[str]:
+        if self.file.path.lower().endswith(".keras"):
+            findings: list[str] = []
+            seen = scan_zip(feed, self.file.path, lambda member, name: _member(member, name, findings), EXPAND_LIMIT)
+            if "config.json" not in seen:
+                raise Unscannable("a .keras archive without config.json")
+            return findings
+        return _search_h5(feed)
+
+    def verdict(self, result: list[str] | None, error: BaseException | None) -> Verdict:
+        findings = list(result or [])
+        if error is not None:
+            findings.append(f"cannot read the Keras model: {error}")
+        clean = "model config loads no code"
+        return judge(self._v.name, self._v.policy, findings, clean=clean, data={}, hint=_HINT)
+
+
+def _member(member: Reader, name: str, findings: list[str]) -> None:
+    if name != "config.json":
+        return
+    raw = member.read(MAX_CONFIG + 1)
+    if len(raw) > MAX_CONFIG:
+        raise Unscannable(f"config.json is over {MAX_CONFIG} bytes")
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Unscannable(f"config.json is not JSON ({exc})") from None
+    findings.extend(code_in_config(config))
+
+
+def code_in_config(config: Any, depth: int = 0) -> list[str]:
+    """What in a Keras config would run or import code when the model is loaded."""
+    found: list[str] = []
+    if depth > 200:
+        return ["a model config nested more than 200 deep"]
+    if isinstance(config, dict):
+        name = config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None
+        if config.get("class_name") == "Lambda":
+            found.append(f"Lambda layer {name!r} holds Python code that runs when the model is loaded")
+        module = config.get("module")
+        if isinstance(module, str) and module.split(".")[0] not in _TRUSTED_MODULES and "class_name" in config:
+            found.append(f"{config.get('class_name')!r} is loaded by importing module {module!r}")
+        for value in config.values():
+            found.extend(code_in_config(value, depth + 1))
+    elif isinstance(config, list):
+        for value in config:
+            found.extend(code_in_config(value, depth + 1))
+    return found
+
+
+def _search_h5(r: Reader) -> list[str]:
+    tail = b""
+    while block := r.read(1 << 20):
+        window = tail + block
+        if _H5_LAMBDA.search(window):
+            return ["the HDF5 model config has a Lambda layer, which holds Python code that runs when loaded"]
+        tail = window[-64:]
+    return []

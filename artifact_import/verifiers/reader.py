@@ -1,0 +1,261 @@
+"""Blocking byte readers for the content scanners, which run in a thread.
+
+A scanner *pulls* bytes (read a header, skip a tensor, read a line) while the
+import *pushes* chunks as they arrive. :class:`ChunkFeed` joins the two through
+a bounded queue; the other readers are views over a parent reader (one zip
+member, a decompressed stream). Every reader keeps a block and an offset into
+it, so reading or skipping N bytes costs O(N) whatever the chunking: never a
+growing byte string, never a copy of what is skipped.
+"""
+
+from __future__ import annotations
+
+import bz2
+import lzma
+import queue
+import zlib
+from collections.abc import Callable
+from typing import Any
+
+#: Blocks handed out by the readers built on another reader.
+BLOCK = 1 << 20
+
+
+class Unscannable(Exception):
+    """The scanner cannot account for every byte a loader would read: a failed verdict, never "clean"."""
+
+
+class Reader:
+    """Bytes in order from ``_next_block``; ``position`` counts the bytes consumed."""
+
+    def __init__(self) -> None:
+        self._block = b""
+        self._pos = 0
+        self._ended = False
+        self.position = 0
+
+    def _next_block(self) -> bytes | None:
+        raise NotImplementedError
+
+    def _fill(self) -> bool:
+        while self._pos >= len(self._block):
+            if self._ended:
+                return False
+            block = self._next_block()
+            if block is None:
+                self._ended = True
+                self._block, self._pos = b"", 0
+                return False
+            self._block, self._pos = block, 0
+        return True
+
+    def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; fewer only at the end."""
+        if n <= 0 or not self._fill():
+            return b""
+        if len(self._block) - self._pos >= n:
+            out = self._block[self._pos : self._pos + n]
+            self._pos += n
+            self.position += n
+            return out
+        parts: list[bytes] = []
+        need = n
+        while need > 0 and self._fill():
+            part = self._block[self._pos : self._pos + need]
+            self._pos += len(part)
+            need -= len(part)
+            parts.append(part)
+        out = b"".join(parts)
+        self.position += len(out)
+        return out
+
+    def read_exact(self, n: int, what: str) -> bytes:
+        data = self.read(n)
+        if len(data) < n:
+            raise EOFError(f"truncated: {what} needs {n} bytes, {len(data)} left")
+        return data
+
+    def readline(self, limit: int) -> bytes:
+        """Up to and including the next ``\\n`` (or to the end); ``Unscannable`` past ``limit`` bytes."""
+        parts: list[bytes] = []
+        total = 0
+        while self._fill():
+            end = self._block.find(b"\n", self._pos)
+            stop = len(self._block) if end < 0 else end + 1
+            part = self._block[self._pos : stop]
+            self._pos = stop
+            total += len(part)
+            self.position += len(part)
+            parts.append(part)
+            if total > limit:
+                raise Unscannable(f"a text line of over {limit} bytes at byte {self.position - total}")
+            if end >= 0:
+                break
+        return b"".join(parts)
+
+    def skip(self, n: int) -> int:
+        """Pass over ``n`` bytes (fewer at the end) without copying them; returns how many."""
+        done = 0
+        while done < n and self._fill():
+            step = min(n - done, len(self._block) - self._pos)
+            self._pos += step
+            done += step
+        self.position += done
+        return done
+
+    def drain(self) -> int:
+        """Pass over everything that is left."""
+        done = 0
+        while self._fill():
+            done += len(self._block) - self._pos
+            self._pos = len(self._block)
+        self.position += done
+        return done
+
+    def unread(self, data: bytes) -> None:
+        """Put ``data`` (the bytes just read) back in front."""
+        if data:
+            self._block = data + self._block[self._pos :]
+            self._pos = 0
+            self.position -= len(data)
+
+    def peek(self, n: int) -> bytes:
+        data = self.read(n)
+        self.unread(data)
+        return data
+
+
+class Abandoned(Exception):
+    """The file was abandoned while its scanner waited for bytes."""
+
+
+class ChunkFeed(Reader):
+    """Chunks put in by the event loop (``b""`` ends the stream); ``on_take`` runs after each is taken."""
+
+    def __init__(self, on_take: Callable[[], None], abandoned: Callable[[], bool], depth: int = 4) -> None:
+        super().__init__()
+        self.chunks: queue.Queue[bytes] = queue.Queue(maxsize=depth)
+        self._on_take = on_take
+        self._abandoned = abandoned
+
+    def _next_block(self) -> bytes | None:
+        while True:
+            try:
+                chunk = self.chunks.get(timeout=0.2)
+            except queue.Empty:
+                if self._abandoned():
+                    raise Abandoned from None
+                continue
+            self._on_take()
+            return chunk or None
+
+
+class BytesReader(Reader):
+    """A reader over bytes already in memory (tests, small headers)."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__()
+        self._data: bytes | None = data
+
+    def _next_block(self) -> bytes | None:
+        data, self._data = self._data, None
+        return data or None
+
+
+class Limited(Reader):
+    """Exactly the next ``size`` bytes of ``parent``."""
+
+    def __init__(self, parent: Reader, size: int) -> None:
+        super().__init__()
+        self._parent = parent
+        self.left = size
+
+    def _next_block(self) -> bytes | None:
+        if self.left <= 0:
+            return None
+        block = self._parent.read(min(self.left, BLOCK))
+        if not block:
+            raise EOFError(f"truncated: {self.left} more bytes expected")
+        self.left -= len(block)
+        return block
+
+    def skip(self, n: int) -> int:
+        # What is buffered first, then straight through the parent: skipping a tensor copies nothing.
+        done = min(n, len(self._block) - self._pos)
+        self._pos += done
+        self.position += done
+        rest = min(n - done, self.left)
+        if rest > 0:
+            skipped = self._parent.skip(rest)
+            self.left -= skipped
+            self.position += skipped
+            done += skipped
+            if skipped < rest:
+                raise EOFError(f"truncated: {self.left} more bytes expected")
+        return done
+
+    def drain(self) -> int:
+        return self.skip(len(self._block) - self._pos + self.left)
+
+
+class Decompressed(Reader):
+    """The decompressed bytes of a stream read from ``parent``; what follows the stream is put back.
+
+    ``limit`` caps what the stream may expand to: a bomb is refused, not scanned for hours.
+    """
+
+    def __init__(self, parent: Reader, kind: str, limit: int) -> None:
+        super().__init__()
+        self._parent = parent
+        self.kind = kind
+        self._limit = limit
+        self._made = 0
+        self._d = _decompressor(kind)
+        self._tail = b""
+
+    def _next_block(self) -> bytes | None:
+        while True:
+            if self._d.eof:
+                rest = self._d.unused_data
+                if self.kind == "gzip" and rest[:2] == b"\x1f\x8b":
+                    # A gzip file may hold several members, read as one stream.
+                    self._d = _decompressor("gzip")
+                    self._tail = rest
+                    continue
+                self._parent.unread(rest)
+                return None
+            d = self._d
+            pending = bool(d.unconsumed_tail) if isinstance(d, _ZLIB) else not d.needs_input
+            data = b"" if pending else (self._tail or self._parent.read(1 << 16))
+            self._tail = b""
+            if not pending and not data:
+                raise EOFError(f"truncated {self.kind} stream")
+            try:
+                if isinstance(d, _ZLIB):
+                    out = d.decompress(d.unconsumed_tail if pending else data, BLOCK)
+                else:
+                    out = d.decompress(data, BLOCK)
+            except (zlib.error, OSError, lzma.LZMAError, EOFError) as exc:
+                raise Unscannable(f"{self.kind} stream is corrupt ({exc})") from None
+            if out:
+                self._made += len(out)
+                if self._made > self._limit:
+                    raise Unscannable(f"{self.kind} stream expands past {self._limit} bytes")
+                return bytes(out)
+
+
+_ZLIB = type(zlib.decompressobj())
+
+
+def _decompressor(kind: str) -> Any:
+    if kind == "deflate":
+        return zlib.decompressobj(-15)
+    if kind == "zlib":
+        return zlib.decompressobj(15)
+    if kind == "gzip":
+        return zlib.decompressobj(31)
+    if kind == "bz2":
+        return bz2.BZ2Decompressor()
+    if kind in ("xz", "lzma"):
+        return lzma.LZMADecompressor()
+    raise ValueError(kind)

@@ -1,0 +1,99 @@
+"""A verifier session whose parser pulls bytes in a thread of its own while the import pushes chunks.
+
+Parsers of nested formats are simplest written as readers (read a header,
+skip a member); the import streams. The session starts one thread per file
+(not the loop's shared executor, which concurrent files could exhaust while
+each waits for bytes the loop cannot hand over), passes chunks through a
+bounded queue, and stops taking chunks once the parser is done: what follows
+the part of a file that can hold code costs nothing.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import contextlib
+import queue
+import threading
+from typing import Generic, TypeVar
+
+from ..model import ArtifactFile, Verdict
+from .base import VerifierSession
+from .reader import ChunkFeed
+
+R = TypeVar("R")
+
+
+class ThreadedSession(VerifierSession, Generic[R], abc.ABC):
+    """Runs :meth:`parse` over the file's bytes in a thread; :meth:`verdict` turns its result into a verdict."""
+
+    def __init__(self, file: ArtifactFile) -> None:
+        self.file = file
+        self._loop = asyncio.get_running_loop()
+        self._space = asyncio.Event()
+        self._cancelled = False
+        self._done = threading.Event()
+        self._feed = ChunkFeed(self._taken, lambda: self._cancelled)
+        self._result: asyncio.Future[R] = self._loop.create_future()
+        threading.Thread(target=self._run, name=f"verify {file.path[:40]}", daemon=True).start()
+
+    @abc.abstractmethod
+    def parse(self, feed: ChunkFeed) -> R:
+        """Read what the verdict needs (in the session's thread); exceptions go to :meth:`verdict`."""
+
+    @abc.abstractmethod
+    def verdict(self, result: R | None, error: BaseException | None) -> Verdict: ...
+
+    def _taken(self) -> None:
+        self._loop.call_soon_threadsafe(self._space.set)
+
+    def _run(self) -> None:
+        try:
+            result = self.parse(self._feed)
+        except BaseException as exc:
+            self._finish(None, exc)
+        else:
+            self._finish(result, None)
+
+    def _finish(self, result: R | None, error: BaseException | None) -> None:
+        self._done.set()
+
+        def settle() -> None:
+            self._space.set()
+            if not self._result.done():
+                if error is not None:
+                    self._result.set_exception(error)
+                else:
+                    self._result.set_result(result)  # type: ignore[arg-type]
+
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for this verdict
+            self._loop.call_soon_threadsafe(settle)
+
+    async def feed(self, chunk: bytes) -> None:
+        await self._put(chunk)
+
+    async def _put(self, chunk: bytes) -> None:
+        while not self._done.is_set():
+            try:
+                self._feed.chunks.put_nowait(chunk)
+                return
+            except queue.Full:
+                pass
+            self._space.clear()
+            if self._feed.chunks.full() and not self._done.is_set():
+                await self._space.wait()
+
+    async def finish(self) -> Verdict:
+        await self._put(b"")
+        try:
+            result: R | None = await self._result
+            error: BaseException | None = None
+        except Exception as exc:
+            result, error = None, exc
+        return self.verdict(result, error)
+
+    async def cancel(self) -> None:
+        self._cancelled = True
+        if not self._result.done():
+            with contextlib.suppress(BaseException):
+                await self._result
