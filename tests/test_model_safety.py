@@ -390,3 +390,15 @@ def test_format_policy_warn_imports_with_a_warning(hub: LocalHub, tmp_path: Path
     assert refused.returncode == 3 and "model.gguf" in refused.stderr and "--format-policy warn" in refused.stderr
     warned = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "b"), "--format-policy", "warn")
     assert warned.returncode == 0 and "warning: model.gguf: gguf: chat template" in warned.stderr
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 21, 23, 24, 25, 34, 55, 4096])
+async def test_a_descriptor_signature_inside_stored_data_does_not_end_the_member(chunk: int) -> None:
+    from .modelfiles import _zip
+
+    # A tensor whose bytes hold the signature followed by sizes that are not its own, then the real end.
+    tensor = os.urandom(100) + b"PK\x07\x08" + struct.pack("<III", 0, 7, 7) + os.urandom(100)
+    pkl = pickle.dumps({"w": 1}, protocol=2)
+    data = _zip({"archive/data/0": tensor, "archive/data.pkl": pkl}, descriptors=True)
+    verdict = await verdict_of(PickleVerifier(), "m.pt", data, chunk)
+    assert verdict.ok and verdict.data["format"] == "zip (1 pickle)", verdict.detail

@@ -69,6 +69,16 @@ class Reader:
         self.position += len(out)
         return out
 
+    def read_some(self, n: int) -> bytes:
+        """Up to ``n`` bytes from the current block alone (no joining): empty only at the end."""
+        if not self._fill():
+            return b""
+        take = min(n, len(self._block) - self._pos)
+        out = self._block[self._pos : self._pos + take]
+        self._pos += take
+        self.position += take
+        return out
+
     def read_exact(self, n: int, what: str) -> bytes:
         data = self.read(n)
         if len(data) < n:
@@ -114,10 +124,15 @@ class Reader:
 
     def unread(self, data: bytes) -> None:
         """Put ``data`` (the bytes just read) back in front."""
-        if data:
-            self._block = data + self._block[self._pos :]
-            self._pos = 0
-            self.position -= len(data)
+        if not data:
+            return
+        n = len(data)
+        self.position -= n
+        if n <= self._pos and self._block[self._pos - n : self._pos] == data:
+            self._pos -= n  # still in the block (a peek): step back rather than copy the block
+            return
+        self._block = data + self._block[self._pos :]
+        self._pos = 0
 
     def peek(self, n: int) -> bytes:
         data = self.read(n)
