@@ -88,6 +88,10 @@ class S3Endpoint:
     def display(self) -> str:
         return self.url.rstrip("/")
 
+    @property
+    def secure(self) -> bool:
+        return urlsplit(self.url).scheme == "https"
+
     def client(self, *, max_connections: int) -> Minio:
         parts = urlsplit(self.url)
         http = urllib3.PoolManager(

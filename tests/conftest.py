@@ -52,8 +52,8 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loca
 
 @pytest.fixture(scope="session")
 def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
-    """The S3 server the tests use: a real MinIO if configured, else moto's standalone server."""
-    server = S3Server.from_env() or S3Server.start_moto(tmp_path_factory.mktemp("moto"))
+    """The S3 server the tests use: JuiceFS's S3 gateway unless configured otherwise (see ``s3server``)."""
+    server = S3Server.default(tmp_path_factory.mktemp("s3"))
     yield server
     server.stop()
 

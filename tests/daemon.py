@@ -13,7 +13,10 @@ class Daemon:
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
-            self.process.wait(timeout=10)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # SeaweedFS can take longer than that to wind down
+                self.kill()
 
     def kill(self) -> None:
         if self.process is not None:

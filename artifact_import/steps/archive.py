@@ -38,6 +38,7 @@ class ArchiveStep:
             async with closing(chunks):
                 async for chunk in chunks:
                     await pending.write(chunk)
+            await pending.flush()
         except BaseException as exc:
             write, error = pending, exc
 

@@ -35,6 +35,14 @@ class PendingWrite(abc.ABC):
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...
 
+    async def flush(self) -> None:  # noqa: B027 - optional hook; most writes hold nothing back
+        """Hand the storage every byte written, so that only making the file visible is left for commit.
+
+        Called once the last chunk is written, while the file is still its own
+        task: a failure here (an upload part the server refused) fails that
+        file, before any file of the import becomes visible.
+        """
+
     @abc.abstractmethod
     async def commit(self) -> None: ...
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import io
@@ -33,6 +34,10 @@ DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 #: Metadata key (``x-amz-meta-sha256``) holding the verified sha256 of an object.
 SHA256_METADATA = "sha256"
+
+
+def _md5_base64(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
 
 
 def part_size_for(part_number: int, size_hint: int | None, base: int) -> int:
@@ -89,6 +94,8 @@ class ObjectStorage(AbstractStorage):
         self.bridge = bridge or S3Bridge(endpoint, threads=threads)
         #: Multipart uploads an abort could not reach; retried by preflight() and aclose().
         self.unaborted: set[tuple[str, str]] = set()
+        #: Uploads asked for per ListMultipartUploads page (None: the server's default, 1,000).
+        self.upload_listing_page: int | None = None
 
     def describe(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -177,7 +184,8 @@ class ObjectStorage(AbstractStorage):
         try:
             token = json.loads(b"".join([c async for c in self.stream_download(parked)]))
             key, upload_id, size = str(token["key"]), str(token["upload_id"]), int(token["size"])
-            parts = [Part(int(n), str(etag)) for n, etag in token["parts"]]
+            # [number, etag, size]; tokens parked by earlier versions have no size.
+            parts = {int(p[0]): (str(p[1]), int(p[2]) if len(p) > 2 else None) for p in token["parts"]}
         except (StorageError, ValueError, KeyError, TypeError):
             return None
         if key != self.key(filepath) or not parts:
@@ -186,7 +194,7 @@ class ObjectStorage(AbstractStorage):
             listed = await self.bridge.call(filepath, self._all_parts, key, upload_id)
         except StorageError:
             return None  # aborted meanwhile (e.g. by a lifecycle rule): fetch the file again
-        if listed != {(p.part_number, p.etag) for p in parts}:
+        if listed != {(number, etag) for number, (etag, _) in parts.items()}:
             return None
         pending = _ObjectPendingWrite(self, filepath, key, size, token.get("sha256"))
         pending.resume_upload(upload_id, parts, size)
@@ -221,6 +229,36 @@ class ObjectStorage(AbstractStorage):
                 pass
             await self.bridge.call(what, self.bridge.client.remove_object, self.bucket, key)
 
+    async def collision(self, key: str) -> str | None:
+        """Why ``key`` cannot be written on a server built on MinIO, or None.
+
+        Such servers (MinIO, JuiceFS's gateway) keep objects as files, so a
+        key cannot be both an object and a folder of other objects; AWS S3 can.
+        Asked after a write failed, to say so instead of "HTTP 500".
+        """
+
+        def probe() -> str | None:
+            client = self.bridge.client
+            parts = key.split("/")
+            for depth in range(1, len(parts)):
+                ancestor = "/".join(parts[:depth])
+                try:
+                    client.stat_object(self.bucket, ancestor)
+                except Exception:
+                    continue
+                return (
+                    f"cannot write {key!r}: {ancestor!r} is an object in bucket {self.bucket!r}, and this server "
+                    "cannot hold an object and a folder of the same name. Remove that object, or import elsewhere"
+                )
+            for _ in client.list_objects(self.bucket, prefix=f"{key}/"):
+                return (
+                    f"cannot write {key!r}: it is already a folder of objects in bucket {self.bucket!r}, and this "
+                    "server cannot hold an object and a folder of the same name. Remove them, or import elsewhere"
+                )
+            return None
+
+        return await self.bridge.call(key, probe)
+
     async def delete_file(self, filepath: str) -> None:
         self.check_writable()
         await self.bridge.call(filepath, self.bridge.client.remove_object, self.bucket, self.key(filepath))
@@ -250,23 +288,31 @@ class ObjectStorage(AbstractStorage):
                 yield FileInfo(path, size)
 
     async def incomplete_uploads(self) -> list[tuple[str, str]]:
-        """(key, upload id) of multipart uploads under the prefix that were neither completed nor aborted."""
+        """(key, upload id) of multipart uploads under the prefix that were neither completed nor aborted.
+
+        Listed for the whole bucket and filtered here: MinIO's erasure backend
+        treats a ListMultipartUploads prefix as an exact object name, so a
+        prefix finds nothing there. Pages are followed by the last upload of
+        each page, since minio-py never sets ``next_upload_id_marker``; a page
+        whose markers do not advance ends the listing rather than looping.
+        """
+        start = f"{self.prefix}/" if self.prefix else ""
 
         def listing() -> list[tuple[str, str]]:
             found: list[tuple[str, str]] = []
-            key_marker: str | None = None
-            upload_marker: str | None = None
+            markers: tuple[str | None, str | None] = (None, None)
             while True:
                 page = self.bridge.client._list_multipart_uploads(
                     self.bucket,
-                    prefix=f"{self.prefix}/" if self.prefix else None,
-                    key_marker=key_marker,
-                    upload_id_marker=upload_marker,
+                    key_marker=markers[0],
+                    upload_id_marker=markers[1],
+                    max_uploads=self.upload_listing_page,
                 )
-                found.extend((str(u.object_name), str(u.upload_id)) for u in page.uploads)
-                if not page.is_truncated:
+                uploads = [(str(u.object_name), str(u.upload_id)) for u in page.uploads]
+                found.extend(u for u in uploads if u[0].startswith(start))
+                if not page.is_truncated or not uploads or uploads[-1] == markers:
                     return found
-                key_marker, upload_marker = page.next_key_marker, page.next_upload_id_marker
+                markers = uploads[-1]
 
         return await self.bridge.call(self.describe(), listing)
 
@@ -288,8 +334,11 @@ class _ObjectPendingWrite(PendingWrite):
         self._buffered = 0
         self._upload_id: str | None = None
         self._next_part = 1
-        self._parts: list[Part] = []
+        #: Parts the server acknowledged: number -> (ETag, bytes sent).
+        self._parts: dict[int, tuple[str, int | None]] = {}
         self._in_flight: set[asyncio.Task[None]] = set()
+        #: The first part upload that failed: it fails the write, whoever looks first.
+        self._failure: BaseException | None = None
         self._slots = asyncio.Semaphore(storage.parts_in_flight)
         self._ended = False
 
@@ -297,11 +346,11 @@ class _ObjectPendingWrite(PendingWrite):
     def _bridge(self) -> S3Bridge:
         return self._s.bridge
 
-    def resume_upload(self, upload_id: str, parts: list[Part], size: int) -> None:
+    def resume_upload(self, upload_id: str, parts: dict[int, tuple[str, int | None]], size: int) -> None:
         """Take over a parked multipart upload holding all ``size`` bytes: commit completes it."""
         self._upload_id = upload_id
-        self._parts = list(parts)
-        self._next_part = max(p.part_number for p in parts) + 1
+        self._parts = dict(parts)
+        self._next_part = max(parts) + 1
         self.bytes_written = size
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
@@ -320,7 +369,7 @@ class _ObjectPendingWrite(PendingWrite):
             token = {
                 "key": self._key,
                 "upload_id": self._upload_id,
-                "parts": [[p.part_number, p.etag] for p in sorted(self._parts, key=lambda p: p.part_number)],
+                "parts": [[number, etag, size] for number, (etag, size) in sorted(self._parts.items())],
                 "size": self.bytes_written,
                 "sha256": self._sha256,
             }
@@ -348,7 +397,10 @@ class _ObjectPendingWrite(PendingWrite):
 
             # Shielded: a cancellation while the server creates the upload must still learn its id, or the
             # abort that follows could not remove it.
-            await run_to_completion(create())
+            try:
+                await run_to_completion(create())
+            except StorageError as exc:
+                raise await self._explained(exc) from None
         while self._buffered >= (size := part_size_for(self._next_part, self._size_hint, self._s.part_size)):
             data = b"".join(self._buffer)
             self._buffer = [data[size:]] if len(data) > size else []
@@ -361,28 +413,44 @@ class _ObjectPendingWrite(PendingWrite):
         await self._slots.acquire()
         task = asyncio.ensure_future(self._upload_part(number, data))
         self._in_flight.add(task)
-        task.add_done_callback(self._in_flight.discard)
-        task.add_done_callback(lambda _: self._slots.release())
+        task.add_done_callback(self._part_done)
+
+    def _part_done(self, task: asyncio.Task[None]) -> None:
+        self._in_flight.discard(task)
+        self._slots.release()
+        # Taken here, as the task ends: a failure noticed only by scanning the tasks still in flight was lost
+        # once its task left that set, and the upload was completed without the part.
+        if not task.cancelled() and task.exception() is not None and self._failure is None:
+            self._failure = task.exception()
 
     async def _upload_part(self, number: int, data: bytes) -> None:
-        # minio signs the payload's sha256 over http and adds Content-MD5 over
-        # https: the server checks every part it receives.
-        etag = await self._bridge.call(
-            f"{self.path} (part {number})",
-            self._bridge.client._upload_part,
-            self._s.bucket,
-            self._key,
-            data,
-            None,
-            self._upload_id,
-            number,
-        )
-        self._parts.append(Part(number, etag))
+        # minio signs the payload's sha256 over http and adds Content-MD5 over https; Content-MD5 is added
+        # over http too, since some servers (SeaweedFS) check only that: every server checks every part.
+        upload_id = self._upload_id
+        assert upload_id is not None
+
+        def upload() -> str:
+            headers: dict[str, str | list[str] | tuple[str]] | None = (
+                None if self._s.endpoint.secure else {"Content-MD5": _md5_base64(data)}
+            )
+            return str(self._bridge.client._upload_part(self._s.bucket, self._key, data, headers, upload_id, number))
+
+        etag = await self._bridge.call(f"{self.path} (part {number})", upload)
+        self._parts[number] = (etag, len(data))
 
     def _raise_failed_part(self) -> None:
-        for task in list(self._in_flight):
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+        if self._failure is not None:
+            raise self._failure
+
+    async def flush(self) -> None:
+        """Upload what is buffered as the last part and wait for every part's acknowledgement."""
+        if self._upload_id is None or self._ended:
+            return  # a small file is PUT whole at commit
+        if self._buffered or self._next_part == 1:
+            await self._send_part(b"".join(self._buffer))
+            self._buffer, self._buffered = [], 0
+        await self._drain()
+        self._check_parts()
 
     async def commit(self) -> None:
         if self._ended:
@@ -391,11 +459,8 @@ class _ObjectPendingWrite(PendingWrite):
             if self._upload_id is None:
                 await self._put_whole()
             else:
-                if self._buffered or self._next_part == 1:
-                    await self._send_part(b"".join(self._buffer))
-                    self._buffer, self._buffered = [], 0
-                await self._drain()
-                parts = sorted(self._parts, key=lambda p: p.part_number)
+                await self.flush()
+                parts = [Part(number, etag) for number, (etag, _) in sorted(self._parts.items())]
                 await self._bridge.call(
                     self.path,
                     self._bridge.client._complete_multipart_upload,
@@ -404,10 +469,52 @@ class _ObjectPendingWrite(PendingWrite):
                     self._upload_id,
                     parts,
                 )
+        except StorageError as exc:
+            await run_to_completion(self.abort())
+            raise await self._explained(exc) from None
         except BaseException:
             await run_to_completion(self.abort())
             raise
         self._ended = True
+        if self._upload_id is not None:
+            await self._check_stored_size()
+
+    async def _explained(self, exc: StorageError) -> StorageError:
+        """``exc``, or a clearer error when the key collides with an object or a folder of the same name."""
+        try:
+            collision = await self._s.collision(self._key)
+        except StorageError:
+            return exc
+        return StorageError(f"{self.path}: {collision}", path=self.path) if collision else exc
+
+    def _check_parts(self) -> None:
+        """Complete only an upload whose parts are exactly 1..N, each acknowledged, adding up to what was sent."""
+        expected = list(range(1, self._next_part))
+        if sorted(self._parts) != expected:
+            missing = sorted(set(expected) - set(self._parts))
+            raise StorageError(
+                f"{self.path}: part(s) {', '.join(map(str, missing[:10]))} of the multipart upload were not "
+                "acknowledged by the server; the upload was not completed",
+                path=self.path,
+            )
+        sizes = [size for _, size in self._parts.values()]
+        if None not in sizes and sum(s for s in sizes if s is not None) != self.bytes_written:
+            raise StorageError(
+                f"{self.path}: the parts hold {sum(s for s in sizes if s is not None)} bytes, "
+                f"{self.bytes_written} were written; the upload was not completed",
+                path=self.path,
+            )
+
+    async def _check_stored_size(self) -> None:
+        """After completion, the object must hold every byte written; if not, it is removed, never left."""
+        info = await self._s.bridge.call(self.path, self._bridge.client.stat_object, self._s.bucket, self._key)
+        if info.size != self.bytes_written:
+            await self._bridge.call(self.path, self._bridge.client.remove_object, self._s.bucket, self._key)
+            raise StorageError(
+                f"{self.path}: {self._s.endpoint.display} stored {info.size} bytes of the {self.bytes_written} "
+                "sent; the object was removed",
+                path=self.path,
+            )
 
     async def _put_whole(self) -> None:
         data = b"".join(self._buffer)
