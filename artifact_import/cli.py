@@ -12,7 +12,7 @@ import click
 
 from . import __version__
 from .api import import_artifact
-from .cli_common import EXIT_INTERRUPTED, fail, log_level, unexpected, verbosity
+from .cli_common import EXIT_INTERRUPTED, fail, log_level, policy_option, unexpected, verbosity
 from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
 from .config import Config, VerifySettings, load_config
@@ -103,26 +103,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     help="Keep files the malware scan flags here (a directory or storage:NAME[/PATH]), with a report. "
     "Also [verify.clamav] quarantine.",
 )
-@click.option(
+@policy_option(
     "--pickle-policy",
-    type=click.Choice(["fail", "warn", "off"]),
-    default=None,
-    help="Files holding a pickle (found by content, whatever their name: torch checkpoints, joblib, numpy "
+    "Files holding a pickle (found by content, whatever their name: torch checkpoints, joblib, numpy "
     "object arrays, archives of them) that would import anything beyond tensors and state dicts, or that "
     "cannot be fully scanned: fail the import (default), warn and record, or do not scan.",
 )
-@click.option(
+@policy_option(
     "--format-policy",
-    type=click.Choice(["fail", "warn", "off"]),
-    default=None,
-    help="Keras models with Lambda layers or foreign modules, ONNX models whose external data leaves "
+    "Keras models with Lambda layers or foreign modules, ONNX models whose external data leaves "
     "their folder, malformed GGUF headers or code-reaching chat templates: fail (default), warn, or do not check.",
 )
-@click.option(
+@policy_option(
     "--hub-scan-policy",
-    type=click.Choice(["fail", "warn", "off"]),
-    default=None,
-    help="Files the Hub's own scan flags (a virus, dangerous pickle imports): fail (default), warn, or do not "
+    "Files the Hub's own scan flags (a virus, dangerous pickle imports): fail (default), warn, or do not "
     "ask the Hub for its scan.",
 )
 @click.option(

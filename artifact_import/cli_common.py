@@ -82,3 +82,8 @@ def verbosity(command: Callable[..., T]) -> Callable[..., T]:
     return click.option(
         "-v", "--verbose", count=True, expose_value=False, callback=_more_verbose, help="More detail (-vv for debug)."
     )(command)
+
+
+def policy_option(flag: str, help: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A ``--*-policy fail|warn|off`` option; unset (None) means the config file's value, else fail."""
+    return click.option(flag, type=click.Choice(["fail", "warn", "off"]), default=None, help=help)

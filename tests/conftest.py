@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from artifact_import import HuggingFaceRegistry, RetryPolicy
+from artifact_import import ArtifactFile, HuggingFaceRegistry, RetryPolicy, Verdict, Verifier
 from artifact_import.registries.http import HttpTimeouts
 
 from .clamd import Clamd
@@ -103,6 +103,14 @@ async def _close_registries() -> AsyncIterator[None]:
     yield
     while _registries:
         await _registries.pop().aclose()
+
+
+async def verdict_of(verifier: Verifier, name: str, data: bytes, chunk: int = 65536) -> Verdict:
+    """What ``verifier`` says of ``data`` fed as an import feeds it, ``chunk`` bytes at a time."""
+    session = verifier.start(ArtifactFile(name, len(data)))
+    for off in range(0, len(data), chunk):
+        await session.feed(data[off : off + chunk])
+    return await session.finish()
 
 
 def files_under(root: Path) -> dict[str, bytes]:

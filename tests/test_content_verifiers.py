@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from artifact_import import MANIFEST_PATH, ArtifactFile, VerificationError, import_artifact
+from artifact_import import MANIFEST_PATH, VerificationError, import_artifact
 from artifact_import.verifiers.pickle import PickleVerifier
 from artifact_import.verifiers.safetensors import SafetensorsVerifier
 
-from .conftest import fast_registry, files_under, repo_name, run_cli
+from .conftest import fast_registry, files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub, safetensors_header
 
 PWNED = "/tmp/artifact-import-test-pwned"
@@ -108,13 +108,6 @@ def _legacy_checkpoint(obj_pickle: bytes) -> bytes:
     return b"".join(parts) + os.urandom(2 * 1024 * 1024)
 
 
-async def _verdict(verifier: PickleVerifier | SafetensorsVerifier, name: str, data: bytes, chunk: int = 65536):
-    session = verifier.start(ArtifactFile(name, len(data)))
-    for off in range(0, len(data), chunk):
-        await session.feed(data[off : off + chunk])
-    return await session.finish()
-
-
 @pytest.fixture(autouse=True)
 def _nothing_ran() -> Iterator[None]:
     if os.path.exists(PWNED):
@@ -126,7 +119,7 @@ def _nothing_ran() -> Iterator[None]:
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])
 async def test_a_reduce_calling_os_system_is_refused_without_unpickling(protocol: int) -> None:
     evil = pickle.dumps({"weights": [1, 2, 3], "payload": _Evil()}, protocol=protocol)
-    verdict = await _verdict(PickleVerifier(), "pytorch_model.bin", evil, chunk=7)
+    verdict = await verdict_of(PickleVerifier(), "pytorch_model.bin", evil, chunk=7)
     assert not verdict.ok
     assert "posix.system" in verdict.detail or "os.system" in verdict.detail
     assert verdict.data["unsafe"] == ["posix.system"]
@@ -135,31 +128,31 @@ async def test_a_reduce_calling_os_system_is_refused_without_unpickling(protocol
 @pytest.mark.parametrize("deflate", [False, True])
 async def test_malicious_pickle_inside_a_zip_checkpoint_is_refused(deflate: bool) -> None:
     data = _zip_checkpoint(pickle.dumps(_Evil(), protocol=2), deflate=deflate)
-    verdict = await _verdict(PickleVerifier(), "model.pt", data)
+    verdict = await verdict_of(PickleVerifier(), "model.pt", data)
     assert not verdict.ok and verdict.data["unsafe"] == ["posix.system"]
 
 
 async def test_benign_pytorch_checkpoints_are_accepted() -> None:
     pkl = _state_dict_pickle()
     for name, data in [("model.pt", _zip_checkpoint(pkl)), ("pytorch_model.bin", _legacy_checkpoint(pkl))]:
-        verdict = await _verdict(PickleVerifier(), name, data)
+        verdict = await verdict_of(PickleVerifier(), name, data)
         assert verdict.ok, verdict.detail
         assert "torch._utils._rebuild_tensor_v2" in verdict.data["imports"]
         assert "collections.OrderedDict" in verdict.data["imports"]
 
 
 async def test_malicious_object_after_the_legacy_header_pickles_is_found() -> None:
-    verdict = await _verdict(PickleVerifier(), "old.bin", _legacy_checkpoint(pickle.dumps(_Evil(), protocol=2)))
+    verdict = await verdict_of(PickleVerifier(), "old.bin", _legacy_checkpoint(pickle.dumps(_Evil(), protocol=2)))
     assert not verdict.ok and "posix.system" in verdict.data["unsafe"]
 
 
 async def test_warn_policy_records_instead_of_failing() -> None:
-    verdict = await _verdict(PickleVerifier("warn"), "a.pkl", pickle.dumps(_Evil()))
+    verdict = await verdict_of(PickleVerifier("warn"), "a.pkl", pickle.dumps(_Evil()))
     assert verdict.ok and verdict.detail.startswith("warning") and verdict.data["unsafe"] == ["posix.system"]
 
 
 async def test_non_pickle_bin_files_pass_as_such() -> None:
-    verdict = await _verdict(PickleVerifier(), "ggml-model.bin", b"GGUF" + bytes(range(256)) * 100)
+    verdict = await verdict_of(PickleVerifier(), "ggml-model.bin", b"GGUF" + bytes(range(256)) * 100)
     assert verdict.ok and verdict.data["format"] == "not a pickle"
 
 
@@ -172,7 +165,7 @@ def _safetensors(tensors: dict[str, tuple[str, list[int], list[int]]], data: byt
 @pytest.mark.parametrize("chunk", [1, 5, 1 << 20])
 async def test_valid_safetensors_pass_however_the_bytes_are_chunked(chunk: int) -> None:
     data = _safetensors({"a": ("F32", [2, 2], [0, 16]), "b": ("BF16", [3], [16, 22])}, bytes(22))
-    verdict = await _verdict(SafetensorsVerifier(), "model.safetensors", data, chunk=chunk)
+    verdict = await verdict_of(SafetensorsVerifier(), "model.safetensors", data, chunk=chunk)
     assert verdict.ok, verdict.detail
     assert verdict.data["tensors"] == 2
 
@@ -192,7 +185,7 @@ async def test_valid_safetensors_pass_however_the_bytes_are_chunked(chunk: int) 
     ],
 )
 async def test_malformed_safetensors_are_refused(data: bytes, problem: str) -> None:
-    verdict = await _verdict(SafetensorsVerifier(), "model.safetensors", data, chunk=3)
+    verdict = await verdict_of(SafetensorsVerifier(), "model.safetensors", data, chunk=3)
     assert not verdict.ok and problem in verdict.detail
 
 

@@ -24,28 +24,19 @@ import pytest
 from onnx import TensorProto, helper
 from safetensors import safe_open
 
-from artifact_import import ArtifactFile, Verdict
-from artifact_import.verifiers.base import Verifier
 from artifact_import.verifiers.gguf import GgufVerifier
 from artifact_import.verifiers.keras import KerasVerifier
 from artifact_import.verifiers.onnx import OnnxVerifier
 from artifact_import.verifiers.pickle import PickleVerifier
 from artifact_import.verifiers.safetensors import SafetensorsVerifier
 
-from .conftest import files_under, repo_name, run_cli
+from .conftest import files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub, unsafe_scan
 from .modelfiles import Payload, Sample, benign, malicious
 
 MARKER = os.path.join(tempfile.gettempdir(), f"artifact-import-payload-ran-{os.getpid()}")
 EVIL = malicious(MARKER)
 GOOD = benign()
-
-
-async def verdict_of(verifier: Verifier, name: str, data: bytes, chunk: int = 65536) -> Verdict:
-    session = verifier.start(ArtifactFile(name, len(data)))
-    for off in range(0, len(data), chunk):
-        await session.feed(data[off : off + chunk])
-    return await session.finish()
 
 
 @pytest.fixture(autouse=True)

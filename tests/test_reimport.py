@@ -9,7 +9,15 @@ import os
 import pickle
 from pathlib import Path
 
-from artifact_import import MANIFEST_PATH, ObjectStorage, PickleVerifier, SafetensorsVerifier, import_artifact
+from artifact_import import (
+    MANIFEST_PATH,
+    ImportResult,
+    ObjectStorage,
+    PickleVerifier,
+    SafetensorsVerifier,
+    Verifier,
+    import_artifact,
+)
 
 from .conftest import fast_registry, files_under, repo_name, run_cli
 from .hub import LocalHub, safetensors_header
@@ -85,16 +93,20 @@ async def test_a_damaged_or_missing_file_is_fetched_again(hub: LocalHub, tmp_pat
     assert (dest / "a.safetensors").read_bytes() == BIG_A and (dest / "b.bin").read_bytes() == BIG_B
 
 
-async def test_a_file_without_a_verdict_this_run_requires_is_fetched_and_verified_again(
-    hub: LocalHub, tmp_path: Path
-) -> None:
+async def _again_with(hub: LocalHub, tmp_path: Path, verifiers: list[Verifier]) -> ImportResult:
+    """Import a repo with checksums only, then again with ``verifiers``."""
     repo = repo_name("re")
     hub.create_repo(repo, repo_files())
     dest = tmp_path / "dest"
-    await import_artifact(f"hf://{repo}", dest, registry=fast_registry())  # checksums only
+    await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
     hub.requests.clear()
-    verifiers = [SafetensorsVerifier()]
-    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), verifiers=verifiers)
+    return await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), verifiers=verifiers)
+
+
+async def test_a_file_without_a_verdict_this_run_requires_is_fetched_and_verified_again(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    result = await _again_with(hub, tmp_path, [SafetensorsVerifier()])
     assert fetched(hub) == ["a.safetensors"], "the safetensors check did not run on it before"
     assert {v.verifier for f in result.files if f.path == "a.safetensors" for v in f.verdicts} >= {"safetensors"}
 
@@ -102,12 +114,7 @@ async def test_a_file_without_a_verdict_this_run_requires_is_fetched_and_verifie
 async def test_the_pickle_scan_reads_every_file_so_none_is_skipped_without_its_verdict(
     hub: LocalHub, tmp_path: Path
 ) -> None:
-    repo = repo_name("re")
-    hub.create_repo(repo, repo_files())
-    dest = tmp_path / "dest"
-    await import_artifact(f"hf://{repo}", dest, registry=fast_registry())  # checksums only
-    hub.requests.clear()
-    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry(), verifiers=[PickleVerifier()])
+    result = await _again_with(hub, tmp_path, [PickleVerifier()])
     # By content, not by name: a pickle called config.json would be unpickled by whoever loads it as one.
     assert fetched(hub) == ["a.safetensors", "b.bin", "config.json", "weights.pkl"]
     assert all(any(v.verifier == "pickle" for v in f.verdicts) for f in result.files)

@@ -18,8 +18,8 @@ from typing import Any
 import attrs
 
 from ..model import ArtifactFile, Verdict
-from .base import Verifier, VerifierSession
-from .policy import Policy, judge
+from .base import VerifierSession
+from .policy import FormatVerifier, judge
 from .reader import ChunkFeed, Reader, Unscannable
 from .threaded import ThreadedSession
 
@@ -40,14 +40,9 @@ class GgufHeader:
     findings: list[str]
 
 
-class GgufVerifier(Verifier):
+class GgufVerifier(FormatVerifier):
     name = "gguf"
-
-    def __init__(self, policy: Policy | str = Policy.FAIL) -> None:
-        self.policy = Policy.parse(policy, "format")
-
-    def applies_to(self, file: ArtifactFile) -> bool:
-        return self.policy is not Policy.OFF and file.path.lower().endswith(".gguf")
+    suffixes = (".gguf",)
 
     def start(self, file: ArtifactFile) -> VerifierSession:
         return _GgufSession(self, file)

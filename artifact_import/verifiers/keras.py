@@ -16,9 +16,9 @@ import re
 from typing import Any
 
 from ..model import ArtifactFile, Verdict
-from .base import Verifier, VerifierSession
+from .base import VerifierSession
 from .contentscan import EXPAND_LIMIT
-from .policy import Policy, judge
+from .policy import FormatVerifier, judge
 from .reader import ChunkFeed, Reader, Unscannable
 from .threaded import ThreadedSession
 from .zipscan import scan_zip
@@ -29,14 +29,10 @@ _TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow", "builtins")
 _HINT = "Use --format-policy warn to import it anyway"
 
 
-class KerasVerifier(Verifier):
+class KerasVerifier(FormatVerifier):
     name = "keras"
-
-    def __init__(self, policy: Policy | str = Policy.FAIL) -> None:
-        self.policy = Policy.parse(policy, "format")
-
-    def applies_to(self, file: ArtifactFile) -> bool:
-        return self.policy is not Policy.OFF and file.path.lower().endswith((".keras", ".h5", ".hdf5"))
+    # What keras.models.load_model dispatches on: .keras is a zip, .h5/.hdf5 the legacy HDF5 format.
+    suffixes = (".keras", ".h5", ".hdf5")
 
     def start(self, file: ArtifactFile) -> VerifierSession:
         return _KerasSession(self, file)

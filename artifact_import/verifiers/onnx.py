@@ -14,8 +14,8 @@ from __future__ import annotations
 import posixpath
 
 from ..model import ArtifactFile, Verdict
-from .base import Verifier, VerifierSession
-from .policy import Policy, judge
+from .base import VerifierSession
+from .policy import FormatVerifier, judge
 from .reader import ChunkFeed, Limited, Reader, Unscannable
 from .threaded import ThreadedSession
 
@@ -42,14 +42,9 @@ _KINDS = {
 }
 
 
-class OnnxVerifier(Verifier):
+class OnnxVerifier(FormatVerifier):
     name = "onnx"
-
-    def __init__(self, policy: Policy | str = Policy.FAIL) -> None:
-        self.policy = Policy.parse(policy, "format")
-
-    def applies_to(self, file: ArtifactFile) -> bool:
-        return self.policy is not Policy.OFF and file.path.lower().endswith(".onnx")
+    suffixes = (".onnx",)
 
     def start(self, file: ArtifactFile) -> VerifierSession:
         return _OnnxSession(self, file)
@@ -104,31 +99,30 @@ def _varint(r: Reader) -> int | None:
             raise Unscannable("a varint longer than 10 bytes")
 
 
-def _skip_group(r: Reader, number: int, depth: int) -> None:
-    """A (deprecated) group in a field protobuf does not know: skipped, as protobuf's own parser does."""
-    if depth > MAX_DEPTH:
-        raise Unscannable(f"groups nested more than {MAX_DEPTH} deep")
-    while (tag := _varint(r)) is not None:
-        inner, wire = tag >> 3, tag & 7
-        if wire == 4:
-            if inner != number:
-                raise Unscannable(f"group {number} ended as {inner}")
-            return
-        if wire == 0:
-            _varint(r)
-        elif wire == 1:
-            r.read_exact(8, "fixed64")
-        elif wire == 5:
-            r.read_exact(4, "fixed32")
-        elif wire == 2:
-            length = _varint(r)
-            if length is None or r.skip(length) < length:
-                raise EOFError("truncated field")
-        elif wire == 3:
-            _skip_group(r, inner, depth + 1)
-        else:
-            raise Unscannable(f"wire type {wire} in field {inner}")
-    raise EOFError(f"group {number} never ends")
+def _skip(r: Reader, number: int, wire: int, depth: int) -> None:
+    """Pass over one field's value that is not followed, as protobuf's own parser does (groups included)."""
+    if wire == 0:
+        _varint(r)
+    elif wire == 1:
+        r.read_exact(8, "fixed64")
+    elif wire == 5:
+        r.read_exact(4, "fixed32")
+    elif wire == 2:
+        length = _varint(r)
+        if length is None or r.skip(length) < length:
+            raise EOFError("truncated field")
+    elif wire == 3:
+        if depth > MAX_DEPTH:
+            raise Unscannable(f"groups nested more than {MAX_DEPTH} deep")
+        while (tag := _varint(r)) is not None:
+            if tag & 7 == 4:
+                if tag >> 3 != number:
+                    raise Unscannable(f"group {number} ended as {tag >> 3}")
+                return
+            _skip(r, tag >> 3, tag & 7, depth + 1)
+        raise EOFError(f"group {number} never ends")
+    else:
+        raise Unscannable(f"wire type {wire} in field {number}")
 
 
 def _walk(r: Reader, kind: str, locations: list[str], depth: int) -> None:
@@ -138,27 +132,19 @@ def _walk(r: Reader, kind: str, locations: list[str], depth: int) -> None:
     key = value = None
     while (tag := _varint(r)) is not None:
         number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            _varint(r)
-        elif wire == 1:
-            r.read_exact(8, "fixed64")
-        elif wire == 5:
-            r.read_exact(4, "fixed32")
-        elif wire == 3:
-            _skip_group(r, number, depth)
-        elif wire == 2:
-            length = _varint(r)
-            if length is None:
-                raise EOFError("truncated field length")
-            body = Limited(r, length)
-            child = fields.get(number)
-            if kind == "entry" and child in ("key", "value") and length <= 1 << 16:
-                text = body.read_exact(length, "string").decode("utf-8", "replace")
-                key, value = (text, value) if child == "key" else (key, text)
-            elif child is not None and kind != "entry":
-                _walk(body, child, locations, depth + 1)
-            body.drain()
-        else:
-            raise Unscannable(f"wire type {wire} in field {number}")
+        child = fields.get(number)
+        if wire != 2 or child is None:
+            _skip(r, number, wire, depth)
+            continue
+        length = _varint(r)
+        if length is None:
+            raise EOFError("truncated field length")
+        body = Limited(r, length)
+        if kind == "entry" and length <= 1 << 16:
+            text = body.read_exact(length, "string").decode("utf-8", "replace")
+            key, value = (text, value) if child == "key" else (key, text)
+        elif kind != "entry":
+            _walk(body, child, locations, depth + 1)
+        body.drain()
     if kind == "entry" and key == "location" and value is not None:
         locations.append(value)

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import ConfigError
-from ..model import Verdict
+from ..model import ArtifactFile, Verdict
+from .base import Verifier
 
 
 class Policy(enum.StrEnum):
@@ -21,6 +22,18 @@ class Policy(enum.StrEnum):
             return cls(value)
         except ValueError:
             raise ConfigError(f"{what} policy {value!r}: expected 'fail', 'warn' or 'off'") from None
+
+
+class FormatVerifier(Verifier):
+    """A check of one model format, chosen by the names its loader goes by, under ``--format-policy``."""
+
+    suffixes: tuple[str, ...] = ()
+
+    def __init__(self, policy: Policy | str = Policy.FAIL) -> None:
+        self.policy = Policy.parse(policy, "format")
+
+    def applies_to(self, file: ArtifactFile) -> bool:
+        return self.policy is not Policy.OFF and file.path.lower().endswith(self.suffixes)
 
 
 def judge(
