@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from .context import ImportStepContext, StorageTarget
 from .model import ArtifactStorageImportStep, ImportResult, ModelTarget
@@ -28,6 +28,8 @@ async def import_artifact(
     quarantine: AbstractStorage | None = None,
     skip_present: bool = True,
     keep_partial: bool = False,
+    lock_wait: float | None = None,
+    on_lock_wait: Callable[[], None] | None = None,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
@@ -36,7 +38,9 @@ async def import_artifact(
     Files an earlier import of the same content left at the destination are
     not fetched again unless ``skip_present`` is false. With ``keep_partial``,
     an interrupted import keeps the files it verified aside, and the next
-    call finishes the rest.
+    call finishes the rest. One import per destination at a time: another
+    one into the same destination waits up to ``lock_wait`` seconds (None:
+    as long as it takes; ``on_lock_wait`` is called when waiting starts).
     """
     model = (
         source
@@ -59,6 +63,8 @@ async def import_artifact(
         quarantine=quarantine,
         skip_present=skip_present,
         keep_partial=keep_partial,
+        lock_wait=lock_wait,
+        on_lock_wait=on_lock_wait,
     )
     try:
         return await pipeline.run(context, on_progress)

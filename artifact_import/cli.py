@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable
 
 import attrs
 import click
@@ -120,6 +123,13 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "ask the Hub for its scan.",
 )
 @click.option(
+    "--lock-timeout",
+    type=click.FloatRange(0),
+    default=None,
+    metavar="SECONDS",
+    help="If another import into DEST is running, wait at most this long for it (default: until it ends).",
+)
+@click.option(
     "--no-resume",
     is_flag=True,
     help="If interrupted, discard the files already verified instead of keeping them (in "
@@ -147,6 +157,7 @@ def import_cmd(
     pickle_policy: str | None,
     format_policy: str | None,
     hub_scan_policy: str | None,
+    lock_timeout: float | None,
     no_resume: bool,
     force: bool,
 ) -> None:
@@ -183,6 +194,7 @@ def import_cmd(
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
     parked: list[str] = []
+    signals: list[int] = []
 
     def on_progress(event: ProgressEvent) -> None:
         if event.state is FileState.PARKED:
@@ -225,6 +237,13 @@ def import_cmd(
                 concurrency,
                 skip_present=not force,
                 keep_partial=not no_resume,
+                lock_wait=lock_timeout,
+                on_lock_wait=lambda: click.echo(
+                    f"waiting for the import in progress into {to} to finish (it holds the destination's lock; "
+                    "Ctrl-C to give up, --lock-timeout to bound the wait)",
+                    err=True,
+                ),
+                signals=signals,
             )
         )
     except ArtifactImportError as exc:
@@ -236,7 +255,7 @@ def import_cmd(
         fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"], hint=hint)
     except Exception as exc:
         fail(unexpected(exc), subject=source, as_json=as_json, verbose=0)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it
         if parked:
@@ -247,7 +266,7 @@ def import_cmd(
             )
         else:
             click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        sys.exit(128 + signals[0] if signals else EXIT_INTERRUPTED)
     finally:
         if progress is not None:
             progress.close()
@@ -281,7 +300,11 @@ async def _run(
     *,
     skip_present: bool,
     keep_partial: bool,
+    lock_wait: float | None,
+    on_lock_wait: Callable[[], None],
+    signals: list[int],
 ) -> ImportResult:
+    _handle_signals(signals, journaled=storage.journals_writes)
     try:
         return await import_artifact(
             model,
@@ -293,6 +316,8 @@ async def _run(
             quarantine=quarantine,
             skip_present=skip_present,
             keep_partial=keep_partial,
+            lock_wait=lock_wait,
+            on_lock_wait=on_lock_wait,
         )
     finally:
         await registry.aclose()
@@ -301,6 +326,31 @@ async def _run(
             await quarantine.aclose()
         if config is not None:
             await config.aclose()
+
+
+def _handle_signals(received: list[int], *, journaled: bool) -> None:
+    """Ctrl-C, SIGTERM (docker stop, Kubernetes, timeout) and SIGHUP all end the import the same way: the
+    first cancels it (what was received is kept for the next run); a second ends the process at once."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            task.cancel()
+            return
+        kept = (
+            "what was received is in the destination's .artifact-import/partial/ folder, where the same command "
+            "finds it and finishes the import"
+            if journaled
+            else "run the same command again to import what is missing"
+        )
+        os.write(2, f"\ninterrupted again: stopped at once; nothing half-written is visible; {kept}\n".encode())
+        os._exit(128 + received[0])
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal, signum)
 
 
 def _summary(result: ImportResult, to: str) -> str:

@@ -13,6 +13,17 @@ from .errors import UnsafePathError
 
 #: Names under this folder belong to artifact-import (manifest, staging).
 RESERVED_DIR = ".artifact-import"
+#: What an import that did not finish left for the next one (see ``resume``).
+PARTIAL_DIR = f"{RESERVED_DIR}/partial"
+
+
+def incomplete_path(path: str) -> str:
+    """Where a file's bytes live while they arrive: a name the next import finds, whatever ended this one."""
+    return f"{PARTIAL_DIR}/incomplete/{path}"
+
+
+def is_reserved(path: str) -> bool:
+    return path == RESERVED_DIR or path.startswith(f"{RESERVED_DIR}/")
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 

@@ -33,10 +33,10 @@ from .model import (
     ResolvedArtifact,
     Verdict,
 )
-from .paths import RESERVED_DIR
+from .paths import PARTIAL_DIR, RESERVED_DIR, incomplete_path
 from .registries.base import AbstractRegistry
 from .reimport import already_present, read_manifest
-from .resume import PARTIAL_DIR, Adopted, adopt_parked, discard_parked, incomplete_path, park_verified
+from .resume import Adopted, adopt_parked, discard_parked, park_verified, write_record
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
@@ -117,6 +117,8 @@ class ImportPipeline:
         quarantine: AbstractStorage | None = None,
         skip_present: bool = True,
         keep_partial: bool = False,
+        lock_wait: float | None = None,
+        on_lock_wait: Callable[[], None] | None = None,
     ) -> None:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
@@ -139,6 +141,10 @@ class ImportPipeline:
         self.quarantine = quarantine
         self.skip_present = skip_present
         self.keep_partial = keep_partial
+        #: One import per destination: how long to wait for another to finish (None: as long as it takes),
+        #: and what to tell the user when waiting starts.
+        self.lock_wait = lock_wait
+        self.on_lock_wait = on_lock_wait
 
     def registry(self, name: str) -> AbstractRegistry:
         try:
@@ -164,6 +170,20 @@ class ImportPipeline:
             "bytes": artifact.total_size,
         }
         destination = passes[-1].storage
+        async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
+            return await self._run_locked(context, artifact, passes, download, on_progress, started)
+
+    async def _run_locked(
+        self,
+        context: ImportStepContext,
+        artifact: ResolvedArtifact,
+        passes: list[_Pass],
+        download: DownloadStep,
+        on_progress: ProgressCallback | None,
+        started: float,
+    ) -> ImportResult:
+        """The import proper, while this process alone writes to the destination."""
+        destination = passes[-1].storage
         await destination.check_paths([f.path for f in artifact.files])
         present = (
             await already_present(destination, artifact, self.verify_step.verifiers, await read_manifest(destination))
@@ -188,6 +208,11 @@ class ImportPipeline:
                 run.emit(file, FileState.SKIPPED, None, file.size or 0)
             elif file.path in resumed:
                 run.emit(file, FileState.RESUMED, None, file.size or 0)
+        await destination.remove_leftovers()
+        if todo and destination.journals_writes:
+            # Before the first byte: whatever ends this process, the next import knows what the partial
+            # folder holds (files arrive under their incomplete names, see VFSStorage.open_write).
+            await write_record(destination, artifact, list(resumed.values()), [f.path for f in todo])
         async with contextlib.AsyncExitStack() as reservations:
             # Quotas are checked before any byte moves; writes then charge these reservations.
             for storage in dict.fromkeys(p.storage for p in passes):
@@ -203,7 +228,7 @@ class ImportPipeline:
                 raise
             finally:
                 await run_to_completion(self._remove_staged(run))
-        if had_parked:
+        if had_parked or todo:
             await run_to_completion(discard_parked(destination))
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
         for file in todo:
@@ -224,8 +249,9 @@ class ImportPipeline:
             return None
         run.incomplete_parked.discard(file.path)
         pending = await storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
-        if pending is not None and (pending.bytes_written == 0 or pending.bytes_written >= (file.size or 0)):
-            # Nothing to go on from, or more than the file: start over.
+        if pending is not None and (pending.bytes_written == 0 or pending.bytes_written > (file.size or 0)):
+            # Nothing to go on from, or more than the file: start over. (All of it, received by a process
+            # that died before it could commit: re-read for the verifiers, nothing fetched.)
             await run_to_completion(pending.abort())
             return await storage.open_write(file.path, size_hint=file.size, sha256=file.sha256)
         if pending is not None:
@@ -275,9 +301,11 @@ class ImportPipeline:
                     destination.describe(),
                     PARTIAL_DIR,
                 )
+            elif run.todo or had_parked:
+                await discard_parked(destination)  # nothing kept: not even the record written at the start
             return
         await self.archive_step.abort_all(run.pending)
-        if had_parked or run.incomplete_kept:
+        if had_parked or run.todo:
             await discard_parked(destination)
 
     @staticmethod
@@ -327,7 +355,7 @@ class ImportPipeline:
             resumed = await self._resume_incomplete(run, p.storage, file) if final else None
             offset = resumed.bytes_written if resumed is not None else 0
             if source is None:
-                chunks = download.stream(run.artifact, file, offset)
+                chunks = download.stream(run.artifact, file, offset) if offset != file.size else _nothing()
             else:
                 chunks = read_ahead(source[0].stream_download(source[1]), self.read_ahead_depth)
             if Step.VERIFY in p.steps:
@@ -393,3 +421,8 @@ class ImportPipeline:
                 await storage.delete_file(path)
             except Exception:
                 log.exception("%s: could not remove staged copy from %s", path, storage.describe())
+
+
+async def _nothing() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an async generator

@@ -28,7 +28,7 @@ import attrs
 from ._aio import run_to_completion
 from .errors import ArtifactImportError
 from .model import ArtifactFile, FileResult, ResolvedArtifact
-from .paths import RESERVED_DIR
+from .paths import PARTIAL_DIR
 from .reimport import manifest_files, read_json
 from .storages.base import AbstractStorage, PendingWrite
 from .streams import one_chunk
@@ -36,16 +36,11 @@ from .verifiers.base import Verifier
 
 log = logging.getLogger(__name__)
 
-PARTIAL_DIR = f"{RESERVED_DIR}/partial"
 RECORD_PATH = f"{PARTIAL_DIR}/record.json"
 
 
 def parked_path(path: str) -> str:
     return f"{PARTIAL_DIR}/files/{path}"
-
-
-def incomplete_path(path: str) -> str:
-    return f"{PARTIAL_DIR}/incomplete/{path}"
 
 
 @attrs.frozen
@@ -82,19 +77,30 @@ async def park_verified(
         await run_to_completion(write.abort())
     if not kept and not incomplete:
         return 0
+    try:
+        await write_record(storage, artifact, kept, incomplete)
+    except ArtifactImportError:
+        log.warning("%s: could not record the parked files; removing them", storage.describe(), exc_info=True)
+        await discard_parked(storage)
+        return 0
+    return len(kept)
+
+
+async def write_record(
+    storage: AbstractStorage, artifact: ResolvedArtifact, kept: Sequence[FileResult], incomplete: Sequence[str]
+) -> None:
+    """Record what the partial folder holds for ``artifact``: ``kept`` verified files, and the files whose
+    bytes may be (or are being) received under their incomplete names.
+
+    Written before the first byte of an import moves, so that a process killed at any point leaves a record
+    the next import can act on (adopt, or remove); rewritten when an interruption parks files."""
     record = {
         "source": artifact.source,
         "commit": artifact.commit,
         "files": [r.to_dict() for r in sorted(kept, key=lambda r: r.path)],
         "incomplete": sorted(incomplete),
     }
-    try:
-        await storage.stream_upload(RECORD_PATH, one_chunk(json.dumps(record, indent=2).encode()))
-    except ArtifactImportError:
-        log.warning("%s: could not record the parked files; removing them", storage.describe(), exc_info=True)
-        await discard_parked(storage)
-        return 0
-    return len(kept)
+    await storage.stream_upload(RECORD_PATH, one_chunk(json.dumps(record, indent=2).encode()))
 
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:

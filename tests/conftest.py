@@ -11,6 +11,7 @@ import pytest
 
 from artifact_import import ArtifactFile, HuggingFaceRegistry, RetryPolicy, Verdict, Verifier
 from artifact_import.registries.http import HttpTimeouts
+from artifact_import.storages.vfs import PART_SUFFIX
 
 from .clamd import Clamd
 from .hub import Faults, HubServer, LocalHub
@@ -111,6 +112,14 @@ async def verdict_of(verifier: Verifier, name: str, data: bytes, chunk: int = 65
     for off in range(0, len(data), chunk):
         await session.feed(data[off : off + chunk])
     return await session.finish()
+
+
+def in_flight_files(root: Path) -> list[Path]:
+    """Files being written under ``root``: in a partial folder's incomplete/, or a library temp file."""
+    if not root.exists():
+        return []
+    journal = [p for p in root.rglob("*") if p.is_file() and "/.artifact-import/partial/incomplete/" in p.as_posix()]
+    return journal + list(root.rglob(f"*{PART_SUFFIX}"))
 
 
 def files_under(root: Path) -> dict[str, bytes]:

@@ -160,8 +160,9 @@ def _interrupt_import(hub: LocalHub, dest: Path, *extra: str) -> tuple[str, str]
         text=True,
     )
     deadline = time.monotonic() + 30
-    # Bytes reach the file a chunk (1 MiB) at a time: wait for the first one.
-    while not any(p.stat().st_size for p in dest.glob(".model.safetensors.*.artifact-import-part")):
+    # Bytes reach the file (in the partial folder until it commits) a chunk (1 MiB) at a time: wait for one.
+    arriving = dest / ".artifact-import" / "partial" / "incomplete" / "model.safetensors"
+    while not (arriving.exists() and arriving.stat().st_size):
         assert time.monotonic() < deadline and proc.poll() is None, "no bytes in flight"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGINT)

@@ -17,9 +17,8 @@ from artifact_import import MANIFEST_PATH, StoragePool, VFolderID, VFSStorage, V
 from artifact_import.config import ServerSettings
 from artifact_import.server import create_app
 from artifact_import.storages.object import MiB
-from artifact_import.storages.vfs import PART_SUFFIX
 
-from .conftest import fast_registry, files_under, repo_name
+from .conftest import fast_registry, files_under, in_flight_files, repo_name
 from .hub import LocalHub
 
 SCOPE = "user-1"
@@ -76,7 +75,7 @@ class Proxy:
 
 
 def part_files(root: Path) -> list[Path]:
-    return list(root.rglob(f"*{PART_SUFFIX}"))
+    return in_flight_files(root)
 
 
 @pytest.fixture

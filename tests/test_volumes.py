@@ -36,9 +36,8 @@ from artifact_import import (
     VolumeStorageAdapter,
 )
 from artifact_import.storages.object import MiB
-from artifact_import.storages.vfs import PART_SUFFIX
 
-from .conftest import fast_registry, repo_name, run_cli
+from .conftest import fast_registry, in_flight_files, repo_name, run_cli
 from .hub import LocalHub
 from .s3server import S3Server
 
@@ -107,7 +106,7 @@ async def vfolder_files(volume: AbstractVolume, vfid: VFolderID) -> dict[str, by
 def leftovers(volume: AbstractVolume) -> list[str]:
     """Temp files or incomplete multipart uploads anywhere on the volume."""
     if isinstance(volume, VFSVolume):
-        return [str(p) for p in volume.mount.rglob(f"*{PART_SUFFIX}")] if volume.mount.exists() else []
+        return [str(p) for p in in_flight_files(volume.mount)]
     assert isinstance(volume, ObjectVolume)
     client = volume.root.endpoint.client(max_connections=1)
     return [u.object_name for u in client._list_multipart_uploads(volume.root.bucket).uploads]

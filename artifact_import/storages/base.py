@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 
 import attrs
 
@@ -84,6 +84,26 @@ class AbstractStorage(abc.ABC):
         Names are checked syntactically for every storage before this; a
         storage overrides it to check what only it can see (symlinks).
         """
+
+    #: Whether a file's bytes land, from the first, where the next import finds them (the partial folder):
+    #: then the import records what it is receiving before it starts, so that a killed process is resumed.
+    journals_writes: bool = False
+
+    async def remove_leftovers(self) -> int:
+        """Remove what imports that died before cleaning up left outside the reserved folder; how many."""
+        return 0
+
+    def exclusive(
+        self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        """Held for a whole import: one import per destination at a time.
+
+        A second import waits (``on_wait`` is told once) up to ``wait``
+        seconds (None: as long as it takes), then fails with
+        :class:`~artifact_import.errors.StorageError`. A lock whose holder
+        died is taken over. Storages that cannot lock do nothing.
+        """
+        return contextlib.nullcontext()
 
     def reserve(self, nbytes: int) -> contextlib.AbstractAsyncContextManager[object]:
         """Hold ``nbytes`` of space for the import running in this task, or refuse it now.

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 
 import aiofiles
@@ -18,18 +20,23 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
-from ..paths import RESERVED_DIR, path_problem
+from ..paths import RESERVED_DIR, incomplete_path, is_reserved, path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
 from .base import AbstractStorage, FileInfo, PendingWrite
 
 log = logging.getLogger(__name__)
 
-#: Suffix of in-flight files; a crash can leave one behind, never a partial file under its real name.
+#: Suffix of in-flight files of the library's own (manifest, staging), and of every in-flight file before
+#: 0.2: a crash can leave one behind, never a partial file under its real name; the next import removes them.
 PART_SUFFIX = ".artifact-import-part"
 
 
 class VFSStorage(AbstractStorage):
     """Files under a local directory ``root``.
+
+    A file being written lives at ``.artifact-import/partial/incomplete/PATH``
+    until it commits (see :meth:`open_write`); one import at a time holds the
+    folder's lock (:meth:`exclusive`).
 
     Paths are checked twice: syntactically (no ``..``, absolute, NUL, ...) and
     after resolving symlinks, so a symlink planted in the tree cannot send a
@@ -50,6 +57,7 @@ class VFSStorage(AbstractStorage):
         self.fsync = fsync
         self.chunk_size = chunk_size
         self._folders = _FolderLedger()
+        self.journals_writes = True
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -101,10 +109,15 @@ class VFSStorage(AbstractStorage):
     async def open_write(
         self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
     ) -> PendingWrite:
+        """A file's bytes go to its journal location (``.artifact-import/partial/incomplete/PATH``) from the
+        first one, and are renamed into place at commit: whatever ends this process (SIGKILL included), the
+        next import finds them there and goes on. The library's own files use a hidden temp file beside."""
         self.check_writable()
         target = await self._resolve(filepath)
-        folders = (target.parent, *target.parent.parents)
-        opening = asyncio.ensure_future(self._open_temp(target, folders))
+        journal = None if is_reserved(filepath) else await self._resolve(incomplete_path(filepath))
+        where = journal if journal is not None else target
+        folders = (where.parent, *where.parent.parents)
+        opening = asyncio.ensure_future(self._open_temp(target, folders, journal))
         try:
             temp, handle = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -126,8 +139,14 @@ class VFSStorage(AbstractStorage):
             await aiofiles.os.remove(temp)
         await self._folders.release(folders, remove_empty=True)
 
-    async def _open_temp(self, target: Path, folders: tuple[Path, ...]) -> tuple[Path, AsyncBufferedIOBase]:
+    async def _open_temp(
+        self, target: Path, folders: tuple[Path, ...], temp: Path | None
+    ) -> tuple[Path, AsyncBufferedIOBase]:
         await self._folders.hold(folders)
+        if temp is not None:
+            # One import per destination at a time (its lock), so this name is this write's own; what an
+            # earlier import left there and this one did not adopt is replaced.
+            return temp, await aiofiles.open(temp, "wb")
         temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
         return temp, await aiofiles.open(temp, "xb")
 
@@ -171,6 +190,43 @@ class VFSStorage(AbstractStorage):
         pending = _VFSPendingWrite(self, filepath, target, source, handle, folders)
         pending.bytes_written = st.st_size
         return pending
+
+    async def remove_leftovers(self) -> int:
+        """Hidden ``.*.artifact-import-part`` files that imports killed before 0.2 left beside the files."""
+
+        def sweep() -> int:
+            removed = 0
+            for folder, dirs, files in os.walk(self.root):
+                if Path(folder) == self.root and RESERVED_DIR in dirs:
+                    dirs.remove(RESERVED_DIR)
+                for name in files:
+                    if name.startswith(".") and name.endswith(PART_SUFFIX):
+                        with contextlib.suppress(FileNotFoundError):
+                            os.remove(os.path.join(folder, name))
+                            removed += 1
+            return removed
+
+        removed = await asyncio.to_thread(sweep)
+        if removed:
+            log.info("%s: removed %d part file(s) an earlier, killed import left", self.describe(), removed)
+        return removed
+
+    @contextlib.asynccontextmanager
+    async def exclusive(
+        self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> AsyncIterator[object]:
+        """An OS lock (``flock``) on the destination folder, created if need be; the kernel drops it when the
+        holder dies, so a lock left by a killed import is simply taken."""
+        folders = (self.root, *self.root.parents)
+        await self._folders.hold(folders)
+        fd = -1
+        try:
+            fd = await _lock_folder(self.root, wait, on_wait, self.describe())
+            yield fd
+        finally:
+            if fd >= 0:
+                os.close(fd)  # releases the lock
+            await self._folders.release(folders, remove_empty=True)
 
     async def delete_folder(self, path: str) -> None:
         folder = await self._resolve(path)
@@ -308,19 +364,25 @@ class _VFSPendingWrite(PendingWrite):
     async def commit(self) -> None:
         if self._done:
             raise StorageError(f"{self.path}: pending write already ended")
+        targets = (self._target.parent, *self._target.parent.parents)
+        await self._ledger.hold(targets)
         try:
             await self._flush()
             if await aiofiles.os.path.isdir(self._target):
                 raise StorageError(f"{self.path}: a folder of that name exists in the destination")
             await aiofiles.os.replace(self._temp, self._target)
         except OSError as exc:
+            await self._ledger.release(targets, remove_empty=True)
             await self.abort()
             raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
         except BaseException:
+            await self._ledger.release(targets, remove_empty=True)
             await self.abort()
             raise
         self._done = True
-        await self._ledger.release(self._folders, remove_empty=False)
+        await self._ledger.release(targets, remove_empty=False)
+        # The journal folders this write made (empty now) go; the target's stay, holding the file.
+        await self._ledger.release(self._folders, remove_empty=self._folders[0] != self._target.parent)
 
     async def abort(self) -> None:
         if self._done:
@@ -374,6 +436,40 @@ class _VFSParkedWrite(PendingWrite):
         self._done = True
         with contextlib.suppress(FileNotFoundError):
             await aiofiles.os.remove(self._parked)
+
+
+async def _lock_folder(
+    folder: Path, wait: float | None, on_wait: Callable[[], None] | None, what: str
+) -> int:
+    """An fd of ``folder`` holding its exclusive flock."""
+    deadline = None if wait is None else time.monotonic() + wait
+    told = False
+    while True:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+        else:
+            # The holder may have removed the folder (a failed import cleans up) and another made it anew:
+            # a lock on the old one guards nothing.
+            try:
+                if os.fstat(fd).st_ino == os.stat(folder).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+            await asyncio.to_thread(_make_parents, folder)
+            continue
+        if on_wait is not None and not told:
+            on_wait()
+            told = True
+        if deadline is not None and time.monotonic() >= deadline:
+            raise StorageError(
+                f"{what}: another import into this destination is still running; wait for it to finish, "
+                "or raise the wait (--lock-timeout)"
+            )
+        await asyncio.sleep(0.2)
 
 
 def _scan(folder: Path) -> list[tuple[Path, bool, int]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 
 from ..errors import StorageFileNotFoundError, UnsafePathError
 from ..paths import path_problem
@@ -79,6 +79,11 @@ class VolumeStorageAdapter(AbstractStorage):
         return await self._volume.adopt_parked(
             self._vfid, self._rel(parked), self._rel(filepath), incomplete=incomplete
         )
+
+    def exclusive(
+        self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        return self._volume.exclusive(self._vfid, self._subpath, wait=wait, on_wait=on_wait)
 
     async def delete_folder(self, path: str) -> None:
         await self._volume.delete_folder(self._vfid, self._rel(path))

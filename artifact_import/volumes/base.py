@@ -8,9 +8,10 @@ the vfolder and are refused if they would leave it.
 from __future__ import annotations
 
 import abc
+import contextlib
 import re
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -226,6 +227,13 @@ class AbstractVolume(abc.ABC):
         return _QuotaPendingWrite(
             self, vfid, relpath, inner, self.quota.current(scope), already_used=inner.bytes_written
         )
+
+    def exclusive(
+        self, vfid: VFolderID, relpath: str, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        """One import at a time into ``relpath`` of the vfolder, where the backend can lock (see
+        :meth:`AbstractStorage.exclusive`)."""
+        return contextlib.nullcontext()
 
     async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:  # noqa: B027 - optional
         """Remove a folder of the reserved folder with its content (parked files)."""

@@ -1,0 +1,182 @@
+"""Whatever ends the process, the next run of the same command finishes the import, and nothing is left behind.
+
+The real CLI runs as a child process against the local hub, serving slowly;
+it is ended with real signals (SIGKILL, SIGTERM, SIGHUP, Ctrl-C twice), then
+the same command runs again at full speed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from artifact_import import MANIFEST_PATH
+
+from .conftest import ROOT, files_under, repo_name, run_cli
+from .hub import LocalHub
+
+MiB = 1 << 20
+FILES: dict[str, bytes | int] = {
+    "config.json": b'{"hidden_size": 8}',
+    "tokenizer.json": b'{"vocab": {}}',
+    "model.safetensors": 4 * MiB,
+}
+JOURNAL = Path(".artifact-import") / "partial" / "incomplete"
+
+
+def _start(repo: str, dest: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), *extra],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _until(condition: object, proc: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert proc.poll() is None, f"the import ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.02)
+
+
+def _receiving(dest: Path, at_least: int = MiB) -> bool:
+    part = dest / JOURNAL / "model.safetensors"
+    return part.exists() and part.stat().st_size >= at_least
+
+
+def _expected(hub: LocalHub, repo: str) -> dict[str, bytes]:
+    commit = hub.repos[repo].refs["main"]
+    return {path: f.disk.read_bytes() for path, f in hub.repos[repo].commits[commit].items()}
+
+
+def _rerun_finishes(hub: LocalHub, repo: str, dest: Path) -> None:
+    """The same command again: exit 0, the artifact exactly, its manifest, nothing else; resumed with Range."""
+    hub.faults.slow_bps = 0
+    hub.requests.clear()
+    proc = run_cli("import", f"hf://{repo}", "--to", str(dest), "--json")
+    assert proc.returncode == 0, proc.stderr
+    on_disk = files_under(dest)
+    manifest = json.loads(on_disk.pop(MANIFEST_PATH))
+    assert on_disk == _expected(hub, repo), "exactly the artifact: no part file, no parked file, no record"
+    assert manifest["commit"] == hub.repos[repo].refs["main"]
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]
+    assert len(ranges) == 1 and ranges[0] is not None and int(ranges[0].split("=")[1].rstrip("-")) >= MiB, (
+        f"the big file went on from what was received, not from byte 0: {ranges}"
+    )
+    assert run_cli("verify", str(dest)).returncode == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_ended_by_a_signal_mid_file_the_next_run_finishes_from_where_it_stopped(
+    signum: int, hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name("crash")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 512 * 1024
+    dest = tmp_path / "m"
+    proc = _start(repo, dest)
+    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    if signum == signal.SIGKILL:
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        # Handled like Ctrl-C: the shell's 128 + signal number, and the same message.
+        assert proc.returncode == 128 + signum, err
+        assert "interrupted: the import was cancelled" in err and "Traceback" not in err
+    assert not (dest / "model.safetensors").exists() and not (dest / "config.json").exists(), "nothing visible"
+    _rerun_finishes(hub, repo, dest)
+
+
+def test_ctrl_c_twice_stops_at_once_and_the_next_run_finishes(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("crash")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 512 * 1024
+    dest = tmp_path / "m"
+    proc = _start(repo, dest)
+    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "was never retrieved" not in err and "destroyed but it is pending" not in err
+    assert "nothing of it was left behind" not in err, "a false message"
+    assert not (dest / "model.safetensors").exists()
+    _rerun_finishes(hub, repo, dest)
+
+
+def test_a_second_import_into_the_same_destination_waits_for_the_first(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("lock")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 2 * MiB
+    dest = tmp_path / "m"
+    first = _start(repo, dest)
+    _until(lambda: _receiving(dest, 1), first, "the first import writing")
+    second = _start(repo, dest, "--json")
+    _until(lambda: "waiting for the import in progress" in _peek(second), second, "the waiting line")
+    _, err_first = first.communicate(timeout=60)
+    out_second, err_second = second.communicate(timeout=60)
+    assert first.returncode == 0, err_first
+    assert second.returncode == 0, err_second
+    result = json.loads(out_second)
+    assert result["skipped_count"] == len(FILES), "the second found everything imported, and fetched nothing"
+    assert run_cli("verify", str(dest)).returncode == 0
+
+
+def test_a_bounded_wait_for_the_lock_fails_clearly(hub: LocalHub, tmp_path: Path) -> None:
+    repo, other = repo_name("lock"), repo_name("lock")
+    hub.create_repo(repo, FILES)
+    hub.create_repo(other, {"README.md": b"another repository"})
+    hub.faults.slow_bps = 512 * 1024
+    dest = tmp_path / "m"
+    first = _start(repo, dest)
+    try:
+        _until(lambda: _receiving(dest, 1), first, "the first import writing")
+        second = run_cli("import", f"hf://{other}", "--to", str(dest), "--lock-timeout", "0.5")
+        assert second.returncode == 1
+        assert "another import into this destination is still running" in second.stderr
+    finally:
+        first.kill()
+        first.communicate()
+    assert not (dest / "README.md").exists(), "the second import wrote nothing"
+
+
+def test_part_files_a_killed_import_left_in_the_old_layout_are_removed(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("crash")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "m"
+    (dest / "sub").mkdir(parents=True)
+    for name in (
+        ".model.safetensors.0123456789ab.artifact-import-part",
+        "sub/.x.bin.ba9876543210.artifact-import-part",
+    ):
+        (dest / name).write_bytes(os.urandom(1000))
+    proc = run_cli("import", f"hf://{repo}", "--to", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert left == sorted([MANIFEST_PATH, *FILES]), left
+
+
+_seen: dict[int, str] = {}
+
+
+def _peek(proc: subprocess.Popen[str]) -> str:
+    """What ``proc`` has written to stderr so far (without waiting for it to end)."""
+    assert proc.stderr is not None
+    os.set_blocking(proc.stderr.fileno(), False)
+    try:
+        chunk = proc.stderr.read()
+    except (BlockingIOError, TypeError):
+        chunk = None
+    _seen[proc.pid] = _seen.get(proc.pid, "") + (chunk or "")
+    return _seen[proc.pid]
