@@ -176,9 +176,12 @@ class FileResult:
     skipped: bool = False
     #: Not fetched: an interrupted import had verified and parked it (see :data:`FileState.RESUMED`).
     resumed: bool = False
+    #: How the stored file looked when it was written (size, mtime, inode on a filesystem), so that a later
+    #: import notices a change in place without reading it; None where the storage gives none.
+    stamp: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        found = {
             "path": self.path,
             "size": self.size,
             "sha256": self.sha256,
@@ -186,6 +189,7 @@ class FileResult:
             "skipped": self.skipped,
             "resumed": self.resumed,
         }
+        return found if self.stamp is None else {**found, "stamp": self.stamp}
 
 
 @attrs.frozen

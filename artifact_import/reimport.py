@@ -11,6 +11,7 @@ fetched and verified again.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -70,7 +71,14 @@ def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
                 Verdict(str(v["verifier"]), bool(v["ok"]), str(v.get("detail", "")), dict(v.get("data") or {}))
                 for v in entry.get("verdicts", [])
             )
-            result = FileResult(str(entry["path"]), int(entry["size"]), str(entry["sha256"]).lower(), verdicts)
+            stamp = entry.get("stamp")
+            result = FileResult(
+                str(entry["path"]),
+                int(entry["size"]),
+                str(entry["sha256"]).lower(),
+                verdicts,
+                stamp=str(stamp) if stamp is not None else None,
+            )
         except (KeyError, TypeError, ValueError, AttributeError):
             continue
         found[result.path] = result
@@ -108,9 +116,25 @@ async def already_present(
                 info = await storage.get_file_info(file.path)
             except ArtifactImportError:
                 return None
-        if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
-            return None
-        return attrs.evolve(entry, skipped=True)
+            if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
+                return None
+            if info.stamp is not None and info.stamp != entry.stamp:
+                # Touched since it was written (or written before stamps were kept): trusted only once read
+                # again. A same-size change in place is caught here, not only by `verify`.
+                try:
+                    if await _sha256_of(storage, file.path) != entry.sha256:
+                        log.info("%s: changed in place since the last import; fetching it again", file.path)
+                        return None
+                except ArtifactImportError:
+                    return None
+        return attrs.evolve(entry, skipped=True, stamp=info.stamp)
 
     checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
     return {r.path: r for r in checked if r is not None}
+
+
+async def _sha256_of(storage: AbstractStorage, path: str) -> str:
+    digest = hashlib.sha256()
+    async for chunk in storage.stream_download(path):
+        await asyncio.to_thread(digest.update, chunk)  # off the loop: stored files can be many GB
+    return digest.hexdigest()

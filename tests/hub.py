@@ -90,6 +90,8 @@ class Faults:
     ignore_range: bool = False
     #: List the file with this size instead of its real one (a listing that lies).
     listed_size: dict[str, int] = field(default_factory=dict)
+    #: Accept the revision and tree calls and never answer them (a stalled listing).
+    stall_listing: bool = False
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -223,6 +225,10 @@ class LocalHub:
         r.add_get("/lfs/{sha256}", self._lfs)
         return app
 
+    async def _maybe_stall(self) -> None:
+        while self.faults.stall_listing:  # noqa: ASYNC110 - a plain switch, flipped by tests from another thread
+            await asyncio.sleep(0.1)
+
     @staticmethod
     def _error(status: int, code: str, message: str) -> web.Response:
         return web.json_response(
@@ -252,6 +258,7 @@ class LocalHub:
         return repo, sha, repo.commits[sha]
 
     async def _model_info(self, request: web.Request) -> web.Response:
+        await self._maybe_stall()
         found = self._lookup(request, request.match_info.get("rev", "main"), content=False)
         if isinstance(found, web.Response):
             return found
@@ -289,6 +296,7 @@ class LocalHub:
         )
 
     async def _tree(self, request: web.Request) -> web.Response:
+        await self._maybe_stall()
         found = self._lookup(request, request.match_info["rev"], content=False)
         if isinstance(found, web.Response):
             return found

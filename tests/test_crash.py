@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from artifact_import import MANIFEST_PATH
+from artifact_import import MANIFEST_PATH, HuggingFaceRegistry, RetryPolicy, SourceError, import_artifact
+from artifact_import.registries.http import HttpTimeouts
 
 from .conftest import ROOT, files_under, repo_name, run_cli
 from .hub import LocalHub
@@ -180,3 +181,33 @@ def _peek(proc: subprocess.Popen[str]) -> str:
         chunk = None
     _seen[proc.pid] = _seen.get(proc.pid, "") + (chunk or "")
     return _seen[proc.pid]
+
+
+async def test_a_stalled_listing_is_retried_then_fails_clearly(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("stall")
+    hub.create_repo(repo, FILES)
+    hub.faults.stall_listing = True
+    retry = RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.05)
+    registry = HuggingFaceRegistry(retry=retry, timeouts=HttpTimeouts(listing=0.5))
+    try:
+        with pytest.raises(SourceError, match=r"no answer within 0\.5s, 2 attempts"):
+            await import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry)
+    finally:
+        hub.faults.stall_listing = False
+        await registry.aclose()
+    assert not (tmp_path / "m").exists()
+
+
+def test_ctrl_c_ends_an_import_stuck_in_a_stalled_listing(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("stall")
+    hub.create_repo(repo, FILES)
+    hub.faults.stall_listing = True
+    try:
+        proc = _start(repo, tmp_path / "m")
+        time.sleep(1.5)  # well into the listing call
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        hub.faults.stall_listing = False
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err

@@ -48,6 +48,8 @@ class HttpTimeouts:
     connect: float = 10.0
     #: A stalled transfer (no byte for this long) is dropped and resumed.
     read: float = 30.0
+    #: A listing or revision call without an answer for this long is abandoned and tried again.
+    listing: float = 60.0
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
@@ -111,7 +113,9 @@ class HuggingFaceRegistry(AbstractRegistry):
         failures = 0
         while True:
             try:
-                return await asyncio.to_thread(fn)
+                return await asyncio.wait_for(_in_own_thread(fn), self.timeouts.listing)
+            except TimeoutError:
+                reason = f"no answer within {self.timeouts.listing:g}s"
             except GatedRepoError:
                 raise AccessDeniedError(
                     f"{where}: the repository is gated. Accept its conditions on the hub with your account, "
@@ -189,6 +193,34 @@ class HuggingFaceRegistry(AbstractRegistry):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
+    """``fn`` in a daemon thread of its own: a call that never returns (a hub that accepts the connection and
+    never answers) is abandoned at its deadline, and holds neither the loop's executor nor the exit."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: T | None, error: BaseException | None) -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]
+
+    def run() -> None:
+        try:
+            result = fn()
+        except BaseException as exc:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, None, exc)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(settle, result, None)
+
+    threading.Thread(target=run, name="hub-listing", daemon=True).start()
+    return future
 
 
 def _check_endpoint(endpoint: str) -> str:

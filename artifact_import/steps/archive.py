@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
+import attrs
+
 from .._aio import run_to_completion
 from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
 from ..model import ArtifactFile, ArtifactStorageImportStep, FileResult, ResolvedArtifact
@@ -65,6 +67,8 @@ class ArchiveStep:
         visible; it is committed last, so that a destination with a manifest
         holds every file it lists.
         """
+        stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
+        files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
         body = encode_manifest(build_manifest(artifact, files))
         manifest = await self.write(storage, MANIFEST_PATH, one_chunk(body), ArtifactFile(MANIFEST_PATH, len(body)))
         try:

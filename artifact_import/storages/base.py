@@ -18,6 +18,8 @@ class FileInfo:
     size: int
     #: The content's sha256 when the storage keeps it beside the file (object metadata), else None.
     sha256: str | None = None
+    #: What changes whenever the stored file does (see :attr:`FileResult.stamp`), where the storage has it.
+    stamp: str | None = None
 
 
 class PendingWrite(abc.ABC):
@@ -31,6 +33,8 @@ class PendingWrite(abc.ABC):
     def __init__(self, path: str) -> None:
         self.path = path
         self.bytes_written = 0
+        #: The stored file's stamp once everything is flushed (see :attr:`FileInfo.stamp`); kept by commit.
+        self.stamp: str | None = None
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...

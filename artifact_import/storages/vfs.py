@@ -179,7 +179,9 @@ class VFSStorage(AbstractStorage):
         except FileNotFoundError:
             return None
         if not incomplete:
-            return _VFSParkedWrite(self, filepath, source, target, st.st_size)
+            write = _VFSParkedWrite(self, filepath, source, target, st.st_size)
+            write.stamp = stamp_of(st)
+            return write
         folders = (target.parent, *target.parent.parents)
         await self._folders.hold(folders)
         try:
@@ -257,7 +259,7 @@ class VFSStorage(AbstractStorage):
             st = await aiofiles.os.stat(path)
         except FileNotFoundError:
             raise StorageFileNotFoundError(f"{filepath}: not found in {self.describe()}") from None
-        return FileInfo(filepath, st.st_size)
+        return FileInfo(filepath, st.st_size, stamp=stamp_of(st))
 
 
 class _FolderLedger:
@@ -337,10 +339,21 @@ class _VFSPendingWrite(PendingWrite):
             await self._handle.close()
 
     async def _flush(self) -> None:
+        if self._closed:
+            return
         await self._handle.flush()
         if self._fsync:
             await asyncio.to_thread(os.fsync, self._handle.fileno())
+        # rename keeps mtime and inode: the stamp read now is the committed file's.
+        self.stamp = stamp_of(await asyncio.to_thread(os.fstat, self._handle.fileno()))
         await self._close()
+
+    async def flush(self) -> None:
+        """Everything on disk and the file closed: a repo of many files holds no descriptor per file."""
+        try:
+            await self._flush()
+        except OSError as exc:
+            raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
         if self._done:
@@ -470,6 +483,11 @@ async def _lock_folder(
                 "or raise the wait (--lock-timeout)"
             )
         await asyncio.sleep(0.2)
+
+
+def stamp_of(st: os.stat_result) -> str:
+    """Size, mtime and inode: what git's index compares to decide a file changed without reading it."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}"
 
 
 def _scan(folder: Path) -> list[tuple[Path, bool, int]]:
