@@ -26,8 +26,8 @@ from .base import AbstractStorage, FileInfo, PendingWrite
 
 log = logging.getLogger(__name__)
 
-#: Suffix of in-flight files of the library's own (manifest, staging), and of every in-flight file before
-#: 0.2: a crash can leave one behind, never a partial file under its real name; the next import removes them.
+#: Suffix of in-flight files of the library's own (manifest, staging), and of every in-flight file in earlier
+#: versions: a crash can leave one behind, never a partial file under its real name; the next import removes them.
 PART_SUFFIX = ".artifact-import-part"
 
 
@@ -194,7 +194,7 @@ class VFSStorage(AbstractStorage):
         return pending
 
     async def remove_leftovers(self) -> int:
-        """Hidden ``.*.artifact-import-part`` files that imports killed before 0.2 left beside the files."""
+        """Hidden ``.*.artifact-import-part`` files that killed imports of earlier versions left beside the files."""
 
         def sweep() -> int:
             removed = 0
