@@ -7,7 +7,8 @@ from typing import Any
 
 import attrs
 
-from .errors import ConfigError, StorageFileNotFoundError
+from .errors import ConfigError, StorageError, StorageFileNotFoundError
+from .intent import finish_interrupted_commit
 from .manifest import MANIFEST_PATH
 from .model import FileResult
 from .reimport import manifest_files, read_manifest
@@ -53,8 +54,17 @@ async def check_destination(storage: AbstractStorage, *, digests: bool = True, c
     """Re-read ``storage`` and compare it with its manifest.
 
     With ``digests``, every file is read back and its sha256 compared (the
-    bytes stream through, never held whole); without, sizes only.
+    bytes stream through, never held whole); without, sizes only. A commit
+    a killed import left half done is completed first, unless an import is
+    running there now.
     """
+    if storage.journals_writes:
+        try:
+            async with storage.exclusive(wait=0):
+                await finish_interrupted_commit(storage)
+                await storage.remove_leftovers()
+        except StorageError:
+            pass  # an import holds the destination: it completes the commit itself
     manifest = await read_manifest(storage)
     if manifest is None:
         raise ConfigError(

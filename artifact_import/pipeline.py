@@ -23,6 +23,7 @@ import attrs
 from ._aio import run_to_completion
 from .context import ImportStepContext
 from .errors import ArtifactImportError, ConfigError, SourceError, StorageError, VerificationError
+from .intent import finish_interrupted_commit
 from .model import (
     ArtifactFile,
     ArtifactStorageImportStep,
@@ -184,6 +185,8 @@ class ImportPipeline:
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
+        if destination.journals_writes:
+            await finish_interrupted_commit(destination)
         await destination.check_paths([f.path for f in artifact.files])
         present = (
             await already_present(destination, artifact, self.verify_step.verifiers, await read_manifest(destination))

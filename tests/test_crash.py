@@ -211,3 +211,32 @@ def test_ctrl_c_ends_an_import_stuck_in_a_stalled_listing(hub: LocalHub, tmp_pat
         hub.faults.stall_listing = False
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("then", ["import", "verify"])
+def test_killed_during_the_commit_the_next_run_completes_it(then: str, hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("commit")
+    files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
+    hub.create_repo(repo, files)
+    dest = tmp_path / "m"
+    proc = _start(repo, dest, "-q")
+    intent = dest / ".artifact-import" / "commit.json"
+    _until(intent.exists, proc, "the commit", timeout=120)
+    proc.kill()
+    proc.communicate()
+    visible = [p for p in (dest / "shard").glob("*.json")] if (dest / "shard").exists() else []
+    assert intent.exists() and len(visible) < len(files), "killed inside the commit window"
+    assert not (dest / MANIFEST_PATH).exists()
+    if then == "verify":
+        # verify completes the recorded commit, then finds the destination intact.
+        checked = run_cli("verify", str(dest))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    else:
+        hub.requests.clear()
+        again = run_cli("import", f"hf://{repo}", "--to", str(dest), "--json")
+        assert again.returncode == 0, again.stderr
+        assert [r for r in hub.requests if r[0] == "GET"] == [], "everything was verified before: nothing fetched"
+        assert run_cli("verify", str(dest)).returncode == 0
+    on_disk = files_under(dest)
+    on_disk.pop(MANIFEST_PATH)
+    assert on_disk == _expected(hub, repo)

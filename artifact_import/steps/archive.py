@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 import attrs
 
 from .._aio import run_to_completion
+from ..intent import drop_intent, record_intent
 from ..manifest import MANIFEST_PATH, build_manifest, encode_manifest
 from ..model import ArtifactFile, ArtifactStorageImportStep, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage, PendingWrite
@@ -71,13 +72,22 @@ class ArchiveStep:
         files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
         body = encode_manifest(build_manifest(artifact, files))
         manifest = await self.write(storage, MANIFEST_PATH, one_chunk(body), ArtifactFile(MANIFEST_PATH, len(body)))
+        # Where a commit is a series of moves, the moves and the manifest are recorded first: a process killed
+        # among them is completed by whoever comes next (see ..intent), never left half visible.
+        journaled = storage.journals_writes and all(write.journal is not None for write in pending)
         try:
+            if journaled:
+                await record_intent(storage, [(str(write.journal), write.path) for write in pending], body)
             for write in pending:
                 await write.commit()
             await manifest.commit()
         except BaseException:
             await run_to_completion(manifest.abort())
+            if journaled:
+                await run_to_completion(drop_intent(storage))
             raise
+        if journaled:
+            await drop_intent(storage)
         return MANIFEST_PATH
 
     async def abort_all(self, pending: Sequence[PendingWrite]) -> None:

@@ -35,6 +35,8 @@ class PendingWrite(abc.ABC):
         self.bytes_written = 0
         #: The stored file's stamp once everything is flushed (see :attr:`FileInfo.stamp`); kept by commit.
         self.stamp: str | None = None
+        #: Where the bytes wait, as a path in the storage, when commit is a move (see :mod:`..intent`).
+        self.journal: str | None = None
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...
@@ -92,6 +94,13 @@ class AbstractStorage(abc.ABC):
     #: Whether a file's bytes land, from the first, where the next import finds them (the partial folder):
     #: then the import records what it is receiving before it starts, so that a killed process is resumed.
     journals_writes: bool = False
+
+    async def move(self, src: str, dst: str) -> bool:
+        """Rename ``src`` (in the reserved folder) to ``dst``; False if ``src`` is not there (moved already).
+
+        Only storages that journal their writes (:attr:`journals_writes`) need it: it completes a commit
+        a killed import had started."""
+        raise StorageError(f"{self.describe()}: cannot move files")
 
     async def remove_leftovers(self) -> int:
         """Remove what imports that died before cleaning up left outside the reserved folder; how many."""

@@ -128,7 +128,9 @@ class VFSStorage(AbstractStorage):
         except OSError as exc:
             await self._folders.release(folders, remove_empty=True)
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
-        return _VFSPendingWrite(self, filepath, target, temp, handle, folders)
+        pending = _VFSPendingWrite(self, filepath, target, temp, handle, folders)
+        pending.journal = incomplete_path(filepath) if journal is not None else None
+        return pending
 
     async def _undo_open(
         self, opening: asyncio.Future[tuple[Path, AsyncBufferedIOBase]], folders: tuple[Path, ...]
@@ -181,6 +183,7 @@ class VFSStorage(AbstractStorage):
         if not incomplete:
             write = _VFSParkedWrite(self, filepath, source, target, st.st_size)
             write.stamp = stamp_of(st)
+            write.journal = parked
             return write
         folders = (target.parent, *target.parent.parents)
         await self._folders.hold(folders)
@@ -191,16 +194,33 @@ class VFSStorage(AbstractStorage):
             return None
         pending = _VFSPendingWrite(self, filepath, target, source, handle, folders)
         pending.bytes_written = st.st_size
+        pending.journal = parked
         return pending
 
+    async def move(self, src: str, dst: str) -> bool:
+        source = await self._resolve(src)
+        target = await self._resolve(dst)
+        folders = (target.parent, *target.parent.parents)
+        await self._folders.hold(folders)
+        try:
+            await aiofiles.os.replace(source, target)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"{dst}: cannot move it into place: {exc.strerror}") from exc
+        finally:
+            await self._folders.release(folders, remove_empty=False)
+        await self._folders.prune((source.parent, *source.parent.parents))
+        return True
+
     async def remove_leftovers(self) -> int:
-        """Hidden ``.*.artifact-import-part`` files that killed imports of earlier versions left beside the files."""
+        """Hidden ``.*.artifact-import-part`` files killed imports left: beside the files (earlier versions)
+        or in the reserved folder (a manifest being written). Called under the destination's lock, when no
+        writer of this storage is alive."""
 
         def sweep() -> int:
             removed = 0
-            for folder, dirs, files in os.walk(self.root):
-                if Path(folder) == self.root and RESERVED_DIR in dirs:
-                    dirs.remove(RESERVED_DIR)
+            for folder, _, files in os.walk(self.root):
                 for name in files:
                     if name.startswith(".") and name.endswith(PART_SUFFIX):
                         with contextlib.suppress(FileNotFoundError):
