@@ -55,6 +55,17 @@ def _receiving(dest: Path, at_least: int = MiB) -> bool:
     return part.exists() and part.stat().st_size >= at_least
 
 
+def _import_under_way(hub: LocalHub, tmp_path: Path) -> tuple[str, Path, subprocess.Popen[str]]:
+    """The CLI importing a new repo slowly, its big file half received."""
+    repo = repo_name("crash")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 512 * 1024
+    dest = tmp_path / "m"
+    proc = _start(repo, dest)
+    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    return repo, dest, proc
+
+
 def _expected(hub: LocalHub, repo: str) -> dict[str, bytes]:
     commit = hub.repos[repo].refs["main"]
     return {path: f.disk.read_bytes() for path, f in hub.repos[repo].commits[commit].items()}
@@ -81,12 +92,7 @@ def _rerun_finishes(hub: LocalHub, repo: str, dest: Path) -> None:
 def test_ended_by_a_signal_mid_file_the_next_run_finishes_from_where_it_stopped(
     signum: int, hub: LocalHub, tmp_path: Path
 ) -> None:
-    repo = repo_name("crash")
-    hub.create_repo(repo, FILES)
-    hub.faults.slow_bps = 512 * 1024
-    dest = tmp_path / "m"
-    proc = _start(repo, dest)
-    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    repo, dest, proc = _import_under_way(hub, tmp_path)
     proc.send_signal(signum)
     _, err = proc.communicate(timeout=60)
     if signum == signal.SIGKILL:
@@ -100,12 +106,7 @@ def test_ended_by_a_signal_mid_file_the_next_run_finishes_from_where_it_stopped(
 
 
 def test_ctrl_c_twice_stops_at_once_and_the_next_run_finishes(hub: LocalHub, tmp_path: Path) -> None:
-    repo = repo_name("crash")
-    hub.create_repo(repo, FILES)
-    hub.faults.slow_bps = 512 * 1024
-    dest = tmp_path / "m"
-    proc = _start(repo, dest)
-    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    repo, dest, proc = _import_under_way(hub, tmp_path)
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
