@@ -22,6 +22,7 @@ from artifact_import.registries.http import HttpTimeouts
 
 from .conftest import ROOT, files_under, repo_name, run_cli
 from .hub import LocalHub
+from .s3server import S3Server
 
 MiB = 1 << 20
 FILES: dict[str, bytes | int] = {
@@ -32,10 +33,11 @@ FILES: dict[str, bytes | int] = {
 JOURNAL = Path(".artifact-import") / "partial" / "incomplete"
 
 
-def _start(repo: str, dest: Path, *extra: str) -> subprocess.Popen[str]:
+def _start(repo: str, dest: Path | str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), *extra],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -241,3 +243,30 @@ def test_killed_during_the_commit_the_next_run_completes_it(then: str, hub: Loca
     on_disk = files_under(dest)
     on_disk.pop(MANIFEST_PATH)
     assert on_disk == _expected(hub, repo)
+
+
+def test_killed_mid_multipart_upload_the_next_run_leaves_no_incomplete_upload(
+    hub: LocalHub, s3: S3Server, tmp_path: Path
+) -> None:
+    repo = repo_name("crash-s3")
+    hub.create_repo(repo, {"config.json": b"{}", "model.safetensors": 24 * MiB})
+    hub.faults.slow_bps = 4 * MiB
+    bucket = s3.make_bucket()
+    client = s3.endpoint.client(max_connections=1)
+
+    def uploads() -> list[str]:
+        return [str(u.object_name) for u in client._list_multipart_uploads(bucket).uploads]
+
+    def objects() -> list[str]:
+        return sorted(str(o.object_name) for o in client.list_objects(bucket, recursive=True))
+
+    proc = _start(repo, f"s3://{bucket}/m", env=s3.env())
+    _until(lambda: uploads() and any("/uploads/" in o for o in objects()), proc, "a recorded multipart upload")
+    proc.kill()
+    proc.communicate()
+    assert uploads() == ["m/model.safetensors"], "the killed import left its upload open"
+    hub.faults.slow_bps = 0
+    again = run_cli("import", f"hf://{repo}", "--to", f"s3://{bucket}/m", env=s3.env())
+    assert again.returncode == 0, again.stderr
+    assert uploads() == [], "the next successful import aborted the upload the killed one had recorded"
+    assert objects() == ["m/.artifact-import/manifest.json", "m/config.json", "m/model.safetensors"]

@@ -19,6 +19,7 @@ from artifact_import import (
     StorageFileNotFoundError,
     UnsafePathError,
 )
+from artifact_import.paths import is_reserved
 from artifact_import.storages.object import MAX_PARTS, MiB, part_size_for
 
 from .s3server import S3Server
@@ -36,7 +37,8 @@ def _storage(s3: S3Server, bucket: str, prefix: str = "", **kw: object) -> Objec
 
 
 async def _keys(storage: ObjectStorage) -> dict[str, int]:
-    return {path: size for path, size, _ in await storage.list_objects()}
+    """What a user of the bucket sees: the objects outside the library's reserved folder."""
+    return {path: size for path, size, _ in await storage.list_objects() if not is_reserved(path)}
 
 
 def test_part_size_keeps_every_file_under_10000_parts() -> None:

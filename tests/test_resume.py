@@ -23,8 +23,9 @@ from artifact_import import (
     import_artifact,
 )
 from artifact_import.manifest import MANIFEST_PATH as MANIFEST
-from artifact_import.resume import PARTIAL_DIR, RECORD_PATH
-from artifact_import.storages.object import MiB
+from artifact_import.paths import PARTIAL_DIR
+from artifact_import.resume import RECORD_PATH
+from artifact_import.storages.object import MiB, upload_token_path
 from artifact_import.storages.vfs import PART_SUFFIX
 
 from .conftest import fast_registry, files_under, repo_name
@@ -229,8 +230,10 @@ async def test_object_storage_parks_a_verified_multipart_upload_and_completes_it
 ) -> None:
     async with interrupted_s3_import(hub, s3) as (repo, storage):
         left = sorted(path for path, _, _ in await storage.list_objects())
-        assert left == [f"{PARTIAL_DIR}/files/a.bin", RECORD_PATH], "a token and the record; no object under its name"
-        assert [key for key, _ in await storage.incomplete_uploads()] == ["m/a.bin"], "a.bin's upload is kept open"
+        ((key, upload_id),) = await storage.incomplete_uploads()
+        assert key == "m/a.bin", "a.bin's upload is kept open"
+        # Its parking token, the record, and the id recorded when the upload began; no object under its name.
+        assert left == sorted([f"{PARTIAL_DIR}/files/a.bin", RECORD_PATH, upload_token_path("a.bin", upload_id)])
 
         hub.requests.clear()
         result = await import_artifact(f"hf://{repo}", storage, registry=fast_registry())

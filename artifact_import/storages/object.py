@@ -16,7 +16,7 @@ from minio.datatypes import Part
 
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
-from ..paths import RESERVED_DIR, path_problem
+from ..paths import PARTIAL_DIR, RESERVED_DIR, is_reserved, path_problem
 from ..s3 import S3Bridge, S3Endpoint
 from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from .base import AbstractStorage, FileInfo, PendingWrite
@@ -34,6 +34,11 @@ DEFAULT_MULTIPART_THRESHOLD = 8 * MiB
 DEFAULT_PART_SIZE = 8 * MiB
 #: Metadata key (``x-amz-meta-sha256``) holding the verified sha256 of an object.
 SHA256_METADATA = "sha256"
+
+
+def upload_token_path(path: str, upload_id: str) -> str:
+    """Where the id of a multipart upload of ``path`` is recorded while it is open (one name per upload)."""
+    return f"{PARTIAL_DIR}/uploads/{path}.{hashlib.sha1(upload_id.encode()).hexdigest()[:16]}.json"
 
 
 def _md5_base64(data: bytes) -> str:
@@ -77,6 +82,7 @@ class ObjectStorage(AbstractStorage):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         threads: int = 8,
         bridge: S3Bridge | None = None,
+        journal_uploads: bool = True,
     ) -> None:
         super().__init__(name, read_only=read_only)
         if len(bucket) < 3 or "/" in bucket:
@@ -96,6 +102,10 @@ class ObjectStorage(AbstractStorage):
         self.unaborted: set[tuple[str, str]] = set()
         #: Uploads asked for per ListMultipartUploads page (None: the server's default, 1,000).
         self.upload_listing_page: int | None = None
+        #: Record each multipart upload's id under the partial folder as soon as it exists, so that after a
+        #: kill -9 the next import (which removes that folder, aborting what it names) finds it: listing
+        #: incomplete uploads cannot be relied on (MinIO's prefix semantics, minio-py's paging).
+        self.journal_uploads = journal_uploads
 
     def describe(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -115,6 +125,7 @@ class ObjectStorage(AbstractStorage):
             parts_in_flight=self.parts_in_flight,
             chunk_size=self.chunk_size,
             bridge=self.bridge,
+            journal_uploads=self.journal_uploads,
         )
 
     def key(self, filepath: str) -> str:
@@ -401,6 +412,12 @@ class _ObjectPendingWrite(PendingWrite):
                 await run_to_completion(create())
             except StorageError as exc:
                 raise await self._explained(exc) from None
+            if self._s.journal_uploads and not is_reserved(self.path):
+                assert self._upload_id is not None
+                token = {"key": self._key, "upload_id": self._upload_id}
+                await self._s.stream_upload(
+                    upload_token_path(self.path, self._upload_id), one_chunk(json.dumps(token).encode())
+                )
         while self._buffered >= (size := part_size_for(self._next_part, self._size_hint, self._s.part_size)):
             data = b"".join(self._buffer)
             self._buffer = [data[size:]] if len(data) > size else []
@@ -478,6 +495,7 @@ class _ObjectPendingWrite(PendingWrite):
         self._ended = True
         if self._upload_id is not None:
             await self._check_stored_size()
+            await self._forget_upload()
 
     async def _explained(self, exc: StorageError) -> StorageError:
         """``exc``, or a clearer error when the key collides with an object or a folder of the same name."""
@@ -535,6 +553,13 @@ class _ObjectPendingWrite(PendingWrite):
             await asyncio.wait(set(self._in_flight))
             self._raise_failed_part()
 
+    async def _forget_upload(self) -> None:
+        """The upload is completed or aborted: its recorded id is no longer needed (best effort: a token
+        left behind only names an upload the next import's abort finds gone)."""
+        if self._s.journal_uploads and self._upload_id is not None and not is_reserved(self.path):
+            with contextlib.suppress(StorageError):
+                await self._s.delete_file(upload_token_path(self.path, self._upload_id))
+
     async def abort(self) -> None:
         if self._ended:
             return
@@ -548,6 +573,7 @@ class _ObjectPendingWrite(PendingWrite):
             return
         for attempt in range(3):
             if await self._s.abort_upload(self._key, self._upload_id, what=self.path):
+                await self._forget_upload()
                 return
             await asyncio.sleep(0.5 * (attempt + 1))
         log.error(

@@ -65,7 +65,10 @@ class ObjectVolume(StorageVolume):
         return f"{vfid.quota_scope_id}/{vfid.folder_id.hex}"
 
     def _make_storage(self, vfid: VFolderID) -> ObjectStorage:
-        return self.root.subpath(self.vfolder_prefix(vfid))
+        storage = self.root.subpath(self.vfolder_prefix(vfid))
+        # A vfolder's reserved files are not removed by this volume (and would count against its quota).
+        storage.journal_uploads = False
+        return storage
 
     def _storage(self, vfid: VFolderID) -> ObjectStorage:
         storage = super()._storage(vfid)
