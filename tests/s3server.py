@@ -163,15 +163,7 @@ class S3Server(Daemon):
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None
         process = subprocess.Popen([moto, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log, env=env)
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/moto-api/", timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start; see {log.name}") from None
-                time.sleep(0.1)
+        _wait_ready(f"{url}/moto-api/", process, log.name)
         return cls(S3Endpoint(url, S3Credentials(MOTO_ACCESS_KEY, MOTO_SECRET_KEY)), process, "moto")
 
     def env(self) -> dict[str, str]:

@@ -125,10 +125,7 @@ class _Walker:
     # -- arguments, read as the unpickler reads them -------------------------------------------
 
     def _n(self, n: int, what: str) -> bytes:
-        data = self.r.read(n)
-        if len(data) < n:
-            raise EOFError(f"truncated pickle: {what} at byte {self.r.position}")
-        return data
+        return self.r.read_exact(n, f"the pickle's {what}")
 
     def _line(self) -> bytes:
         line = self.r.readline(MAX_LINE)
