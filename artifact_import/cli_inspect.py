@@ -117,6 +117,7 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
             click.echo(f"changed: {path} ({why})")
         for path in report.extra:
             click.echo(f"extra:   {path} (not in the manifest)")
+        _print_leftovers(report)
         how = "sha256 and size" if report.digests_checked else "size only"
         if report.intact:
             click.echo(
@@ -133,3 +134,19 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
             )
     if not report.intact:
         sys.exit(EXIT_VERIFY)
+
+
+def _print_leftovers(report: FsckReport) -> None:
+    """What interrupted imports left: not the artifact, so not a reason to call it damaged."""
+    if report.completed_commit:
+        click.echo("completed: the commit an interrupted import had started (its files were verified)", err=True)
+    for path in report.removed_leftovers:
+        click.echo(f"removed: {path} (a part file a killed import left)", err=True)
+    parked = report.parked
+    if parked is not None:
+        click.echo(
+            f"parked: {len(parked.files)} verified file(s) and {len(parked.incomplete)} to resume, of "
+            f"{parked.source} (commit {parked.commit[:12]}) wait in the reserved folder; importing that revision "
+            "again finishes with them, importing another removes them",
+            err=True,
+        )

@@ -8,10 +8,11 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError, StorageError, StorageFileNotFoundError
-from .intent import finish_interrupted_commit
+from .intent import finish_interrupted_commit, read_intent
 from .manifest import MANIFEST_PATH
 from .model import FileResult
 from .reimport import manifest_files, read_manifest
+from .resume import ParkedSummary, parked_summary
 from .storages.base import AbstractStorage
 from .streams import Hasher
 
@@ -30,6 +31,12 @@ class FsckReport:
     changed: tuple[tuple[str, str], ...] = ()
     extra: tuple[str, ...] = ()
     digests_checked: bool = True
+    #: Part files killed imports left, removed by this check.
+    removed_leftovers: tuple[str, ...] = ()
+    #: A commit a killed import had started, completed by this check.
+    completed_commit: bool = False
+    #: What an interrupted import keeps in the reserved folder for the next import (not part of the artifact).
+    parked: ParkedSummary | None = None
 
     @property
     def intact(self) -> bool:
@@ -47,6 +54,9 @@ class FsckReport:
             "missing": list(self.missing),
             "changed": [{"path": p, "problem": why} for p, why in self.changed],
             "extra": list(self.extra),
+            "removed_leftovers": list(self.removed_leftovers),
+            "completed_commit": self.completed_commit,
+            "parked": attrs.asdict(self.parked) if self.parked is not None else None,
         }
 
 
@@ -58,11 +68,14 @@ async def check_destination(storage: AbstractStorage, *, digests: bool = True, c
     a killed import left half done is completed first, unless an import is
     running there now.
     """
-    if storage.journals_writes:
+    removed: list[str] = []
+    completed = False
+    intent = await read_intent(storage)
+    if storage.journals_writes or intent is not None:
         try:
             async with storage.exclusive(wait=0):
-                await finish_interrupted_commit(storage)
-                await storage.remove_leftovers()
+                completed = await finish_interrupted_commit(storage)
+                removed = await storage.remove_leftovers()
         except StorageError:
             pass  # an import holds the destination: it completes the commit itself
     manifest = await read_manifest(storage)
@@ -107,4 +120,7 @@ async def check_destination(storage: AbstractStorage, *, digests: bool = True, c
         changed=changed,
         extra=extra,
         digests_checked=digests,
+        removed_leftovers=tuple(removed),
+        completed_commit=completed,
+        parked=await parked_summary(storage),
     )

@@ -43,12 +43,18 @@ async def drop_intent(storage: AbstractStorage) -> None:
         log.warning("%s: could not remove %s", storage.describe(), INTENT_PATH, exc_info=True)
 
 
-async def finish_interrupted_commit(storage: AbstractStorage) -> bool:
-    """Complete a commit a killed import left half done; True if there was one."""
+async def read_intent(storage: AbstractStorage) -> object:
+    """The intent a killed import left (None if there is none)."""
     try:
-        intent = await read_json(storage, INTENT_PATH)
+        return await read_json(storage, INTENT_PATH)
     except (ArtifactImportError, ValueError):
-        intent = None
+        return None
+
+
+async def finish_interrupted_commit(storage: AbstractStorage, intent: object = None) -> bool:
+    """Complete a commit a killed import left half done (``intent``, or read here); True if there was one."""
+    if intent is None:
+        intent = await read_intent(storage)
     if intent is None:
         return False
     renames = intent.get("renames") if isinstance(intent, dict) else None

@@ -25,6 +25,7 @@ def incomplete_path(path: str) -> str:
 def is_reserved(path: str) -> bool:
     return path == RESERVED_DIR or path.startswith(f"{RESERVED_DIR}/")
 
+
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
 

@@ -185,8 +185,7 @@ class ImportPipeline:
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
-        if destination.journals_writes:
-            await finish_interrupted_commit(destination)
+        await finish_interrupted_commit(destination)
         await destination.check_paths([f.path for f in artifact.files])
         present = (
             await already_present(destination, artifact, self.verify_step.verifiers, await read_manifest(destination))

@@ -152,6 +152,29 @@ async def adopt_parked(
     return Adopted(tuple(adopted), results, incomplete, True)
 
 
+@attrs.frozen
+class ParkedSummary:
+    source: str
+    commit: str
+    #: Verified files kept whole, and files received in part (or about to be: the record is written first).
+    files: tuple[str, ...]
+    incomplete: tuple[str, ...]
+
+
+async def parked_summary(storage: AbstractStorage) -> ParkedSummary | None:
+    """What an interrupted import left in the partial folder for the next import, as its record says."""
+    record = await _read_record(storage)
+    if record is None:
+        return None
+    listed = record.get("incomplete")
+    return ParkedSummary(
+        source=str(record.get("source", "")),
+        commit=str(record.get("commit", "")),
+        files=tuple(sorted(manifest_files(record))),
+        incomplete=tuple(sorted(str(p) for p in listed)) if isinstance(listed, list) else (),
+    )
+
+
 async def discard_parked(storage: AbstractStorage) -> None:
     try:
         await storage.delete_folder(PARTIAL_DIR)

@@ -21,6 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 _names = itertools.count()
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--crash-points",
+        type=int,
+        default=4,
+        help="how many moments of an import the kill -9 test ends it at (default 4; more for a longer hunt)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def hf_environment(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
     """Keep huggingface_hub away from the public hub and the user's cache and token."""

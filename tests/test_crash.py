@@ -270,3 +270,109 @@ def test_killed_mid_multipart_upload_the_next_run_leaves_no_incomplete_upload(
     assert again.returncode == 0, again.stderr
     assert uploads() == [], "the next successful import aborted the upload the killed one had recorded"
     assert objects() == ["m/.artifact-import/manifest.json", "m/config.json", "m/model.safetensors"]
+
+
+@pytest.mark.parametrize("then", ["import", "verify"])
+def test_killed_during_a_commit_to_object_storage_the_next_run_completes_it(
+    then: str, hub: LocalHub, s3: S3Server
+) -> None:
+    repo = repo_name("commit-s3")
+    files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
+    files["model.safetensors"] = 12 * MiB  # one multipart upload, completed from its record
+    hub.create_repo(repo, files)
+    bucket = s3.make_bucket()
+    client = s3.endpoint.client(max_connections=1)
+    dest = f"s3://{bucket}/m"
+
+    def committing() -> bool:
+        try:
+            client.stat_object(bucket, "m/.artifact-import/commit.json")
+        except Exception:
+            return False
+        return True
+
+    proc = _start(repo, dest, "-q", env=s3.env())
+    _until(committing, proc, "the commit", timeout=180)
+    proc.kill()
+    proc.communicate()
+    visible = [o for o in client.list_objects(bucket, "m/shard/", recursive=True)]
+    assert committing() and len(visible) < 1500, "killed inside the commit window"
+    if then == "verify":
+        checked = run_cli("verify", dest, env=s3.env())
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    else:
+        hub.requests.clear()
+        again = run_cli("import", f"hf://{repo}", "--to", dest, "--json", env=s3.env())
+        assert again.returncode == 0, again.stderr
+        assert [r for r in hub.requests if r[0] == "GET"] == [], "everything was verified before: nothing fetched"
+        assert run_cli("verify", dest, env=s3.env()).returncode == 0
+    objects = {str(o.object_name) for o in client.list_objects(bucket, recursive=True)}
+    assert objects == {"m/.artifact-import/manifest.json", *(f"m/{p}" for p in files)}
+    assert client._list_multipart_uploads(bucket).uploads == []
+    for path, data in _expected(hub, repo).items():
+        assert client.get_object(bucket, f"m/{path}").read() == data
+
+
+def test_verify_says_what_interrupted_imports_left_and_removes_their_part_files(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("leftover")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "m"
+    assert run_cli("import", f"hf://{repo}", "--to", str(dest)).returncode == 0
+    newer = hub.commit(repo, {**FILES, "model.safetensors": 6 * MiB})
+    hub.faults.slow_bps = 512 * 1024
+    proc = _start(repo, dest)
+    _until(lambda: _receiving(dest), proc, "bytes of the new revision")
+    proc.kill()
+    proc.communicate()
+    (dest / ".model.safetensors.0123456789ab.artifact-import-part").write_bytes(b"x" * 1000)  # an older version's
+    checked = run_cli("verify", str(dest), "--json")
+    assert checked.returncode == 0, "the revision the manifest vouches for is intact: what waits aside is not it"
+    report = json.loads(checked.stdout)
+    assert report["removed_leftovers"] == [".model.safetensors.0123456789ab.artifact-import-part"]
+    assert report["parked"]["commit"] == newer and "model.safetensors" in report["parked"]["incomplete"]
+    said = run_cli("verify", str(dest)).stderr
+    assert "to resume, of" in said and newer[:12] in said and "importing that revision again finishes" in said
+    assert not (dest / ".model.safetensors.0123456789ab.artifact-import-part").exists()
+
+
+def test_killed_at_any_moment_the_next_run_finishes(hub: LocalHub, tmp_path: Path, pytestconfig: pytest.Config) -> None:
+    """kill -9 at evenly spaced moments, from start-up and listing through the files to the commit
+    (``--crash-points N`` for more); each time the same command then finishes the import."""
+    repo = repo_name("points")
+    files: dict[str, bytes | int] = {
+        "config.json": b'{"hidden_size": 8}',
+        **{f"model-{i}-of-3.safetensors": 2 * MiB for i in range(1, 4)},
+        **{f"tokenizer/{i}.txt": b"merges %d" % i for i in range(20)},
+    }
+    hub.create_repo(repo, files)
+    rate = 512 * 1024  # per connection; the three shards arrive side by side
+    points = pytestconfig.getoption("--crash-points")
+    # Start-up and listing take about a second; then a shard's bytes; then the commit.
+    span = 1.0 + 2 * MiB / rate
+    for k in range(points):
+        moment = span * k / max(points - 1, 1) * 0.95 + 0.05
+        dest = tmp_path / f"m{k}"
+        hub.faults.slow_bps = rate
+        proc = _start(repo, dest)
+        time.sleep(moment)
+        proc.kill()
+        proc.communicate()
+        journal = dest / JOURNAL
+        received = {
+            p.relative_to(journal).as_posix(): p.stat().st_size
+            for p in (journal.rglob("*") if journal.exists() else [])
+            if p.is_file() and p.stat().st_size
+        }
+        hub.faults.slow_bps = 0
+        hub.requests.clear()
+        again = run_cli("import", f"hf://{repo}", "--to", str(dest))
+        assert again.returncode == 0, f"killed at {moment:.2f}s: {again.stderr}"
+        on_disk = files_under(dest)
+        assert json.loads(on_disk.pop(MANIFEST_PATH))["commit"] == hub.repos[repo].refs["main"]
+        assert on_disk == _expected(hub, repo), f"killed at {moment:.2f}s: exactly the artifact"
+        for path, size in received.items():
+            gets = [r for m, p, r in hub.requests if m == "GET" and p == path]
+            assert all(r is not None and int(r.split("=")[1].rstrip("-")) >= size for r in gets), (
+                f"killed at {moment:.2f}s: {path} went on from its {size} received bytes, not from 0: {gets}"
+            )
+        assert run_cli("verify", str(dest)).returncode == 0

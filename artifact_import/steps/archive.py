@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
@@ -74,12 +75,13 @@ class ArchiveStep:
         manifest = await self.write(storage, MANIFEST_PATH, one_chunk(body), ArtifactFile(MANIFEST_PATH, len(body)))
         # Where a commit is a series of moves, the moves and the manifest are recorded first: a process killed
         # among them is completed by whoever comes next (see ..intent), never left half visible.
-        journaled = storage.journals_writes and all(write.journal is not None for write in pending)
+        journaled = False
         try:
+            journals = [await write.prepare_commit() for write in pending]
+            journaled = bool(pending) and all(journal is not None for journal in journals)
             if journaled:
-                await record_intent(storage, [(str(write.journal), write.path) for write in pending], body)
-            for write in pending:
-                await write.commit()
+                await record_intent(storage, [(str(j), w.path) for j, w in zip(journals, pending, strict=True)], body)
+            await _commit_each(pending)
             await manifest.commit()
         except BaseException:
             await run_to_completion(manifest.abort())
@@ -96,3 +98,21 @@ class ArchiveStep:
                 await write.abort()
             except Exception:
                 log.exception("%s: cleanup failed", write.path)
+
+
+#: Commits made at once: on object storage each is a request (a completion, a copy), worth overlapping.
+COMMIT_CONCURRENCY = 8
+
+
+async def _commit_each(pending: Sequence[PendingWrite]) -> None:
+    """Commit every write, several at a time; the first failure is raised once none is still running."""
+    limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+
+    async def one(write: PendingWrite) -> None:
+        async with limit:
+            await write.commit()
+
+    outcomes = await asyncio.gather(*(one(w) for w in pending), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome

@@ -49,6 +49,11 @@ class PendingWrite(abc.ABC):
         file, before any file of the import becomes visible.
         """
 
+    async def prepare_commit(self) -> str | None:
+        """Where a commit interrupted by a crash can be finished from (:meth:`AbstractStorage.move` of it to
+        :attr:`path`), after making sure it is there; None if only this process can commit the write."""
+        return self.journal
+
     @abc.abstractmethod
     async def commit(self) -> None: ...
 
@@ -96,15 +101,16 @@ class AbstractStorage(abc.ABC):
     journals_writes: bool = False
 
     async def move(self, src: str, dst: str) -> bool:
-        """Rename ``src`` (in the reserved folder) to ``dst``; False if ``src`` is not there (moved already).
+        """Make ``dst`` what ``src`` (a :meth:`PendingWrite.prepare_commit` name) holds; False if ``src`` is
+        not there (moved already).
 
-        Only storages that journal their writes (:attr:`journals_writes`) need it: it completes a commit
-        a killed import had started."""
+        Only storages whose writes can be committed from such a name need it: it completes a commit a
+        killed import had started."""
         raise StorageError(f"{self.describe()}: cannot move files")
 
-    async def remove_leftovers(self) -> int:
-        """Remove what imports that died before cleaning up left outside the reserved folder; how many."""
-        return 0
+    async def remove_leftovers(self) -> list[str]:
+        """Remove what imports that died before cleaning up left (part files); the paths removed."""
+        return []
 
     def exclusive(
         self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None

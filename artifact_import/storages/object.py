@@ -10,8 +10,9 @@ import io
 import json
 import logging
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+from minio.commonconfig import CopySource
 from minio.datatypes import Part
 
 from .._aio import run_to_completion
@@ -20,6 +21,7 @@ from ..paths import PARTIAL_DIR, RESERVED_DIR, is_reserved, path_problem
 from ..s3 import S3Bridge, S3Endpoint
 from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from .base import AbstractStorage, FileInfo, PendingWrite
+from .lease import DEFAULT_LEASE, ObjectLock
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,11 @@ SHA256_METADATA = "sha256"
 def upload_token_path(path: str, upload_id: str) -> str:
     """Where the id of a multipart upload of ``path`` is recorded while it is open (one name per upload)."""
     return f"{PARTIAL_DIR}/uploads/{path}.{hashlib.sha1(upload_id.encode()).hexdigest()[:16]}.json"
+
+
+def staged_path(path: str) -> str:
+    """Where a small verified file waits for the commit (copied to ``path`` by it)."""
+    return f"{PARTIAL_DIR}/commit/{path}"
 
 
 def _md5_base64(data: bytes) -> str:
@@ -83,6 +90,7 @@ class ObjectStorage(AbstractStorage):
         threads: int = 8,
         bridge: S3Bridge | None = None,
         journal_uploads: bool = True,
+        lock_lease: float = DEFAULT_LEASE,
     ) -> None:
         super().__init__(name, read_only=read_only)
         if len(bucket) < 3 or "/" in bucket:
@@ -106,6 +114,10 @@ class ObjectStorage(AbstractStorage):
         #: kill -9 the next import (which removes that folder, aborting what it names) finds it: listing
         #: incomplete uploads cannot be relied on (MinIO's prefix semantics, minio-py's paging).
         self.journal_uploads = journal_uploads
+        #: How long the lock of an import lives unrenewed (see :mod:`.lease`).
+        self.lock_lease = lock_lease
+        #: Whether the server honours If-None-Match / If-Match on PUT; None until the first lock finds out.
+        self.conditional_writes: bool | None = None
 
     def describe(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -126,6 +138,7 @@ class ObjectStorage(AbstractStorage):
             chunk_size=self.chunk_size,
             bridge=self.bridge,
             journal_uploads=self.journal_uploads,
+            lock_lease=self.lock_lease,
         )
 
     def key(self, filepath: str) -> str:
@@ -133,6 +146,12 @@ class ObjectStorage(AbstractStorage):
         if problem is not None and not problem.startswith("inside the reserved"):
             raise UnsafePathError([(filepath, problem)])
         return f"{self.prefix}/{filepath}" if self.prefix else filepath
+
+    def exclusive(
+        self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        """A lock object with a lease under the prefix (see :mod:`.lease`)."""
+        return ObjectLock(self, lease=self.lock_lease).held(wait, on_wait)
 
     async def preflight(self) -> None:
         """Fail now, before any download, if the bucket is missing or the keys are refused."""
@@ -210,6 +229,46 @@ class ObjectStorage(AbstractStorage):
         pending = _ObjectPendingWrite(self, filepath, key, size, token.get("sha256"))
         pending.resume_upload(upload_id, parts, size)
         return pending
+
+    async def move(self, src: str, dst: str) -> bool:
+        """Finish the commit of ``dst`` from what ``src`` holds: a staged small file is copied into place on
+        the server; an upload token's multipart upload is completed with the parts it lists."""
+        if src.startswith(f"{PARTIAL_DIR}/uploads/"):
+            try:
+                token = json.loads(b"".join([c async for c in self.stream_download(src)]))
+                key, upload_id = str(token["key"]), str(token["upload_id"])
+                parts = [Part(int(p[0]), str(p[1])) for p in token["parts"]]
+            except StorageFileNotFoundError:
+                return False
+            except (ValueError, KeyError, TypeError):
+                raise StorageError(f"{dst}: the record of its upload ({src}) is unreadable", path=dst) from None
+            if key != self.key(dst):
+                raise StorageError(f"{dst}: the record of its upload ({src}) names another key", path=dst)
+            try:
+                await self.bridge.call(
+                    dst, self.bridge.client._complete_multipart_upload, self.bucket, key, upload_id, parts
+                )
+            except StorageError as exc:
+                if "NoSuchUpload" not in exc.message:
+                    raise
+                moved = False  # completed before the crash
+            else:
+                moved = True
+        else:
+            try:
+                await self.bridge.call(
+                    dst,
+                    self.bridge.client.copy_object,
+                    self.bucket,
+                    self.key(dst),
+                    CopySource(self.bucket, self.key(src)),
+                )
+            except StorageFileNotFoundError:
+                return False
+            moved = True
+        with contextlib.suppress(StorageError):
+            await self.delete_file(src)
+        return moved
 
     def _all_parts(self, key: str, upload_id: str) -> set[tuple[int, str]]:
         found: set[tuple[int, str]] = set()
@@ -459,22 +518,56 @@ class _ObjectPendingWrite(PendingWrite):
         if self._failure is not None:
             raise self._failure
 
+    @property
+    def _journaled(self) -> bool:
+        return self._s.journal_uploads and not is_reserved(self.path)
+
     async def flush(self) -> None:
-        """Upload what is buffered as the last part and wait for every part's acknowledgement."""
-        if self._upload_id is None or self._ended:
-            return  # a small file is PUT whole at commit
+        """Upload what is buffered as the last part and wait for every part's acknowledgement.
+
+        A small file is staged whole in the partial folder, where a commit cut short by a crash finds it
+        (see :meth:`ObjectStorage.move`); where writes are not journaled, it is PUT whole at commit.
+        """
+        if self._ended:
+            return
+        if self._upload_id is None:
+            if self._journaled and self.journal is None:
+                staged = staged_path(self.path)
+                await self._put_whole(self._s.key(staged))
+                self.journal = staged
+            return
         if self._buffered or self._next_part == 1:
             await self._send_part(b"".join(self._buffer))
             self._buffer, self._buffered = [], 0
         await self._drain()
         self._check_parts()
 
+    async def prepare_commit(self) -> str | None:
+        """The staged copy of a small file; for a multipart upload, its token rewritten with every part."""
+        if not self._journaled or self._ended:
+            return None
+        await self.flush()
+        if self._upload_id is not None:
+            token = {
+                "key": self._key,
+                "upload_id": self._upload_id,
+                "parts": [[number, etag, size] for number, (etag, size) in sorted(self._parts.items())],
+                "size": self.bytes_written,
+            }
+            path = upload_token_path(self.path, self._upload_id)
+            await self._s.stream_upload(path, one_chunk(json.dumps(token).encode()))
+            self.journal = path
+        return self.journal
+
     async def commit(self) -> None:
         if self._ended:
             raise StorageError(f"{self.path}: pending write already ended")
         try:
-            if self._upload_id is None:
-                await self._put_whole()
+            if self._upload_id is None and self.journal is not None:
+                if not await self._s.move(self.journal, self.path):
+                    raise StorageError(f"{self.path}: its staged copy ({self.journal}) is gone", path=self.path)
+            elif self._upload_id is None:
+                await self._put_whole(self._key)
             else:
                 await self.flush()
                 parts = [Part(number, etag) for number, (etag, _) in sorted(self._parts.items())]
@@ -534,7 +627,7 @@ class _ObjectPendingWrite(PendingWrite):
                 path=self.path,
             )
 
-    async def _put_whole(self) -> None:
+    async def _put_whole(self, key: str) -> None:
         data = b"".join(self._buffer)
         self._buffer, self._buffered = [], 0
         sha256 = self._sha256 or hashlib.sha256(data).hexdigest()
@@ -542,7 +635,7 @@ class _ObjectPendingWrite(PendingWrite):
             self.path,
             self._bridge.client.put_object,
             self._s.bucket,
-            self._key,
+            key,
             io.BytesIO(data),
             len(data),
             metadata={SHA256_METADATA: sha256},
@@ -570,6 +663,9 @@ class _ObjectPendingWrite(PendingWrite):
         if self._in_flight:
             await asyncio.wait(set(self._in_flight))
         if self._upload_id is None:
+            if self.journal is not None:
+                with contextlib.suppress(StorageError):
+                    await self._s.delete_file(self.journal)
             return
         for attempt in range(3):
             if await self._s.abort_upload(self._key, self._upload_id, what=self.path):

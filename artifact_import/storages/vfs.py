@@ -213,24 +213,25 @@ class VFSStorage(AbstractStorage):
         await self._folders.prune((source.parent, *source.parent.parents))
         return True
 
-    async def remove_leftovers(self) -> int:
+    async def remove_leftovers(self) -> list[str]:
         """Hidden ``.*.artifact-import-part`` files killed imports left: beside the files (earlier versions)
         or in the reserved folder (a manifest being written). Called under the destination's lock, when no
         writer of this storage is alive."""
 
-        def sweep() -> int:
-            removed = 0
+        def sweep() -> list[str]:
+            removed: list[str] = []
             for folder, _, files in os.walk(self.root):
                 for name in files:
                     if name.startswith(".") and name.endswith(PART_SUFFIX):
+                        path = os.path.join(folder, name)
                         with contextlib.suppress(FileNotFoundError):
-                            os.remove(os.path.join(folder, name))
-                            removed += 1
-            return removed
+                            os.remove(path)
+                            removed.append(Path(path).relative_to(self.root).as_posix())
+            return sorted(removed)
 
         removed = await asyncio.to_thread(sweep)
         if removed:
-            log.info("%s: removed %d part file(s) an earlier, killed import left", self.describe(), removed)
+            log.info("%s: removed %d part file(s) an earlier, killed import left", self.describe(), len(removed))
         return removed
 
     @contextlib.asynccontextmanager
@@ -471,9 +472,7 @@ class _VFSParkedWrite(PendingWrite):
             await aiofiles.os.remove(self._parked)
 
 
-async def _lock_folder(
-    folder: Path, wait: float | None, on_wait: Callable[[], None] | None, what: str
-) -> int:
+async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], None] | None, what: str) -> int:
     """An fd of ``folder`` holding its exclusive flock."""
     deadline = None if wait is None else time.monotonic() + wait
     told = False

@@ -294,6 +294,14 @@ class StorageVolume(AbstractVolume):
             storage = self._storages[vfid] = self._make_storage(vfid)
         return storage
 
+    def exclusive(
+        self, vfid: VFolderID, relpath: str, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
+    ) -> contextlib.AbstractAsyncContextManager[object]:
+        # Files in flight live in the vfolder's partial folder: two imports into one place must take turns.
+        storage = self._storage(vfid)
+        target = storage.subpath(relpath) if relpath else storage
+        return target.exclusive(wait=wait, on_wait=on_wait)
+
     async def open_file(
         self, vfid: VFolderID, relpath: str, *, size_hint: int | None = None, sha256: str | None = None
     ) -> PendingWrite:

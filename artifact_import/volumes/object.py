@@ -11,6 +11,7 @@ from pathlib import PurePosixPath
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import RESERVED_DIR, path_problem
 from ..s3 import S3Endpoint
+from ..storages.lease import LOCK_PATH
 from ..storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from ..streams import one_chunk
 from .base import StorageVolume, VFolderID, check_scope
@@ -103,7 +104,8 @@ class ObjectVolume(StorageVolume):
 
         def listing() -> int:
             found = self.root.bridge.client.list_objects(self.root.bucket, prefix=start, recursive=True)
-            return sum(o.size or 0 for o in found if not o.is_dir)
+            # An import's lock object is not the user's data: it goes when the import ends.
+            return sum(o.size or 0 for o in found if not o.is_dir and not str(o.object_name).endswith(f"/{LOCK_PATH}"))
 
         return await self.root.bridge.call(self.describe(), listing)
 

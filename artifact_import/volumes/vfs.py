@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from ..errors import StorageError, UnsafePathError
@@ -66,14 +65,6 @@ class VFSVolume(StorageVolume):
         except UnsafePathError as exc:
             reasons = "; ".join(f"{p!r} {r.replace('storage root', 'vfolder')}" for p, r in exc.offending)
             raise UnsafePathError([(relpath, f"{reasons} (in {self.describe_vfolder(vfid)})")]) from None
-
-    def exclusive(
-        self, vfid: VFolderID, relpath: str, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
-    ) -> contextlib.AbstractAsyncContextManager[object]:
-        # Files in flight live in the vfolder's partial folder: two imports into one place must take turns.
-        storage = self._storage(vfid)
-        target = storage.subpath(relpath) if relpath else storage
-        return target.exclusive(wait=wait, on_wait=on_wait)
 
     async def delete_folder(self, vfid: VFolderID, relpath: str) -> None:
         self.check_writable(vfid)
