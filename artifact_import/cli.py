@@ -9,27 +9,27 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import attrs
 import click
 
 from . import __version__
-from .api import import_artifact
 from .cli_common import EXIT_INTERRUPTED, fail, log_level, policy_option, unexpected, verbosity
 from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
-from .config import Config, VerifySettings, load_config
 from .errors import ArtifactImportError
-from .locations import open_destination, open_source
 from .model import FileState, ImportResult, ModelTarget, ProgressEvent
-from .pipeline import ProgressCallback
-from .progress import BarProgress, LineProgress
-from .registries.base import AbstractRegistry
-from .registries.http import HttpTimeouts, RetryPolicy
-from .storages.base import AbstractStorage
+from .registries.ranges import ParallelPolicy
 from .units import human_bytes
-from .verifiers import build_verifiers
-from .verifiers.base import Verifier
+
+if TYPE_CHECKING:
+    # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
+    from .config import Config
+    from .pipeline import ProgressCallback
+    from .registries.base import AbstractRegistry
+    from .storages.base import AbstractStorage
+    from .verifiers.base import Verifier
 
 log = logging.getLogger("artifact_import")
 
@@ -78,6 +78,14 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout, nothing else.")
 @click.option(
     "--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Files transferred at once."
+)
+@click.option(
+    "--connections",
+    default=ParallelPolicy().connections,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Connections shared by the files of the import: a large file is fetched as byte ranges over several "
+    "at once (1: one connection per file).",
 )
 @click.option(
     "--retries",
@@ -150,6 +158,7 @@ def import_cmd(
     exclude: tuple[str, ...],
     as_json: bool,
     concurrency: int,
+    connections: int,
     retries: int,
     stall_timeout: float,
     clamd: str | None,
@@ -189,6 +198,12 @@ def import_cmd(
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
+    from .config import VerifySettings, load_config
+    from .locations import open_destination, open_source
+    from .progress import BarProgress, LineProgress
+    from .registries.http import HttpTimeouts, RetryPolicy
+    from .verifiers import build_verifiers
+
     quiet = ctx.obj["quiet"] or as_json
     progress: BarProgress | LineProgress | None = None
     if not quiet:
@@ -220,6 +235,7 @@ def import_cmd(
             retry=RetryPolicy(max_attempts=retries),
             timeouts=HttpTimeouts(read=stall_timeout),
             hub_scan=settings.hub_scan_policy != "off",
+            parallel=ParallelPolicy(connections=connections),
         )
         storage = open_destination(to, config)
         verifiers = build_verifiers(settings)
@@ -304,6 +320,8 @@ async def _run(
     on_lock_wait: Callable[[], None],
     signals: list[int],
 ) -> ImportResult:
+    from .api import import_artifact
+
     _handle_signals(signals, journaled=storage.journals_writes)
     try:
         return await import_artifact(

@@ -5,18 +5,22 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from .cli_common import EXIT_VERIFY, guarded, verbosity
-from .config import Config, load_config
-from .fsck import FsckReport, check_destination
-from .locations import open_destination, open_source
-from .model import ResolvedArtifact
 from .units import human_bytes
+
+if TYPE_CHECKING:
+    from .config import Config
+    from .fsck import FsckReport
+    from .model import ResolvedArtifact
 
 
 def _config(ctx: click.Context) -> Config | None:
+    from .config import load_config
+
     return load_config(ctx.obj["config"]) if ctx.obj["config"] else None
 
 
@@ -38,6 +42,8 @@ def ls_cmd(ctx: click.Context, source: str, include: tuple[str, ...], exclude: t
       artifact-import ls hf://openai-community/gpt2
       artifact-import ls hf://org/model@v1.0 --include '*.safetensors' --json | jq .total_bytes
     """
+
+    from .locations import open_source
 
     async def listing() -> ResolvedArtifact:
         config = _config(ctx)
@@ -96,6 +102,9 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
       artifact-import verify ./gpt2
       artifact-import --config proxy.toml verify storage:models/org/model --json
     """
+
+    from .fsck import check_destination
+    from .locations import open_destination
 
     async def check() -> FsckReport:
         config = _config(ctx)

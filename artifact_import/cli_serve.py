@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
-from aiohttp import web
 
 from .cli_common import guarded, verbosity
-from .config import Config, VerifySettings, load_config
 from .errors import ConfigError
-from .registries.base import AbstractRegistry
-from .registries.huggingface import HuggingFaceRegistry
-from .registries.s3 import S3Registry
-from .s3 import S3Endpoint
-from .server import create_app
-from .verifiers import build_verifiers
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from .config import Config
+    from .registries.base import AbstractRegistry
 
 log = logging.getLogger(__name__)
 
 
 def _registries() -> dict[str, AbstractRegistry]:
+    from .registries.huggingface import HuggingFaceRegistry
+    from .registries.s3 import S3Registry
+    from .s3 import S3Endpoint
+
     registries: dict[str, AbstractRegistry] = {}
     hub = HuggingFaceRegistry()
     registries[hub.name] = hub
@@ -52,6 +55,12 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
       curl -X POST localhost:8080/import -d '{"models": [{"repo_id": "org/model"}],
            "vfolder_id": "local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41"}'
     """
+
+    from aiohttp import web
+
+    from .config import VerifySettings, load_config
+    from .server import create_app
+    from .verifiers import build_verifiers
 
     def build() -> tuple[web.Application, Config | None]:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None

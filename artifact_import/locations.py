@@ -19,6 +19,7 @@ from .paths import path_problem
 from .registries.base import AbstractRegistry
 from .registries.http import HttpTimeouts, RetryPolicy
 from .registries.huggingface import HuggingFaceRegistry
+from .registries.ranges import ParallelPolicy
 from .registries.s3 import S3Registry
 from .s3 import S3Endpoint
 from .storages.base import AbstractStorage
@@ -80,6 +81,7 @@ def open_source(
     timeouts: HttpTimeouts | None = None,
     env: Mapping[str, str] | None = None,
     hub_scan: bool = True,
+    parallel: ParallelPolicy | None = None,
 ) -> tuple[ModelTarget, AbstractRegistry]:
     if uri.startswith(STORAGE_PREFIX):
         storage = _configured(uri, config)
@@ -87,8 +89,9 @@ def open_source(
             raise ConfigError(f"{uri!r}: only object storages can be a source for now")
         repo = f"{storage.bucket}/{storage.prefix}" if storage.prefix else storage.bucket
         model = ModelTarget(repo, "", include, exclude, scheme="s3")
-        return model, S3Registry(endpoint=storage.endpoint, retry=retry)
+        return model, S3Registry(endpoint=storage.endpoint, retry=retry, parallel=parallel)
     model = ModelTarget.from_uri(uri, include=include, exclude=exclude)
     if model.scheme == "s3":
-        return model, S3Registry(endpoint=S3Endpoint.from_env(dict(env) if env is not None else None), retry=retry)
-    return model, HuggingFaceRegistry(retry=retry, timeouts=timeouts, hub_scan=hub_scan)
+        endpoint = S3Endpoint.from_env(dict(env) if env is not None else None)
+        return model, S3Registry(endpoint=endpoint, retry=retry, parallel=parallel)
+    return model, HuggingFaceRegistry(retry=retry, timeouts=timeouts, hub_scan=hub_scan, parallel=parallel)

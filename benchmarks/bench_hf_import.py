@@ -34,7 +34,12 @@ snapshot_download(sys.argv[1], local_dir=sys.argv[2])
 """
 
 
-def start_hub(large: int, small: int, data_dir: Path) -> tuple[subprocess.Popen[str], str]:
+def start_hub(
+    large: int, small: int, data_dir: Path, *, files: dict[str, int] | None = None, rate: int = 0
+) -> tuple[subprocess.Popen[str], str]:
+    """The local hub in a process of its own, serving ``REPO``: ``files`` (default: one ``large`` file) and
+    ``small`` JSON files, each connection capped at ``rate`` bytes/s (0: no cap)."""
+    files = files if files is not None else {"model.safetensors": large}
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -45,10 +50,11 @@ def start_hub(large: int, small: int, data_dir: Path) -> tuple[subprocess.Popen[
             REPO,
             "--data-dir",
             str(data_dir),
-            "--file",
-            f"model.safetensors={large}",
+            *(arg for path, size in files.items() for arg in ("--file", f"{path}={size}")),
             "--small-files",
             str(small),
+            "--rate",
+            str(rate),
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,

@@ -11,6 +11,7 @@ import pytest
 
 from artifact_import import ArtifactFile, HuggingFaceRegistry, RetryPolicy, Verdict, Verifier
 from artifact_import.registries.http import HttpTimeouts
+from artifact_import.registries.ranges import ParallelPolicy
 from artifact_import.storages.vfs import PART_SUFFIX
 
 from .clamd import Clamd
@@ -100,10 +101,14 @@ def repo_name(prefix: str = "model") -> str:
 _registries: list[HuggingFaceRegistry] = []
 
 
-def fast_registry(max_attempts: int = 4) -> HuggingFaceRegistry:
-    """A registry whose retries do not make the tests wait; closed after the test."""
+def fast_registry(max_attempts: int = 4, *, connections: int | None = None) -> HuggingFaceRegistry:
+    """A registry whose retries do not make the tests wait; closed after the test.
+
+    ``connections=1``: one connection per file, for tests that pace an import by the hub's per-connection rate.
+    """
     retry = RetryPolicy(max_attempts=max_attempts, backoff_base=0.01, backoff_max=0.05)
-    registry = HuggingFaceRegistry(retry=retry, timeouts=HttpTimeouts(read=5.0))
+    parallel = ParallelPolicy(connections=connections) if connections is not None else None
+    registry = HuggingFaceRegistry(retry=retry, timeouts=HttpTimeouts(read=5.0), parallel=parallel)
     _registries.append(registry)
     return registry
 

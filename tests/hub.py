@@ -92,6 +92,8 @@ class Faults:
     listed_size: dict[str, int] = field(default_factory=dict)
     #: Accept the revision and tree calls and never answer them (a stalled listing).
     stall_listing: bool = False
+    #: From this GET of the file on (1-based), serve it with another ETag (the file changed mid-download).
+    etag_changes_at: dict[str, int] = field(default_factory=dict)
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -365,6 +367,12 @@ class LocalHub:
     async def _serve(self, request: web.Request, f: HubFile, headers: dict[str, str]) -> web.StreamResponse:
         if request.method == "GET":
             self.requests.append((request.method, f.path, request.headers.get("Range")))
+            changes_at = self.faults.etag_changes_at.get(f.path)
+            if (
+                changes_at is not None
+                and sum(1 for m, p, _ in self.requests if m == "GET" and p == f.path) >= changes_at
+            ):
+                headers = {**headers, "ETag": '"changed-at-the-source"'}
             errors = self.faults.errors.get(f.path)
             if errors:
                 status, retry_after = errors.pop(0)
@@ -395,6 +403,7 @@ class LocalHub:
         flip = self.faults.flip_byte.get(f.path)
         block = 64 * 1024 if self.faults.slow_bps else _BLOCK
         sent = 0
+        began = time.monotonic()
         with open(f.disk, "rb") as src:
             src.seek(start)
             while sent < length:
@@ -418,7 +427,10 @@ class LocalHub:
                 await resp.write(data)
                 sent += len(data)
                 if self.faults.slow_bps:
-                    await asyncio.sleep(len(data) / self.faults.slow_bps)
+                    # Paced from the response's start: a cap on each connection, as CDNs apply.
+                    ahead = began + sent / self.faults.slow_bps - time.monotonic()
+                    if ahead > 0:
+                        await asyncio.sleep(ahead)
         await resp.write_eof()
         return resp
 
@@ -502,6 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--demo", action="store_true", help="a small model with config, tokenizer and weights")
     serve.add_argument("--file", action="append", default=[], metavar="PATH=SIZE", help="a random file, e.g. w.bin=1G")
     serve.add_argument("--small-files", type=int, default=0, help="this many small JSON files under small/")
+    serve.add_argument(
+        "--rate", type=parse_size, default=0, help="cap each connection at this many bytes per second, e.g. 50M"
+    )
     args = parser.parse_args(argv)
 
     import tempfile
@@ -517,6 +532,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("nothing to serve: give --demo, --file or --small-files")
     started = time.monotonic()
     hub.create_repo(args.repo, files)
+    hub.faults.slow_bps = args.rate
     server = HubServer(hub, args.port)
     url = server.start()
     print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))

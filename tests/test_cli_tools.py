@@ -159,3 +159,18 @@ def test_serve_runs_an_import_over_http_and_sigterm_shuts_down_cleanly(hub: Loca
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+
+
+def test_starting_the_cli_imports_none_of_the_heavy_libraries() -> None:
+    """``--version``, ``--help`` and every command's parsing stay fast: aiohttp, minio, huggingface_hub and the
+    verifiers are imported by the commands that use them, not by loading the CLI."""
+    probe = (
+        "import sys, artifact_import.cli as cli\n"
+        "from click.testing import CliRunner\n"
+        "for args in (['--version'], ['import', '--help'], ['verify', '--help'], ['serve', '--help']):\n"
+        "    assert CliRunner().invoke(cli.main, args).exit_code == 0, args\n"
+        "heavy = ('aiohttp', 'minio', 'huggingface_hub', 'artifact_import.verifiers', 'artifact_import.pipeline')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -106,7 +106,7 @@ async def test_server_killed_mid_upload_fails_naming_the_file(
 
     killer = asyncio.create_task(kill_when_uploading())
     with pytest.raises(StorageError) as info:
-        await asyncio.wait_for(import_artifact(f"hf://{repo}", storage, registry=fast_registry()), 120)
+        await asyncio.wait_for(import_artifact(f"hf://{repo}", storage, registry=fast_registry(connections=1)), 120)
     await killer
     await storage.aclose()
     assert info.value.path is not None and info.value.path.startswith("model.bin")
@@ -289,7 +289,7 @@ async def test_an_upload_cut_off_mid_way_is_aborted_once_the_server_is_back(
     cutter = asyncio.create_task(cut_when_uploading())
     try:
         with pytest.raises(StorageError, match=r"model\.bin.*cannot reach"):
-            await asyncio.wait_for(import_artifact(f"hf://{repo}", storage, registry=fast_registry()), 120)
+            await asyncio.wait_for(import_artifact(f"hf://{repo}", storage, registry=fast_registry(connections=1)), 120)
         await cutter
         assert "could not abort the incomplete multipart upload" in caplog.text
         assert _incomplete(s3, bucket) == ["model.bin"], "the server still holds the parts"

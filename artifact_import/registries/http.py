@@ -14,6 +14,7 @@ import attrs
 
 from ..errors import AccessDeniedError, DownloadError, IntegrityError
 from ..streams import closing, rechunk
+from .ranges import RangeIgnored, SameVersion
 
 log = logging.getLogger(__name__)
 
@@ -90,19 +91,30 @@ async def stream_url(
     chunk_size: int,
     retry: RetryPolicy,
     offset: int = 0,
+    end: int | None = None,
+    same_version: SameVersion | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the body of ``url`` from byte ``offset`` once, whatever drops and retries happen underneath.
 
     ``name`` is what errors call the file and ``source`` where it comes from;
     the URL is never put in a message because after a redirect it can carry
     a signature. ``denied_hint`` tells the user what to do on 401/403.
+
+    With ``end``, only the bytes ``[offset, end)`` (one range of a parallel
+    download, see :mod:`.ranges`); a server answering that with the whole
+    file raises :class:`~.ranges.RangeIgnored`. ``same_version`` is shared
+    by the ranges of one file: every response must carry the same ETag.
     """
     received = offset
     failures = 0
-    first_etag: str | None = None
+    same_version = same_version or SameVersion(name)
+    stop = end if end is not None else expected_size
+    partial = end is not None and (offset > 0 or end != expected_size)
     while True:
         request_headers = dict(headers)
-        if received:
+        if partial:
+            request_headers["Range"] = f"bytes={received}-{stop - 1 if stop is not None else ''}"
+        elif received:
             request_headers["Range"] = f"bytes={received}-"
         retry_after: float | None = None
         try:
@@ -119,14 +131,10 @@ async def stream_url(
                     return
                 elif resp.status not in (200, 206):
                     raise DownloadError(f"{name}: unexpected HTTP {resp.status} from the source", path=name)
+                elif resp.status == 200 and partial:
+                    raise RangeIgnored(f"{name}: the source ignores Range", path=name)
                 else:
-                    etag = resp.headers.get("ETag")
-                    if first_etag is None:
-                        first_etag = etag
-                    elif etag is not None and etag != first_etag:
-                        raise IntegrityError(
-                            f"{name}: the file changed at the source while it was being downloaded", path=name
-                        )
+                    same_version.check(resp.headers.get("ETag"))
                     skip = 0
                     if received:
                         start = _content_range_start(resp.headers.get("Content-Range"))
@@ -149,15 +157,17 @@ async def stream_url(
                                 skip = 0
                             received += len(chunk)
                             failures = 0
-                            if expected_size is not None and received > expected_size:
+                            if stop is not None and received > stop:
                                 raise IntegrityError(
-                                    f"{name}: the source sent more than the {expected_size} bytes it listed",
+                                    f"{name}: the source sent more than the {expected_size} bytes it listed"
+                                    if end is None
+                                    else f"{name}: the source sent more than the range {offset}-{end} asked for",
                                     path=name,
                                 )
                             yield chunk
-                    if expected_size is None or received == expected_size:
+                    if stop is None or received == stop:
                         return
-                    reason = f"connection closed after {received} of {expected_size} bytes"
+                    reason = f"connection closed after {received} of {stop} bytes"
         except _TRANSIENT_ERRORS as exc:
             reason = _describe(exc)
         failures += 1

@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 from huggingface_hub import HfApi, constants
@@ -36,9 +36,10 @@ from ..errors import (
 )
 from ..model import ArtifactFile, ModelTarget, ResolvedArtifact
 from ..paths import check_listing
-from ..streams import DEFAULT_CHUNK_SIZE
+from ..streams import DEFAULT_CHUNK_SIZE, closing
 from .base import AbstractRegistry
 from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, stream_url
+from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,6 +64,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         max_connections: int = 16,
         hub_scan: bool = True,
+        parallel: ParallelPolicy | None = None,
     ) -> None:
         self.name = name
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
@@ -70,7 +72,10 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or HttpTimeouts()
         self.chunk_size = chunk_size
-        self._max_connections = max_connections
+        self.parallel = parallel or ParallelPolicy()
+        # The connection budget bounds the downloads; a few more for listings running beside them.
+        self._max_connections = max(max_connections, self.parallel.connections + 4)
+        self._budget: ConnectionBudget | None = None
         self._session: aiohttp.ClientSession | None = None
         #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
         self.hub_scan = hub_scan
@@ -169,27 +174,70 @@ class HuggingFaceRegistry(AbstractRegistry):
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         return f"{self.endpoint}/{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
 
+    def budget(self) -> ConnectionBudget:
+        """The connections this registry's downloads share (made on first use, on the running loop)."""
+        if self._budget is None:
+            self._budget = ConnectionBudget(self.parallel)
+        return self._budget
+
     def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
         # Bytes as stored: a Content-Encoding would break sizes, digests and Range offsets.
         headers["Accept-Encoding"] = "identity"
-        return stream_url(
-            self._client(),
-            self.file_url(artifact, file),
-            name=file.path,
-            source=f"{artifact.source}@{artifact.revision}",
-            denied_hint=(
-                "If it is gated, accept its conditions on the hub with your account; "
-                "then set HF_TOKEN to a token of an account that can read it."
-            ),
-            headers=headers,
-            expected_size=file.size,
-            chunk_size=self.chunk_size,
-            retry=self.retry,
-            offset=offset,
-        )
+        url = self.file_url(artifact, file)
+        same_version = SameVersion(file.path)
+        redirect: asyncio.Future[tuple[str, dict[str, str]]] | None = None
+
+        async def target() -> tuple[str, dict[str, str]]:
+            # The resolve URL redirects large files to a CDN: followed once, not once per range.
+            nonlocal redirect
+            if redirect is None:
+                redirect = asyncio.ensure_future(self._follow_redirect(url, headers))
+            return await asyncio.shield(redirect)
+
+        async def open_range(start: int, end: int | None) -> AsyncIterator[bytes]:
+            where, where_headers = await target() if end is not None else (url, headers)
+            chunks = stream_url(
+                self._client(),
+                where,
+                name=file.path,
+                source=f"{artifact.source}@{artifact.revision}",
+                denied_hint=(
+                    "If it is gated, accept its conditions on the hub with your account; "
+                    "then set HF_TOKEN to a token of an account that can read it."
+                ),
+                headers=where_headers,
+                expected_size=file.size,
+                chunk_size=self.chunk_size,
+                retry=self.retry,
+                offset=start,
+                end=end,
+                same_version=same_version,
+            )
+            async with closing(chunks):
+                async for chunk in chunks:
+                    yield chunk
+
+        if file.size is None:
+            return open_range(offset, None)
+        return fetch(open_range, file.size, offset, self.budget(), name=file.path)
+
+    async def _follow_redirect(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """Where ``url`` redirects to, and the headers to send there (no token to another host)."""
+        try:
+            async with self._client().head(url, headers=headers, allow_redirects=False) as resp:
+                location = resp.headers.get("Location") if resp.status in (301, 302, 303, 307, 308) else None
+        except (TimeoutError, aiohttp.ClientError):
+            return url, headers  # the ranges find out themselves, with their retries
+        if not location:
+            return url, headers
+        final = urljoin(url, location)
+        if urlsplit(final).netloc != urlsplit(url).netloc:
+            headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+        return final, headers
 
     async def aclose(self) -> None:
+        self._budget = None
         if self._session is not None:
             await self._session.close()
             self._session = None

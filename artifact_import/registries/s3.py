@@ -13,9 +13,10 @@ from ..model import ArtifactFile, ModelTarget, ResolvedArtifact
 from ..paths import RESERVED_DIR, check_listing
 from ..s3 import S3Bridge, S3Endpoint
 from ..storages.object import ObjectStorage
-from ..streams import DEFAULT_CHUNK_SIZE
+from ..streams import DEFAULT_CHUNK_SIZE, closing
 from .base import AbstractRegistry
 from .http import RetryPolicy
+from .ranges import ConnectionBudget, ParallelPolicy, fetch
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +45,20 @@ class S3Registry(AbstractRegistry):
         retry: RetryPolicy | None = None,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         threads: int = 8,
+        parallel: ParallelPolicy | None = None,
     ) -> None:
         self.name = name
         self.endpoint = endpoint or S3Endpoint.from_env()
         self.retry = retry or RetryPolicy()
         self.chunk_size = chunk_size
+        self.parallel = parallel or ParallelPolicy()
+        self._budget: ConnectionBudget | None = None
         self._bridge = S3Bridge(
-            self.endpoint, threads=threads, denied=AccessDeniedError, failed=SourceError, missing=SourceError
+            self.endpoint,
+            threads=max(threads, self.parallel.connections),
+            denied=AccessDeniedError,
+            failed=SourceError,
+            missing=SourceError,
         )
 
     def _bucket(self, model: ModelTarget) -> ObjectStorage:
@@ -80,20 +88,39 @@ class S3Registry(AbstractRegistry):
             files=files,
         )
 
-    async def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
+    def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         storage = self._bucket(ModelTarget(artifact.repo_id, scheme="s3"))
+
+        def open_range(start: int, end: int | None) -> AsyncIterator[bytes]:
+            return self._range(storage, file, start, end)
+
+        if file.size is None:
+            return self._range(storage, file, offset, None)
+        if self._budget is None:
+            self._budget = ConnectionBudget(self.parallel)
+        return fetch(open_range, file.size, offset, self._budget, name=file.path)
+
+    async def _range(
+        self, storage: ObjectStorage, file: ArtifactFile, start: int, end: int | None
+    ) -> AsyncIterator[bytes]:
+        """Bytes ``[start, end)`` of the object (to its end if ``end`` is None), retried and resumed; every
+        GET carries the listed ETag (``If-Match``), so all ranges come from one version."""
         key = storage.key(file.path)
-        received = offset
+        received = start
+        stop = end if end is not None else file.size
         failures = 0
         while True:
             try:
-                async for chunk in storage.read_object(key, what=file.path, etag=file.etag, offset=received):
-                    received += len(chunk)
-                    failures = 0
-                    yield chunk
-                if file.size is None or received >= file.size:
+                length = stop - received if end is not None and stop is not None else None
+                chunks = storage.read_object(key, what=file.path, etag=file.etag, offset=received, length=length)
+                async with closing(chunks):
+                    async for chunk in chunks:
+                        received += len(chunk)
+                        failures = 0
+                        yield chunk
+                if stop is None or received >= stop:
                     return
-                reason = f"stream ended after {received} of {file.size} bytes"
+                reason = f"stream ended after {received} of {stop} bytes"
             except SourceError as exc:
                 if "PreconditionFailed" in exc.message:
                     raise IntegrityError(
@@ -110,4 +137,5 @@ class S3Registry(AbstractRegistry):
             await asyncio.sleep(self.retry.delay(failures, None))
 
     async def aclose(self) -> None:
+        self._budget = None
         self._bridge.close()

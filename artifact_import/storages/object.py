@@ -190,12 +190,19 @@ class ObjectStorage(AbstractStorage):
             yield chunk
 
     async def read_object(
-        self, key: str, *, what: str, etag: str | None = None, offset: int = 0
+        self, key: str, *, what: str, etag: str | None = None, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
-        """The object's bytes from ``offset``; with ``etag``, only while the object is that version."""
+        """The object's bytes from ``offset`` (``length`` of them, or to the end); with ``etag``, only while
+        the object is that version."""
         headers = {"If-Match": f'"{etag}"'} if etag else None
         resp = await self.bridge.call(
-            what, self.bridge.client.get_object, self.bucket, key, offset=offset, request_headers=headers
+            what,
+            self.bridge.client.get_object,
+            self.bucket,
+            key,
+            offset=offset,
+            length=length or 0,
+            request_headers=headers,
         )
         try:
             while True:
