@@ -75,8 +75,8 @@ class HubRepo:
 class Faults:
     """Switches, consumed per request, keyed by the path of the file in its repo."""
 
-    #: Close the connection after this many body bytes; one entry per request.
-    drop_after: dict[str, list[int]] = field(default_factory=dict)
+    #: Close the connection after this many body bytes; one entry per request (None: serve that one whole).
+    drop_after: dict[str, list[int | None]] = field(default_factory=dict)
     #: Stop sending (without closing) after this many body bytes, for ``stall_seconds``; one entry per request.
     stall_after: dict[str, list[int]] = field(default_factory=dict)
     stall_seconds: float = 30.0

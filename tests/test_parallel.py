@@ -176,7 +176,7 @@ async def test_ranges_finishing_in_any_order_are_delivered_in_order_within_the_t
     live, peak = [0], [0]
     received = b"".join([c async for c in _scrambled(data, seed, live, peak)])
     assert received == data
-    # Tickets: connections + half again = 6 ranges of 64 KiB held at most.
+    # Tickets: connections + 2 = 6 ranges of 64 KiB held at most.
     assert peak[0] <= 6 * 64 * 1024
 
 
@@ -200,4 +200,30 @@ async def test_a_failed_range_fails_the_stream_in_its_place_and_gives_back_its_t
     assert received == 5 * 64 * 1024, "every byte before the failed range, none after"
     # Every ticket and connection came back: a new file can use the whole budget.
     assert b"".join([c async for c in fetch(open_range, 5 * 64 * 1024, 0, budget, name="y")]) == data[: 5 * 64 * 1024]
-    assert budget.tickets._value == 3 and budget.connections._value == 2
+    assert budget.tickets._value == policy.tickets == 4 and budget.connections._value == 2
+
+
+async def test_an_interrupted_parallel_download_resumes_after_the_bytes_handed_on(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name("par")
+    hub.create_repo(repo, {"model.bin": 3 * MiB})
+    # From the ninth request on, every answer is cut before its first byte: the source "went away".
+    hub.faults.drop_after["model.bin"] = [None] * 8 + [0] * 40
+    registry = HuggingFaceRegistry(retry=RetryPolicy(max_attempts=2, backoff_base=0.01), parallel=POLICY)
+    storage = VFSStorage("dest", tmp_path / "m")
+    try:
+        with pytest.raises(ArtifactImportError, match="download failed"):
+            await import_artifact(f"hf://{repo}", storage, registry=registry, keep_partial=True)
+    finally:
+        await registry.aclose()
+    journal = tmp_path / "m" / ".artifact-import" / "partial" / "incomplete" / "model.bin"
+    kept = journal.stat().st_size
+    assert kept >= MiB and kept % (256 * 1024) == 0, "whole ranges, in order, up to the one that failed"
+    hub.faults.drop_after.clear()
+    hub.requests.clear()
+    await _import(hub, repo, tmp_path / "m")
+    expected = hub.repos[repo].commits[hub.repos[repo].refs["main"]]["model.bin"].disk.read_bytes()
+    assert (tmp_path / "m" / "model.bin").read_bytes() == expected
+    starts = sorted(int(str(r).split("=")[1].split("-")[0]) for r in _gets(hub, "model.bin"))
+    assert starts[0] == kept, "nothing before what was kept is fetched again"

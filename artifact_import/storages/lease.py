@@ -51,8 +51,9 @@ POLL = 1.0
 _CONFLICT_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict"})
 
 
-#: Tokens of the locks this process holds now: a lock naming this pid and another token is one this process
-#: could not remove (the server was unreachable), not one held by a concurrent import of the same process.
+#: Tokens of the locks this process holds or is trying to take now: a lock naming this pid and a token not
+#: here is one this process could not remove (the server was unreachable), not one of a concurrent import of
+#: the same process (which may have written it a moment ago and not yet know it won).
 _HELD: set[str] = set()
 
 
@@ -233,8 +234,12 @@ class ObjectLock:
 
     @contextlib.asynccontextmanager
     async def held(self, wait: float | None, on_wait: Callable[[], None] | None) -> AsyncIterator[ObjectLock]:
-        await self.acquire(wait, on_wait)
         _HELD.add(self.token)
+        try:
+            await self.acquire(wait, on_wait)
+        except BaseException:
+            _HELD.discard(self.token)
+            raise
         owner = asyncio.current_task()
         assert owner is not None
         keeper = asyncio.create_task(self.keep(owner), name=f"lock:{self._key}")
