@@ -11,7 +11,9 @@ in alternating order.
 
 aria2c runs as ``hfd.sh`` runs it (``-x16 -s16 -j5 -k1M``); curl fetches the
 files one after the other over one connection each. Only artifact-import
-verifies what it wrote (sha256 of every file).
+verifies what it wrote (sha256 of every file), and only it makes the file
+durable (fsync) before it becomes visible. The disk is synced, untimed,
+before each run, so that no tool pays for the writeback another left.
 """
 
 from __future__ import annotations
@@ -89,6 +91,9 @@ def main() -> None:
             for name in order:
                 where = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=args.work))
                 run_env = {**env, "HF_HOME": str(where / "hf-home")}
+                # Untimed: what the previous tool left for the disk to write is written now, not during the
+                # next tool's run (the tools that do not fsync would otherwise bill the next one).
+                os.sync()
                 seconds, rss = measure(tools[name](str(where / "model")), run_env)
                 results[name].append((seconds, rss))
                 print(

@@ -85,7 +85,7 @@ class ObjectStorage(AbstractStorage):
         read_only: bool = False,
         multipart_threshold: int = DEFAULT_MULTIPART_THRESHOLD,
         part_size: int = DEFAULT_PART_SIZE,
-        parts_in_flight: int = 2,
+        parts_in_flight: int = 4,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         threads: int = 8,
         bridge: S3Bridge | None = None,
