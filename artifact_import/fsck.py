@@ -70,8 +70,8 @@ async def check_destination(storage: AbstractStorage, *, digests: bool = True, c
     """
     removed: list[str] = []
     completed = False
-    intent = await read_intent(storage)
-    if storage.journals_writes or intent is not None:
+    # Read again under the lock by finish_interrupted_commit: an import may finish it meanwhile.
+    if storage.journals_writes or await read_intent(storage) is not None:
         try:
             async with storage.exclusive(wait=0):
                 completed = await finish_interrupted_commit(storage)

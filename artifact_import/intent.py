@@ -51,10 +51,9 @@ async def read_intent(storage: AbstractStorage) -> object:
         return None
 
 
-async def finish_interrupted_commit(storage: AbstractStorage, intent: object = None) -> bool:
-    """Complete a commit a killed import left half done (``intent``, or read here); True if there was one."""
-    if intent is None:
-        intent = await read_intent(storage)
+async def finish_interrupted_commit(storage: AbstractStorage) -> bool:
+    """Complete a commit a killed import left half done; True if there was one."""
+    intent = await read_intent(storage)
     if intent is None:
         return False
     renames = intent.get("renames") if isinstance(intent, dict) else None

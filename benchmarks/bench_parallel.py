@@ -75,9 +75,15 @@ def main() -> None:
         ]  # fmt: skip
 
     tools = {
-        "ours": lambda dest: (
-            [str(bin_dir / "artifact-import"), "-q", "import", f"hf://{REPO}", "--to", dest] + ours_extra
-        ),
+        "ours": lambda dest: [
+            str(bin_dir / "artifact-import"),
+            "-q",
+            "import",
+            f"hf://{REPO}",
+            "--to",
+            dest,
+            *ours_extra,
+        ],
         "aria2c": aria2c,
         "snapshot_download": lambda dest: [sys.executable, "-c", SNAPSHOT, REPO, dest],
         "curl": lambda dest: [sys.executable, "-c", CURL, resolve, dest, *files],

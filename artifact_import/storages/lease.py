@@ -76,7 +76,6 @@ class ObjectLock:
         self.lease = lease
         self.poll = poll
         self.token = uuid.uuid4().hex
-        self._etag: str | None = None
         self._lost = False
 
     def _body(self) -> bytes:
@@ -143,16 +142,12 @@ class ObjectLock:
             log.debug("%s: conditional writes honoured: %s", self._s.describe(), self._s.conditional_writes)
         return self._s.conditional_writes
 
-    async def _won(self, etag: str) -> bool:
+    async def _won(self) -> bool:
         if await self._honours_conditions():
-            self._etag = etag
             return True
         await asyncio.sleep(SETTLE)
         current = await self._read()
-        if current is not None and current[0].get("token") == self.token:
-            self._etag = current[1]
-            return True
-        return False
+        return current is not None and current[0].get("token") == self.token
 
     def _dead(self, holder: dict[str, Any], unchanged_for: float) -> bool:
         pid, host = holder.get("pid"), holder.get("host")
@@ -176,7 +171,7 @@ class ObjectLock:
             current = await self._read()
             if current is None:
                 etag = await self._put(if_none_match=True)
-                if etag is not None and await self._won(etag):
+                if etag is not None and await self._won():
                     return
                 holder: dict[str, Any] = {}
             else:
@@ -185,7 +180,7 @@ class ObjectLock:
                     watched = (etag, time.monotonic())
                 if self._dead(holder, time.monotonic() - watched[1]):
                     taken = await self._put(if_match=etag)
-                    if taken is not None and await self._won(taken):
+                    if taken is not None and await self._won():
                         log.warning(
                             "%s: took over the lock of an import that stopped renewing it (%s, pid %s)",
                             self._s.describe(),
@@ -216,12 +211,10 @@ class ObjectLock:
                     owner.cancel()
                     return
                 conditional = self._s.conditional_writes
-                etag = await self._put(if_match=current[1] if conditional else None)
-                if etag is None:
+                if await self._put(if_match=current[1] if conditional else None) is None:
                     self._lost = True
                     owner.cancel()
                     return
-                self._etag = etag
             except StorageError as exc:
                 # The import's own calls will fail the same way; the lease lives on until it runs out.
                 log.warning("%s: could not renew the lock: %s", self._s.describe(), exc)
