@@ -75,7 +75,8 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.parallel = parallel or ParallelPolicy()
         # The connection budget bounds the downloads; a few more for listings running beside them.
         self._max_connections = max(max_connections, self.parallel.connections + 4)
-        self._budget: ConnectionBudget | None = None
+        #: The connections this registry's downloads share; made anew by aclose (its semaphores belong to a loop).
+        self.budget = ConnectionBudget(self.parallel)
         self._session: aiohttp.ClientSession | None = None
         #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
         self.hub_scan = hub_scan
@@ -174,12 +175,6 @@ class HuggingFaceRegistry(AbstractRegistry):
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         return f"{self.endpoint}/{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
 
-    def budget(self) -> ConnectionBudget:
-        """The connections this registry's downloads share (made on first use, on the running loop)."""
-        if self._budget is None:
-            self._budget = ConnectionBudget(self.parallel)
-        return self._budget
-
     def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
         # Bytes as stored: a Content-Encoding would break sizes, digests and Range offsets.
@@ -220,7 +215,7 @@ class HuggingFaceRegistry(AbstractRegistry):
 
         if file.size is None:
             return open_range(offset, None)
-        return fetch(open_range, file.size, offset, self.budget(), name=file.path)
+        return fetch(open_range, file.size, offset, self.budget, name=file.path)
 
     async def _follow_redirect(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
         """Where ``url`` redirects to, and the headers to send there (no token to another host)."""
@@ -237,7 +232,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         return final, headers
 
     async def aclose(self) -> None:
-        self._budget = None
+        self.budget = ConnectionBudget(self.parallel)
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -21,7 +21,6 @@ first byte not yet handed on.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -78,11 +77,6 @@ class ConnectionBudget:
         # every connection that could fetch the next ones.
         self.tickets = asyncio.Semaphore(policy.tickets)
 
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[None]:
-        async with self.connections:
-            yield
-
 
 class SameVersion:
     """The validator (ETag) every range of a file must carry: the first one seen."""
@@ -111,7 +105,7 @@ async def fetch(
     """The bytes of a ``size``-byte file from ``offset``, over as many connections as it is worth."""
     policy = budget.policy
     if size - offset < policy.min_size or policy.connections == 1:
-        async with budget.connection():
+        async with budget.connections:
             async for chunk in _all_of(open_range(offset, None)):
                 yield chunk
         return
@@ -122,7 +116,7 @@ async def fetch(
             yield chunk
     except RangeIgnored:
         log.info("%s: the source ignores Range; going on over one connection from byte %d", name, delivered)
-        async with budget.connection():
+        async with budget.connections:
             async for chunk in _all_of(open_range(delivered, None)):
                 yield chunk
 
@@ -157,7 +151,7 @@ async def _in_order(open_range: OpenRange, size: int, offset: int, budget: Conne
             queue = queues[index]
             try:
                 chunks = open_range(start, end)
-                async with budget.connection(), closing(chunks):
+                async with budget.connections, closing(chunks):
                     async for chunk in chunks:
                         queue.put_nowait(chunk)
             except Exception as exc:  # handed to the consumer, in order

@@ -52,7 +52,8 @@ class S3Registry(AbstractRegistry):
         self.retry = retry or RetryPolicy()
         self.chunk_size = chunk_size
         self.parallel = parallel or ParallelPolicy()
-        self._budget: ConnectionBudget | None = None
+        #: The connections this registry's downloads share; made anew by aclose (its semaphores belong to a loop).
+        self.budget = ConnectionBudget(self.parallel)
         self._bridge = S3Bridge(
             self.endpoint,
             threads=max(threads, self.parallel.connections),
@@ -96,9 +97,7 @@ class S3Registry(AbstractRegistry):
 
         if file.size is None:
             return self._range(storage, file, offset, None)
-        if self._budget is None:
-            self._budget = ConnectionBudget(self.parallel)
-        return fetch(open_range, file.size, offset, self._budget, name=file.path)
+        return fetch(open_range, file.size, offset, self.budget, name=file.path)
 
     async def _range(
         self, storage: ObjectStorage, file: ArtifactFile, start: int, end: int | None
@@ -137,5 +136,5 @@ class S3Registry(AbstractRegistry):
             await asyncio.sleep(self.retry.delay(failures, None))
 
     async def aclose(self) -> None:
-        self._budget = None
+        self.budget = ConnectionBudget(self.parallel)
         self._bridge.close()

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 from minio.commonconfig import CopySource
 from minio.datatypes import Part
@@ -219,10 +220,8 @@ class ObjectStorage(AbstractStorage):
         if incomplete:
             return None  # the parts of an open upload cannot be read back for the verifiers
         try:
-            token = json.loads(b"".join([c async for c in self.stream_download(parked)]))
-            key, upload_id, size = str(token["key"]), str(token["upload_id"]), int(token["size"])
-            # [number, etag, size]; tokens parked by earlier versions have no size.
-            parts = {int(p[0]): (str(p[1]), int(p[2]) if len(p) > 2 else None) for p in token["parts"]}
+            token, key, upload_id, parts = await self._read_token(parked)
+            size = int(token["size"])
         except (StorageError, ValueError, KeyError, TypeError):
             return None
         if key != self.key(filepath) or not parts:
@@ -242,18 +241,17 @@ class ObjectStorage(AbstractStorage):
         the server; an upload token's multipart upload is completed with the parts it lists."""
         if src.startswith(f"{PARTIAL_DIR}/uploads/"):
             try:
-                token = json.loads(b"".join([c async for c in self.stream_download(src)]))
-                key, upload_id = str(token["key"]), str(token["upload_id"])
-                parts = [Part(int(p[0]), str(p[1])) for p in token["parts"]]
+                _, key, upload_id, parts = await self._read_token(src)
             except StorageFileNotFoundError:
                 return False
             except (ValueError, KeyError, TypeError):
                 raise StorageError(f"{dst}: the record of its upload ({src}) is unreadable", path=dst) from None
             if key != self.key(dst):
                 raise StorageError(f"{dst}: the record of its upload ({src}) names another key", path=dst)
+            listed = [Part(number, etag) for number, (etag, _) in sorted(parts.items())]
             try:
                 await self.bridge.call(
-                    dst, self.bridge.client._complete_multipart_upload, self.bucket, key, upload_id, parts
+                    dst, self.bridge.client._complete_multipart_upload, self.bucket, key, upload_id, listed
                 )
             except StorageError as exc:
                 if "NoSuchUpload" not in exc.message:
@@ -276,6 +274,15 @@ class ObjectStorage(AbstractStorage):
         with contextlib.suppress(StorageError):
             await self.delete_file(src)
         return moved
+
+    async def _read_token(self, path: str) -> tuple[dict[str, Any], str, str, dict[int, tuple[str, int | None]]]:
+        """A token ``_ObjectPendingWrite`` wrote: it whole, its key, upload id, and parts (number -> ETag, size).
+
+        Raises ValueError, KeyError or TypeError when it is not one."""
+        token = json.loads(b"".join([c async for c in self.stream_download(path)]))
+        # [number, etag, size]; tokens parked by earlier versions have no size.
+        parts = {int(p[0]): (str(p[1]), int(p[2]) if len(p) > 2 else None) for p in token["parts"]}
+        return token, str(token["key"]), str(token["upload_id"]), parts
 
     def _all_parts(self, key: str, upload_id: str) -> set[tuple[int, str]]:
         found: set[tuple[int, str]] = set()
@@ -443,14 +450,7 @@ class _ObjectPendingWrite(PendingWrite):
                 await self._send_part(b"".join(self._buffer))
                 self._buffer, self._buffered = [], 0
             await self._drain()
-            token = {
-                "key": self._key,
-                "upload_id": self._upload_id,
-                "parts": [[number, etag, size] for number, (etag, size) in sorted(self._parts.items())],
-                "size": self.bytes_written,
-                "sha256": self._sha256,
-            }
-            await self._s.stream_upload(path, one_chunk(json.dumps(token).encode()))
+            await self._write_token(path)
         except StorageError:
             return False
         self._ended = True
@@ -555,16 +555,21 @@ class _ObjectPendingWrite(PendingWrite):
             return None
         await self.flush()
         if self._upload_id is not None:
-            token = {
-                "key": self._key,
-                "upload_id": self._upload_id,
-                "parts": [[number, etag, size] for number, (etag, size) in sorted(self._parts.items())],
-                "size": self.bytes_written,
-            }
             path = upload_token_path(self.path, self._upload_id)
-            await self._s.stream_upload(path, one_chunk(json.dumps(token).encode()))
+            await self._write_token(path)
             self.journal = path
         return self.journal
+
+    async def _write_token(self, path: str) -> None:
+        """Record at ``path`` the open upload and every part sent (read by ``adopt`` and ``move``)."""
+        token = {
+            "key": self._key,
+            "upload_id": self._upload_id,
+            "parts": [[number, etag, size] for number, (etag, size) in sorted(self._parts.items())],
+            "size": self.bytes_written,
+            "sha256": self._sha256,
+        }
+        await self._s.stream_upload(path, one_chunk(json.dumps(token).encode()))
 
     async def commit(self) -> None:
         if self._ended:
