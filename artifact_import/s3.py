@@ -12,15 +12,15 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 import attrs
-import urllib3
-from minio import Minio
-from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
 from .errors import ArtifactImportError, ConfigError, StorageError, StorageFileNotFoundError
+
+if TYPE_CHECKING:
+    from minio import Minio
 
 T = TypeVar("T")
 
@@ -93,6 +93,11 @@ class S3Endpoint:
         return urlsplit(self.url).scheme == "https"
 
     def client(self, *, max_connections: int) -> Minio:
+        # minio (and urllib3, pycryptodome, argon2 under it) is imported by the first client made, not by
+        # every command that only reads a config or downloads into a directory.
+        import urllib3
+        from minio import Minio
+
         parts = urlsplit(self.url)
         http = urllib3.PoolManager(
             maxsize=max_connections,
@@ -154,6 +159,9 @@ class S3Bridge:
             raise self.translate(exc, what) from None
 
     def translate(self, exc: BaseException, what: str) -> ArtifactImportError:
+        import urllib3
+        from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
+
         where = self.endpoint.display
         if isinstance(exc, S3Error):
             if exc.code in DENIED_CODES:

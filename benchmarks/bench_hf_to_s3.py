@@ -2,11 +2,13 @@
 
 Same generated repo on the same local hub, in the same run. Each tool runs in
 a fresh child process (wall time and peak RSS from ``wait4``) against a fresh
-moto server (moto keeps objects in memory, ~5x their size, so every run gets
-its own). The two-step route is what people script today: download the
+S3 server: JuiceFS's gateway (MinIO's S3 front end over a local directory,
+the real server of the tests) by default, or moto (which keeps objects in
+memory, ~5x their size) with ``--server moto``. The two-step route is what people script today: download the
 snapshot to disk, then upload every file with ``fput_object``.
 
-    .venv/bin/python -m benchmarks.bench_hf_to_s3 --large 512M --rounds 3
+    .venv/bin/python -m benchmarks.bench_hf_to_s3 --large 1G --rounds 3
+    .venv/bin/python -m benchmarks.bench_hf_to_s3 --large 512M --server moto
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ def main() -> None:
     parser.add_argument("--small", type=int, default=40, help="number of small files")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument("--server", choices=["juicefs", "moto"], default="juicefs")
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,11 @@ def main() -> None:
             order = list(tools) if round_ % 2 == 0 else list(reversed(tools))
             for name in order:
                 scratch = tempfile.mkdtemp(prefix="scratch-", dir=args.work)
-                s3 = S3Server.start_moto(Path(scratch))
+                s3 = (
+                    S3Server.start_moto(Path(scratch))
+                    if args.server == "moto"
+                    else S3Server.start_juicefs(Path(scratch))
+                )
                 try:
                     bucket = s3.make_bucket("bench")
                     env = {
@@ -99,7 +106,8 @@ def main() -> None:
         shutil.rmtree(args.work / "hub", ignore_errors=True)
 
     total = args.large + sum(len(data) for data in small_files(args.small).values() if isinstance(data, bytes))
-    print(f"\n{args.large / 2**20:.0f} MiB + {args.small} small files into moto, {args.rounds} round(s), median:\n")
+    print(f"\n{args.large / 2**20:.0f} MiB + {args.small} small files into {args.server}, ", end="")
+    print(f"{args.rounds} round(s), median:\n")
     print("| route | seconds | MiB/s | peak RSS of the tool (MiB) |")
     print("|---|---:|---:|---:|")
     medians = {}

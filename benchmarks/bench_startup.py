@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks.bench_hf_import import compile_package
+
 BIN = Path(sys.executable).parent
 
 
@@ -21,6 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=10)
     args = parser.parse_args()
+    compile_package()
     commands = {
         "artifact-import --version": [str(BIN / "artifact-import"), "--version"],
         "artifact-import import --help": [str(BIN / "artifact-import"), "import", "--help"],

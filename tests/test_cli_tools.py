@@ -174,3 +174,18 @@ def test_starting_the_cli_imports_none_of_the_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_hub_import_into_a_directory_loads_no_s3_client(tmp_path: Path) -> None:
+    """minio (with urllib3, pycryptodome and argon2 under it) is a fifth of the start-up of an import:
+    only a source or destination that talks S3 loads it."""
+    probe = (
+        "import sys, artifact_import.cli, artifact_import.locations as loc, artifact_import.config as cfg\n"
+        "loc.open_source('hf://org/model', None)\n"
+        f"loc.open_destination({str(tmp_path / 'dest')!r}, None)\n"
+        "print('minio' in sys.modules, 'urllib3' in sys.modules)\n"
+        "loc.open_destination('s3://bucket/prefix', None, {'AWS_ENDPOINT_URL': 'http://127.0.0.1:9'})\n"
+        "print('minio' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "True"]

@@ -118,7 +118,7 @@ async def stream_url(
             request_headers["Range"] = f"bytes={received}-"
         retry_after: float | None = None
         try:
-            async with session.get(url, headers=request_headers, allow_redirects=True) as resp:
+            async with session.get(url, headers=request_headers, allow_redirects=True, read_bufsize=chunk_size) as resp:
                 if resp.status in RETRYABLE_STATUS:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     reason = f"HTTP {resp.status}"
@@ -146,7 +146,7 @@ async def stream_url(
                                 f"{name}: the source answered a resume at byte {received} with range start {start}",
                                 path=name,
                             )
-                    body = rechunk(resp.content.iter_chunked(chunk_size), chunk_size)
+                    body = rechunk(_pieces(resp.content), chunk_size)
                     async with closing(body):
                         async for chunk in body:
                             if skip:
@@ -180,6 +180,18 @@ async def stream_url(
         delay = retry.delay(failures, retry_after)
         log.info("%s: %s; retrying in %.1fs (received %d bytes so far)", name, reason, delay, received)
         await asyncio.sleep(delay)
+
+
+async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The body as aiohttp buffered it, piece by piece.
+
+    ``iter_chunked(n)`` joins pieces into a new ``n``-byte object on every
+    read and :func:`rechunk` would join again: measured on loopback, the
+    extra copy and its allocations cost more CPU than receiving the bytes
+    (``benchmarks/README.md``). Here each byte is copied once, by rechunk.
+    """
+    async for piece, _ in content.iter_chunks():
+        yield piece
 
 
 def _describe(exc: BaseException) -> str:

@@ -32,8 +32,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from minio.error import S3Error
-
 from ..errors import StorageError, StorageFileNotFoundError
 from ..paths import RESERVED_DIR
 
@@ -93,6 +91,8 @@ class ObjectLock:
         """The lock's content and ETag, or None if there is no lock."""
 
         def read() -> tuple[dict[str, Any], str] | None:
+            from minio.error import S3Error
+
             client = self._s.bridge.client
             try:
                 resp = client.get_object(self._s.bucket, self._key)
@@ -126,6 +126,8 @@ class ObjectLock:
         body = self._body()
 
         def put() -> str | None:
+            from minio.error import S3Error
+
             try:
                 return str(self._s.bridge.client._put_object(self._s.bucket, self._key, body, headers).etag)
             except S3Error as exc:

@@ -13,9 +13,6 @@ import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from minio.commonconfig import CopySource
-from minio.datatypes import Part
-
 from .._aio import run_to_completion
 from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import PARTIAL_DIR, RESERVED_DIR, is_reserved, path_problem
@@ -248,6 +245,8 @@ class ObjectStorage(AbstractStorage):
                 raise StorageError(f"{dst}: the record of its upload ({src}) is unreadable", path=dst) from None
             if key != self.key(dst):
                 raise StorageError(f"{dst}: the record of its upload ({src}) names another key", path=dst)
+            from minio.datatypes import Part
+
             listed = [Part(number, etag) for number, (etag, _) in sorted(parts.items())]
             try:
                 await self.bridge.call(
@@ -260,6 +259,8 @@ class ObjectStorage(AbstractStorage):
             else:
                 moved = True
         else:
+            from minio.commonconfig import CopySource
+
             try:
                 await self.bridge.call(
                     dst,
@@ -582,6 +583,8 @@ class _ObjectPendingWrite(PendingWrite):
                 await self._put_whole(self._key)
             else:
                 await self.flush()
+                from minio.datatypes import Part
+
                 parts = [Part(number, etag) for number, (etag, _) in sorted(self._parts.items())]
                 await self._bridge.call(
                     self.path,
