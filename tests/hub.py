@@ -94,6 +94,8 @@ class Faults:
     stall_listing: bool = False
     #: From this GET of the file on (1-based), serve it with another ETag (the file changed mid-download).
     etag_changes_at: dict[str, int] = field(default_factory=dict)
+    #: Seconds a redirect's signed CDN URL stays valid (CloudFront's ``Expires``); later requests get 403.
+    cdn_url_lifetime: float | None = None
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -148,6 +150,8 @@ class LocalHub:
         self.base_url = ""
         #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
         self.cdn_url = ""
+        #: Redirects to the CDN handed out (each a freshly signed URL).
+        self.redirects = 0
         #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
         #: files not here are listed as scanned and safe, as the Hub lists clean files.
         self.scans: dict[tuple[str, str], dict[str, Any]] = {}
@@ -347,12 +351,18 @@ class LocalHub:
             headers["X-Linked-Size"] = str(f.size)
             if self.lfs_redirect:
                 location = f"{self.cdn_url}/lfs/{f.sha256}?{SIGNATURE}"
+                if self.faults.cdn_url_lifetime is not None:
+                    location += f"&Expires={time.time() + self.faults.cdn_url_lifetime:.3f}"
+                self.redirects += 1
                 return web.Response(status=302, headers={**headers, "Location": location})
         return await self._serve(request, f, headers)
 
     async def _lfs(self, request: web.Request) -> web.StreamResponse:
         if SIGNATURE not in request.query_string:
             return web.Response(status=403, text="bad signature")
+        expires = request.query.get("Expires")
+        if expires is not None and float(expires) < time.time():
+            return web.Response(status=403, text="<Error><Code>AccessDenied</Code><Message>Request has expired")
         if "Authorization" in request.headers:
             # A client that forwards the hub token to the CDN leaks it; fail loudly.
             return web.Response(status=400, text="authorization header sent to the CDN")

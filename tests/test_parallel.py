@@ -227,3 +227,32 @@ async def test_an_interrupted_parallel_download_resumes_after_the_bytes_handed_o
     assert (tmp_path / "m" / "model.bin").read_bytes() == expected
     starts = sorted(int(str(r).split("=")[1].split("-")[0]) for r in _gets(hub, "model.bin"))
     assert starts[0] == kept, "nothing before what was kept is fetched again"
+
+
+async def test_an_expired_cdn_url_is_signed_again_and_the_ranges_go_on(hub: LocalHub, tmp_path: Path) -> None:
+    """The Hub's CDN URLs expire (an hour); an import that takes longer than the URL lives asks the hub for a
+    fresh one instead of failing "access denied" half way, and what was received is not fetched again."""
+    repo = repo_name("par")
+    hub.create_repo(repo, {"model.safetensors": 4 * MiB})
+    hub.redirects = 0
+    hub.faults.slow_bps = MiB  # 16 ranges of 256 KiB over 6 connections: ~0.75 s
+    hub.faults.cdn_url_lifetime = 0.3
+    await _import(hub, repo, tmp_path / "m")
+    expected = hub.repos[repo].commits[hub.repos[repo].refs["main"]]["model.safetensors"].disk.read_bytes()
+    assert (tmp_path / "m" / "model.safetensors").read_bytes() == expected
+    assert hub.redirects >= 2, "the expired URL was replaced"
+    # A range is never asked again from its start: every request continues where its range had got to.
+    starts = [int(r.removeprefix("bytes=").split("-")[0]) for r in _gets(hub, "model.safetensors") if r]
+    assert len(starts) == len(set(starts))
+
+
+async def test_a_cdn_that_refuses_every_signed_url_fails_the_import_with_access_denied(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    repo = repo_name("par")
+    hub.create_repo(repo, {"model.safetensors": 2 * MiB})
+    hub.faults.cdn_url_lifetime = -1.0  # expired when issued
+    with pytest.raises(ArtifactImportError, match="access denied"):
+        await _import(hub, repo, tmp_path / "m")
+    assert not (tmp_path / "m" / "model.safetensors").exists()
+    assert hub.redirects <= 1 + 3 * POLICY.connections, "a bounded number of fresh URLs, then a clear failure"

@@ -44,6 +44,9 @@ from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: New signed CDN URLs one range asks for before a refusal is taken as final.
+_MAX_RENEWALS = 3
+
 
 class HuggingFaceRegistry(AbstractRegistry):
     """Lists through ``huggingface_hub.HfApi``; streams bodies with ``aiohttp``.
@@ -190,28 +193,49 @@ class HuggingFaceRegistry(AbstractRegistry):
                 redirect = asyncio.ensure_future(self._follow_redirect(url, headers))
             return await asyncio.shield(redirect)
 
+        def renew(stale: tuple[str, dict[str, str]]) -> None:
+            # The first range refused with the stale URL asks for a new one; the others then share it.
+            nonlocal redirect
+            if redirect is not None and redirect.done() and redirect.result() is stale:
+                redirect = None
+
         async def open_range(start: int, end: int | None) -> AsyncIterator[bytes]:
-            where, where_headers = await target() if end is not None else (url, headers)
-            chunks = stream_url(
-                self._client(),
-                where,
-                name=file.path,
-                source=f"{artifact.source}@{artifact.revision}",
-                denied_hint=(
-                    "If it is gated, accept its conditions on the hub with your account; "
-                    "then set HF_TOKEN to a token of an account that can read it."
-                ),
-                headers=where_headers,
-                expected_size=file.size,
-                chunk_size=self.chunk_size,
-                retry=self.retry,
-                offset=start,
-                end=end,
-                same_version=same_version,
-            )
-            async with closing(chunks):
-                async for chunk in chunks:
-                    yield chunk
+            received = 0
+            renewed = 0
+            while True:
+                resolved = await target() if end is not None else None
+                where, where_headers = resolved or (url, headers)
+                chunks = stream_url(
+                    self._client(),
+                    where,
+                    name=file.path,
+                    source=f"{artifact.source}@{artifact.revision}",
+                    denied_hint=(
+                        "If it is gated, accept its conditions on the hub with your account; "
+                        "then set HF_TOKEN to a token of an account that can read it."
+                    ),
+                    headers=where_headers,
+                    expected_size=file.size,
+                    chunk_size=self.chunk_size,
+                    retry=self.retry,
+                    offset=start + received,
+                    end=end,
+                    same_version=same_version,
+                )
+                try:
+                    async with closing(chunks):
+                        async for chunk in chunks:
+                            received += len(chunk)
+                            yield chunk
+                    return
+                except AccessDeniedError:
+                    # The CDN's signed URL expires (the Hub's after an hour): a long import asks the hub for
+                    # a fresh one, where the plain resolve URL would have been redirected anew on every retry.
+                    if resolved is None or where == url or renewed >= _MAX_RENEWALS:
+                        raise
+                    renewed += 1
+                    log.info("%s: the CDN refused its signed URL; asking the hub for a new one", file.path)
+                    renew(resolved)
 
         if file.size is None:
             return open_range(offset, None)
