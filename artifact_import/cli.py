@@ -15,10 +15,18 @@ import attrs
 import click
 
 from . import __version__
-from .cli_common import EXIT_INTERRUPTED, fail, log_level, policy_option, unexpected, verbosity
+from .cli_common import (
+    EXIT_INTERRUPTED,
+    fail,
+    log_level,
+    policy_option,
+    repo_type_option,
+    unexpected,
+    verbosity,
+)
 from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
-from .errors import ArtifactImportError
+from .errors import ArtifactImportError, ConfigError
 from .model import FileState, ImportResult, ModelTarget, ProgressEvent
 from .registries.ranges import ParallelPolicy
 from .units import human_bytes
@@ -59,11 +67,14 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     3 verification failed, 130 interrupted.
     """
     logging.basicConfig(level=log_level(verbose), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # urllib3 (under minio) logs each retry it makes with the URL; our own messages say what failed and why.
+    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
     ctx.obj = {"verbose": verbose, "quiet": quiet, "config": config_path}
 
 
 @main.command("import")
 @click.argument("source", metavar="SOURCE")
+@click.argument("files", nargs=-1, metavar="[FILE]...")
 @verbosity
 @click.option(
     "--to",
@@ -75,9 +86,16 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 )
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@repo_type_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON result on stdout, nothing else.")
 @click.option(
-    "--concurrency", default=4, show_default=True, type=click.IntRange(1, 64), help="Files transferred at once."
+    "--concurrency",
+    "--max-workers",
+    "concurrency",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Files transferred at once (--max-workers, as hf download calls it).",
 )
 @click.option(
     "--connections",
@@ -96,10 +114,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 )
 @click.option(
     "--stall-timeout",
-    default=30.0,
-    show_default=True,
+    default=None,
     type=click.FloatRange(0.1),
-    help="Seconds without a byte before a transfer is dropped and resumed.",
+    help="Seconds without a byte before a transfer is dropped and resumed (default: HF_HUB_DOWNLOAD_TIMEOUT "
+    "if set, else 30). HF_HUB_ETAG_TIMEOUT bounds each listing call (default 60).",
 )
 @click.option(
     "--clamd",
@@ -153,14 +171,16 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 def import_cmd(
     ctx: click.Context,
     source: str,
+    files: tuple[str, ...],
     to: str,
     include: tuple[str, ...],
     exclude: tuple[str, ...],
+    repo_type: str | None,
     as_json: bool,
     concurrency: int,
     connections: int,
     retries: int,
-    stall_timeout: float,
+    stall_timeout: float | None,
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
@@ -170,14 +190,20 @@ def import_cmd(
     no_resume: bool,
     force: bool,
 ) -> None:
-    """Import SOURCE into DEST.
+    """Import SOURCE (or only the FILEs of it named) into DEST.
 
     \b
     SOURCE is one of:
-      hf://ORG/NAME[@REV]    a Hugging Face Hub repository (HF_ENDPOINT, HF_TOKEN)
+      hf://ORG/NAME[@REV]    a Hugging Face Hub model (hf://NAME for the oldest,
+                             e.g. hf://gpt2; HF_ENDPOINT, HF_TOKEN or the saved login)
+      hf://datasets/ORG/NAME[@REV], hf://spaces/ORG/NAME[@REV]
+                             a dataset or a Space (or --repo-type)
       s3://BUCKET[/PREFIX]   every object under a prefix (AWS_ENDPOINT_URL,
                              AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
       storage:NAME[/PATH]    an object storage from --config
+
+    FILE names a path in the source (as `hf download REPO FILE...`): only
+    those are imported, and each must exist.
 
     Files land at DEST/<path in the source>, with a manifest at
     DEST/.artifact-import/manifest.json recording the source, the resolved
@@ -190,6 +216,8 @@ def import_cmd(
     \b
     Examples:
       artifact-import import hf://openai-community/gpt2 --to ./gpt2
+      artifact-import import hf://gpt2 config.json model.safetensors --to ./gpt2
+      artifact-import import hf://datasets/org/corpus@v2 --to /srv/data/corpus
       artifact-import import hf://org/model@v1.0 --to /srv/models/m \\
           --include '*.safetensors' --include '*.json'
       artifact-import import hf://org/model --to s3://models/hub/model --json
@@ -198,26 +226,29 @@ def import_cmd(
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
-    from .config import VerifySettings, load_config
-    from .locations import open_destination, open_source
     from .progress import BarProgress, LineProgress
     from .registries.http import HttpTimeouts, RetryPolicy
-    from .verifiers import build_verifiers
 
     quiet = ctx.obj["quiet"] or as_json
     progress: BarProgress | LineProgress | None = None
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
-    parked: list[str] = []
+    parked = _Parked()
     signals: list[int] = []
 
     def on_progress(event: ProgressEvent) -> None:
         if event.state is FileState.PARKED:
-            parked.append(event.path)
+            parked.add(event)
         if progress is not None:
             progress(event)
 
     try:
+        # Before huggingface_hub is imported: it reads these variables then, and fails on a malformed one.
+        timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout)
+        from .config import VerifySettings, load_config
+        from .locations import open_destination, open_source
+        from .verifiers import build_verifiers
+
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
         configured = config.verify if config is not None else VerifySettings()
         settings = attrs.evolve(
@@ -227,20 +258,28 @@ def import_cmd(
             format_policy=format_policy or configured.format_policy,
             hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
         )
+        quarantine_to = quarantine or settings.quarantine
+        if quarantine_to and not settings.clamd:
+            raise ConfigError(
+                "--quarantine keeps the files the malware scan flags, but no scan is configured: give --clamd "
+                "ADDRESS (or ARTIFACT_IMPORT_CLAMD, or clamd in the config's [verify.clamav])"
+            )
+        # The destination first: a mistyped --to is reported before the source is contacted.
+        storage = open_destination(to, config)
+        kept = open_destination(quarantine_to, config) if quarantine_to else None
         model, registry = open_source(
             source,
             config,
             include=include,
             exclude=exclude,
             retry=RetryPolicy(max_attempts=retries),
-            timeouts=HttpTimeouts(read=stall_timeout),
+            timeouts=timeouts,
             hub_scan=settings.hub_scan_policy != "off",
             parallel=ParallelPolicy(connections=connections),
+            repo_type=repo_type,
+            files=files,
         )
-        storage = open_destination(to, config)
         verifiers = build_verifiers(settings)
-        quarantine_to = quarantine or settings.quarantine
-        kept = open_destination(quarantine_to, config) if quarantine_to else None
         result = asyncio.run(
             _run(
                 model,
@@ -263,21 +302,21 @@ def import_cmd(
             )
         )
     except ArtifactImportError as exc:
-        hint = (
-            f"What was already received ({len(parked)} file(s)) was kept aside: run the same command again to finish."
-            if parked
-            else None
-        )
+        if progress is not None:
+            progress.close()  # before the message, so no bar is redrawn under it
+        hint = f"{parked.describe()} was kept aside: run the same command again to finish." if parked else None
         fail(exc, subject=source, as_json=as_json, verbose=ctx.obj["verbose"], hint=hint)
     except Exception as exc:
+        if progress is not None:
+            progress.close()
         fail(unexpected(exc), subject=source, as_json=as_json, verbose=0)
     except (KeyboardInterrupt, asyncio.CancelledError):
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it
         if parked:
             click.echo(
-                "interrupted: the import was cancelled; nothing half-written is visible. What was already "
-                f"received ({len(parked)} file(s)) was kept aside: run the same command again to finish.",
+                "interrupted: the import was cancelled; nothing half-written is visible. "
+                f"{parked.describe()} was kept aside: run the same command again to finish.",
                 err=True,
             )
         else:
@@ -289,9 +328,34 @@ def import_cmd(
     for line in _warnings(result):
         click.echo(line, err=True)
     if as_json:
-        click.echo(json.dumps(result.to_dict()))
+        # The destination as the user gave it; the storage's own description is for logs.
+        click.echo(json.dumps({**result.to_dict(), "destination": to}))
     elif not ctx.obj["quiet"]:
         click.echo(_summary(result, to))
+
+
+class _Parked:
+    """What an interrupted import kept aside, from its PARKED events: whole verified files and files
+    received in part (``bytes_done`` short of ``bytes_total``)."""
+
+    def __init__(self) -> None:
+        self.verified: list[str] = []
+        self.partial: list[str] = []
+
+    def add(self, event: ProgressEvent) -> None:
+        whole = event.bytes_total is None or event.bytes_done >= event.bytes_total
+        (self.verified if whole else self.partial).append(event.path)
+
+    def __bool__(self) -> bool:
+        return bool(self.verified or self.partial)
+
+    def describe(self) -> str:
+        parts = []
+        if self.verified:
+            parts.append(f"{len(self.verified)} verified file(s)")
+        if self.partial:
+            parts.append(f"{len(self.partial)} file(s) received in part")
+        return "What was already received (" + " and ".join(parts) + ")"
 
 
 def _warnings(result: ImportResult) -> list[str]:
@@ -372,8 +436,15 @@ def _handle_signals(received: list[int], *, journaled: bool) -> None:
 
 
 def _summary(result: ImportResult, to: str) -> str:
-    rate = sum(f.size for f in result.files if not f.skipped) / max(result.seconds, 1e-6)
     source = f"{result.source}@{result.revision}" if result.revision else result.source
+    if result.skipped == len(result.files):
+        return (
+            f"nothing to fetch: all {len(result.files)} file(s) of {source} (commit {result.commit[:12]}, "
+            f"{human_bytes(result.total_bytes)}) already present in {to} and verified by the import that "
+            "wrote them (their sizes match its manifest; --force fetches them again)"
+        )
+    # Throughput of what came over the network: skipped files and resumed starts re-read locally are not.
+    rate = result.fetched_bytes / max(result.seconds, 1e-6)
     size_only = sum(1 for f in result.files if f.verdicts and "size checked only" in f.verdicts[0].detail)
     checked = (
         "every file matched its published digest"
@@ -388,7 +459,7 @@ def _summary(result: ImportResult, to: str) -> str:
     return (
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "
-        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s){skipped}; {checked}; {scanned}"
+        f"in {result.seconds:.1f}s ({human_bytes(rate)}/s received){skipped}; {checked}; {scanned}"
     )
 
 

@@ -87,3 +87,14 @@ def verbosity(command: Callable[..., T]) -> Callable[..., T]:
 def policy_option(flag: str, help: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
     """A ``--*-policy fail|warn|off`` option; unset (None) means the config file's value, else fail."""
     return click.option(flag, type=click.Choice(["fail", "warn", "off"]), default=None, help=help)
+
+
+def repo_type_option(command: Callable[..., T]) -> Callable[..., T]:
+    """``--repo-type``: what an ``hf://ORG/NAME`` without ``datasets/`` or ``spaces/`` names (as ``hf download``)."""
+    return click.option(
+        "--repo-type",
+        type=click.Choice(["model", "dataset", "space"]),
+        default=None,
+        help="The kind of Hub repository SOURCE names (default: model; hf://datasets/... and hf://spaces/... "
+        "say it themselves).",
+    )(command)

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from typing import TYPE_CHECKING
 
 import click
 
-from .cli_common import EXIT_VERIFY, guarded, verbosity
+from .cli_common import EXIT_VERIFY, guarded, repo_type_option, verbosity
 from .units import human_bytes
 
 if TYPE_CHECKING:
@@ -29,9 +30,17 @@ def _config(ctx: click.Context) -> Config | None:
 @click.argument("source", metavar="SOURCE")
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
+@repo_type_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.pass_context
-def ls_cmd(ctx: click.Context, source: str, include: tuple[str, ...], exclude: tuple[str, ...], as_json: bool) -> None:
+def ls_cmd(
+    ctx: click.Context,
+    source: str,
+    include: tuple[str, ...],
+    exclude: tuple[str, ...],
+    repo_type: str | None,
+    as_json: bool,
+) -> None:
     """List what importing SOURCE would fetch, without fetching it (a dry run).
 
     SOURCE and the filters are those of `import`. Prints each file's path and
@@ -43,11 +52,14 @@ def ls_cmd(ctx: click.Context, source: str, include: tuple[str, ...], exclude: t
       artifact-import ls hf://org/model@v1.0 --include '*.safetensors' --json | jq .total_bytes
     """
 
-    from .locations import open_source
-
     async def listing() -> ResolvedArtifact:
+        from .registries.http import HttpTimeouts
+
+        HttpTimeouts.from_env(os.environ)  # before huggingface_hub reads (and chokes on) a malformed one
+        from .locations import open_source
+
         config = _config(ctx)
-        model, registry = open_source(source, config, include=include, exclude=exclude)
+        model, registry = open_source(source, config, include=include, exclude=exclude, repo_type=repo_type)
         try:
             return await registry.resolve(model)
         finally:
@@ -137,12 +149,34 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
             problems = len(report.missing) + len(report.changed) + len(report.extra)
             click.echo(
                 f"NOT intact: {problems} problem(s) among {report.checked} file(s) of {report.source} "
-                f"(commit {report.commit[:12]}); checked {how}. Import it again to repair "
-                "(only what is missing or changed is fetched).",
+                f"(commit {report.commit[:12]}); checked {how}.",
                 err=True,
             )
+            for hint in _repairs(report, dest):
+                click.echo(hint, err=True)
     if not report.intact:
         sys.exit(EXIT_VERIFY)
+
+
+def _repairs(report: FsckReport, dest: str) -> list[str]:
+    """What will repair each kind of problem found, as commands to run."""
+    # The commit the manifest names, so the repair fetches the same bytes whatever the branch says now.
+    source = f"{report.source}@{report.commit}" if report.source.startswith("hf://") else report.source
+    again = f"artifact-import import {source} --to {dest}"
+    hints = []
+    if report.missing:
+        hints.append(f"to restore the {len(report.missing)} missing file(s) (only they are fetched): {again}")
+    if report.changed:
+        hints.append(
+            f"to replace the {len(report.changed)} changed file(s): {again} --force (a plain import may keep a "
+            "changed file whose size did not move)"
+        )
+    if report.extra:
+        hints.append(
+            f"the {len(report.extra)} extra file(s) were not written by the import: remove them if they do not "
+            "belong (imports never delete what they did not write)"
+        )
+    return hints
 
 
 def _print_leftovers(report: FsckReport) -> None:

@@ -64,19 +64,24 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     def build() -> tuple[web.Application, Config | None]:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
+        registries = _registries()
         app = create_app(
-            _registries(),
+            registries,
             storage_pool=config.pool() if config else None,
             volume_pool=config.volume_pool() if config else None,
             verifiers=build_verifiers(config.verify if config else VerifySettings()),
             settings=config.server if config else None,
         )
-        if config is not None:
 
-            async def close_config(_: web.Application) -> None:
+        async def close(_: web.Application) -> None:
+            # After the imports were cancelled (on_shutdown): their HTTP sessions and S3 pools, so that
+            # nothing is reported unclosed at exit.
+            for registry in registries.values():
+                await registry.aclose()
+            if config is not None:
                 await config.aclose()
 
-            app.on_cleanup.append(close_config)
+        app.on_cleanup.append(close)
         return app, config
 
     app, _ = guarded(build, subject="serve", as_json=False, verbose=ctx.obj["verbose"])

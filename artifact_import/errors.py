@@ -47,6 +47,10 @@ class AccessDeniedError(SourceError):
     """The source refused access (401/403, gated repository)."""
 
 
+class FileNotInSourceError(SourceError):
+    """A file named on its own (``import SOURCE FILE...``) is not in the source."""
+
+
 class DownloadError(SourceError):
     """A file's bytes could not be fetched, after the retries the policy allows."""
 

@@ -9,11 +9,12 @@ of the config file). Destinations: a directory, ``s3://BUCKET[/PREFIX]``,
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from .config import Config
-from .errors import ConfigError
+from .errors import ConfigError, StorageNotFoundError
 from .model import ModelTarget
 from .paths import path_problem
 from .registries.base import AbstractRegistry
@@ -36,7 +37,10 @@ def _configured(spec: str, config: Config | None) -> AbstractStorage:
     name, _, sub = spec[len(STORAGE_PREFIX) :].partition("/")
     if config is None:
         raise ConfigError(f"{spec!r} names a configured storage: give --config FILE")
-    storage = config.pool().get_storage(name)
+    try:
+        storage = config.pool().get_storage(name)
+    except StorageNotFoundError as exc:
+        raise ConfigError(f"{spec!r}: {exc.message} in the config file") from None
     if sub.strip("/"):
         problem = path_problem(sub.strip("/"))
         if problem is not None:
@@ -51,15 +55,40 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
+def _check_directory(to: str) -> None:
+    """Refuse, before anything is fetched, a destination directory that cannot be one."""
+    path = Path(to)
+    for candidate in (path, *path.parents):
+        if candidate.exists() or candidate.is_symlink():
+            break
+    if candidate.is_dir():
+        if not os.access(candidate, os.W_OK | os.X_OK):
+            raise ConfigError(f"cannot write into {str(candidate)!r} (permission denied): choose another --to")
+        return
+    what = "a broken symbolic link" if candidate.is_symlink() and not candidate.exists() else "a file"
+    if candidate == path:
+        raise ConfigError(f"the destination {to!r} is {what}, not a directory: give a directory for --to")
+    raise ConfigError(f"the destination {to!r} cannot be created: {str(candidate)!r} is {what}, not a directory")
+
+
 def open_destination(to: str, config: Config | None, env: Mapping[str, str] | None = None) -> AbstractStorage:
+    if not to.strip():
+        raise ConfigError(
+            'the destination is empty (an unset variable in --to "$DEST"?): give a directory, '
+            "s3://BUCKET[/PREFIX], storage:NAME[/PATH] or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID"
+        )
     if to.startswith(STORAGE_PREFIX):
         return _configured(to, config)
     if to.startswith(VFOLDER_PREFIX):
         ref = VFolderRef.parse(to[len(VFOLDER_PREFIX) :])
         if config is None:
             raise ConfigError(f"{to!r} names a vfolder of a configured volume: give --config FILE")
-        volume = config.volume_pool().get_volume(ref.volume)
-        return VolumeStorageAdapter(f"vfolder_storage_{uuid.uuid4().hex[:12]}", volume, ref.vfid, ref.subpath)
+        try:
+            volume = config.volume_pool().get_volume(ref.volume)
+        except StorageNotFoundError as exc:
+            raise ConfigError(f"{to!r}: {exc.message} in the config file") from None
+        # Named as the user wrote it: quota and path errors quote this name.
+        return VolumeStorageAdapter(to.rstrip("/"), volume, ref.vfid, ref.subpath)
     if to.startswith("s3://"):
         bucket, prefix = _bucket_and_prefix(to)
         return ObjectStorage("s3", S3Endpoint.from_env(dict(env) if env is not None else None), bucket, prefix)
@@ -68,6 +97,7 @@ def open_destination(to: str, config: Config | None, env: Mapping[str, str] | No
             f"unknown destination {to!r}: expected a directory, s3://BUCKET[/PREFIX], storage:NAME[/PATH] "
             "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH]"
         )
+    _check_directory(to)
     return VFSStorage("destination", to)
 
 
@@ -82,15 +112,19 @@ def open_source(
     env: Mapping[str, str] | None = None,
     hub_scan: bool = True,
     parallel: ParallelPolicy | None = None,
+    repo_type: str | None = None,
+    files: tuple[str, ...] = (),
 ) -> tuple[ModelTarget, AbstractRegistry]:
     if uri.startswith(STORAGE_PREFIX):
         storage = _configured(uri, config)
         if not isinstance(storage, ObjectStorage):
             raise ConfigError(f"{uri!r}: only object storages can be a source for now")
         repo = f"{storage.bucket}/{storage.prefix}" if storage.prefix else storage.bucket
-        model = ModelTarget(repo, "", include, exclude, scheme="s3")
+        model = ModelTarget(repo, "", include, exclude, scheme="s3", files=files)
         return model, S3Registry(endpoint=storage.endpoint, retry=retry, parallel=parallel)
-    model = ModelTarget.from_uri(uri, include=include, exclude=exclude)
+    model = ModelTarget.from_uri(uri, include=include, exclude=exclude, repo_type=repo_type, files=files)
+    if model.scheme != "hf" and repo_type is not None:
+        raise ConfigError(f"--repo-type applies to hf:// sources, not to {uri!r}")
     if model.scheme == "s3":
         endpoint = S3Endpoint.from_env(dict(env) if env is not None else None)
         return model, S3Registry(endpoint=endpoint, retry=retry, parallel=parallel)

@@ -44,8 +44,12 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
-_HF_URI = re.compile(r"^hf://(?P<repo>[^@\s]+?)(?:@(?P<rev>[^@\s]*))?/?$")
-_HF_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HF_URI = re.compile(r"^hf://(?:(?P<kind>models|datasets|spaces)/)?(?P<repo>[^@\s]+?)(?:@(?P<rev>[^@\s]*))?/?$")
+# ORG/NAME, or NAME alone: the Hub still serves its oldest repositories (gpt2, bert-base-uncased, squad) so.
+_HF_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
+#: The Hub's kinds of repository and the prefix its URLs (``hf://datasets/...``, ``/datasets/.../resolve``) give them.
+REPO_TYPES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_URI_KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _S3_URI = re.compile(r"^s3://(?P<repo>[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](?:/[^\s]*)?)$")
 SCHEMES = ("hf", "s3")
 
@@ -64,11 +68,17 @@ class ModelTarget:
     include: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
     exclude: tuple[str, ...] = attrs.field(default=(), converter=_patterns)
     scheme: str = attrs.field(default="hf", kw_only=True)
+    #: On the Hub: ``model``, ``dataset`` or ``space``.
+    repo_type: str = attrs.field(default="model", kw_only=True)
+    #: Exactly these paths (``hf download REPO FILE...``); each must be in the source. Empty: every file.
+    files: tuple[str, ...] = attrs.field(default=(), converter=_patterns, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
+        if self.repo_type not in REPO_TYPES:
+            raise ConfigError(f"unknown repository type {self.repo_type!r} (known: {', '.join(REPO_TYPES)})")
         if self.scheme == "hf":
             if not _HF_REPO_ID.match(self.repo_id) or ".." in self.repo_id:
-                raise ConfigError(f"invalid repository id {self.repo_id!r}: expected ORG/NAME")
+                raise ConfigError(f"invalid repository id {self.repo_id!r}: expected ORG/NAME or NAME")
             if not self.revision or any(ch in self.revision for ch in "\x00\n\r\t "):
                 raise ConfigError(f"invalid revision {self.revision!r}")
         elif self.scheme == "s3":
@@ -79,25 +89,52 @@ class ModelTarget:
             raise ConfigError(f"unknown source scheme {self.scheme!r} (known: {', '.join(SCHEMES)})")
 
     @classmethod
-    def from_uri(cls, uri: str, *, include: tuple[str, ...] = (), exclude: tuple[str, ...] = ()) -> ModelTarget:
-        """Parse ``hf://ORG/NAME[@REVISION]`` or ``s3://BUCKET[/PREFIX]``."""
+    def from_uri(
+        cls,
+        uri: str,
+        *,
+        include: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        repo_type: str | None = None,
+        files: tuple[str, ...] = (),
+    ) -> ModelTarget:
+        """Parse ``hf://[datasets/|spaces/]ORG/NAME[@REVISION]`` or ``s3://BUCKET[/PREFIX]``.
+
+        ``repo_type`` (``--repo-type``) says what kind of Hub repository a URI without a
+        ``datasets/`` or ``spaces/`` prefix names; it must agree with a prefix that is there.
+        """
         if uri.startswith("s3://"):
             match = _S3_URI.match(uri)
             if match is None:
                 raise ConfigError(f"invalid source {uri!r}: expected s3://BUCKET[/PREFIX]")
-            return cls(match["repo"].rstrip("/"), "", include, exclude, scheme="s3")
+            return cls(match["repo"].rstrip("/"), "", include, exclude, scheme="s3", files=files)
         match = _HF_URI.match(uri)
         if match is None or match["rev"] == "":
-            raise ConfigError(f"invalid source {uri!r}: expected hf://ORG/NAME[@REVISION] or s3://BUCKET[/PREFIX]")
-        return cls(match["repo"], match["rev"] or "main", include, exclude)
+            raise ConfigError(
+                f"invalid source {uri!r}: expected hf://ORG/NAME[@REVISION], hf://datasets/ORG/NAME, "
+                "hf://spaces/ORG/NAME or s3://BUCKET[/PREFIX]"
+            )
+        kind = _URI_KINDS[match["kind"]] if match["kind"] else None
+        if kind is not None and repo_type is not None and kind != repo_type:
+            raise ConfigError(f"{uri!r} names a {kind} repository, but the repository type given is {repo_type}")
+        return cls(
+            match["repo"], match["rev"] or "main", include, exclude, repo_type=kind or repo_type or "model", files=files
+        )
+
+    @property
+    def source(self) -> str:
+        """Where the files come from, without revision: ``hf://ORG/NAME``, ``hf://datasets/ORG/NAME``."""
+        prefix = REPO_TYPES[self.repo_type] if self.scheme == "hf" else ""
+        return f"{self.scheme}://{prefix}{self.repo_id}"
 
     @property
     def uri(self) -> str:
-        base = f"{self.scheme}://{self.repo_id}"
-        return f"{base}@{self.revision}" if self.revision else base
+        return f"{self.source}@{self.revision}" if self.revision else self.source
 
     def selects(self, path: str) -> bool:
-        """Whether ``path`` passes the include and exclude patterns."""
+        """Whether ``path`` is one of ``files`` (if named) and passes the include and exclude patterns."""
+        if self.files and path not in self.files:
+            return False
         if self.include and not any(_glob_match(path, p) for p in self.include):
             return False
         return not any(_glob_match(path, p) for p in self.exclude)
@@ -138,6 +175,8 @@ class ResolvedArtifact:
     #: The immutable id every file is fetched at (a git commit on the Hub).
     commit: str
     files: tuple[ArtifactFile, ...]
+    #: On the Hub: ``model``, ``dataset`` or ``space``.
+    repo_type: str = attrs.field(default="model", kw_only=True)
 
     @property
     def total_size(self) -> int:
@@ -203,6 +242,8 @@ class ImportResult:
     files: tuple[FileResult, ...]
     seconds: float
     manifest_path: str
+    #: Bytes received from the source by this import (files skipped or resumed from a local copy add none).
+    fetched_bytes: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -240,5 +281,6 @@ class ImportResult:
             "skipped_count": self.skipped,
             "resumed_count": self.resumed,
             "total_bytes": self.total_bytes,
+            "fetched_bytes": self.fetched_bytes,
             "seconds": round(self.seconds, 3),
         }

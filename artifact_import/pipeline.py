@@ -89,9 +89,13 @@ class _Run:
     #: Files an earlier run parked incomplete, to resume; files this run parked incomplete.
     incomplete_parked: set[str] = attrs.field(factory=set)
     incomplete_kept: list[str] = attrs.field(factory=list)
+    #: Bytes kept of each file this run parked incomplete.
+    kept_bytes: dict[str, int] = attrs.field(factory=dict)
     #: A file was refused (verification, quota, ...): nothing is kept for a later import.
     refused: bool = False
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
+    #: Bytes received from the source by this run (not those re-read from a resumed file's start).
+    fetched: int = 0
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -243,6 +247,7 @@ class ImportPipeline:
             files=tuple(sorted(results, key=lambda r: r.path)),
             seconds=time.monotonic() - started,
             manifest_path=manifest,
+            fetched_bytes=run.fetched,
         )
 
     async def _resume_incomplete(self, run: _Run, storage: AbstractStorage, file: ArtifactFile) -> PendingWrite | None:
@@ -285,6 +290,7 @@ class ImportPipeline:
         if not await pending.park(incomplete_path(file.path), complete=False):
             return False
         run.incomplete_kept.append(file.path)
+        run.kept_bytes[file.path] = pending.bytes_written
         return True
 
     async def _end_failed(self, run: _Run, destination: AbstractStorage, exc: BaseException, had_parked: bool) -> None:
@@ -293,9 +299,13 @@ class ImportPipeline:
             parked = await park_verified(destination, run.artifact, run.pending, run.verified, run.incomplete_kept)
             if parked or run.incomplete_kept:
                 for file in run.artifact.files:
-                    if file.path in run.verified or file.path in run.incomplete_kept:
+                    # bytes_done tells the two apart: all of a verified file, part of one received in part.
+                    if file.path in run.verified:
                         run.emit(file, FileState.PARKED, None, file.size or 0)
-                log.warning(
+                    elif file.path in run.incomplete_kept:
+                        run.emit(file, FileState.PARKED, None, run.kept_bytes.get(file.path, 0))
+                # The PARKED events carry this to the caller (the CLI says it in its own words).
+                log.info(
                     "%d verified and %d partly received file(s) kept in %s under %s; "
                     "import the same revision again to finish",
                     parked,
@@ -413,6 +423,8 @@ class ImportPipeline:
         async with closing(chunks):
             async for chunk in chunks:
                 done += len(chunk)
+                if step is Step.DOWNLOAD:
+                    run.fetched += len(chunk)
                 run.emit(file, FileState.RUNNING, step, done)
                 yield chunk
 

@@ -2,28 +2,35 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Never, TextIO
+from typing import Any, Never, TextIO
 
 from tqdm import tqdm
 
 from .model import ArtifactStorageImportStep, FileState, ProgressEvent
 from .units import human_bytes
 
+#: Without a terminal, a progress line at least this often while bytes arrive (CI logs, ``kubectl logs``).
+LINE_INTERVAL = 10.0
+
 
 class _Totals:
-    """Bytes of the first pass over each file: what the source has sent so far."""
+    """Bytes of the first pass over each file: what the source has sent so far; and files finished."""
 
     def __init__(self) -> None:
         self.sizes: dict[str, int] = {}
         self.done: dict[str, int] = {}
+        self.finished = 0
 
     def update(self, event: ProgressEvent) -> int:
         """Record ``event``; return how many new source bytes it reports."""
         if event.state is FileState.QUEUED:
             self.sizes[event.path] = event.bytes_total or 0
             return 0
+        if event.state is FileState.VERIFIED:
+            self.finished += 1
         if event.state is FileState.RUNNING and event.step is ArtifactStorageImportStep.DOWNLOAD:
             delta = event.bytes_done - self.done.get(event.path, 0)
             self.done[event.path] = event.bytes_done
@@ -34,22 +41,59 @@ class _Totals:
     def total(self) -> int:
         return sum(self.sizes.values())
 
+    @property
+    def files(self) -> str:
+        return f"{self.finished}/{len(self.sizes)} files"
+
+
+class _ByteBar(tqdm):  # type: ignore[type-arg]
+    """A tqdm bar whose sizes and rate are in the units of every other message (KiB, MiB, GiB).
+
+    tqdm scales the counts by ``unit_divisor`` but the rate always by 1000, so a 1024 divisor
+    shows MiB labelled "MB" next to a rate in MB/s; here both come from :func:`human_bytes`.
+    """
+
+    @staticmethod
+    def format_meter(  # type: ignore[override]
+        n: float, total: float | None, elapsed: float, rate: float | None = None, **kwargs: Any
+    ) -> str:
+        initial = kwargs.get("initial", 0) or 0
+        if rate is None and elapsed:
+            rate = (n - initial) / elapsed
+        size = f"{human_bytes(n)}/{human_bytes(total)}" if total else human_bytes(n)
+        speed = f"{human_bytes(rate)}/s" if rate else "?/s"
+        kwargs["bar_format"] = (
+            "{l_bar}{bar}| " + size + " [{elapsed}<{remaining}, " + speed + "]"
+            if total
+            else "{desc}: " + size + " [{elapsed}, " + speed + "]"
+        )
+        return str(tqdm.format_meter(n, total, elapsed, rate=rate, **kwargs))  # type: ignore[arg-type]
+
 
 class BarProgress:
-    """An overall bar with throughput and ETA, and one bar per file in flight."""
+    """An overall bar with the file count, throughput and ETA, and one bar per file in flight.
+
+    While it is open, log records are written above the bars (``logging_redirect_tqdm``) instead of
+    through them.
+    """
 
     def __init__(self, stream: TextIO = sys.stderr) -> None:
+        from tqdm.contrib.logging import logging_redirect_tqdm
+
         self._stream = stream
         self._totals = _Totals()
         self._overall: tqdm[Never] | None = None
         self._files: dict[str, tqdm[Never]] = {}
+        self._logging = contextlib.ExitStack()
+        self._logging.enter_context(logging_redirect_tqdm(tqdm_class=_ByteBar))
 
     def __call__(self, event: ProgressEvent) -> None:
         new = self._totals.update(event)
         if event.state is FileState.QUEUED:
             if self._overall is None:
-                self._overall = self._bar("total", 0, leave=True)
+                self._overall = self._bar(self._totals.files, 0, leave=True)
             self._overall.total = self._totals.total
+            self._overall.set_description_str(self._totals.files, refresh=False)
             self._overall.refresh()
             return
         if event.state is FileState.RUNNING:
@@ -66,17 +110,17 @@ class BarProgress:
             bar = self._files.pop(event.path, None)
             if bar is not None:
                 bar.close()
+            if self._overall is not None:
+                self._overall.set_description_str(self._totals.files)
         if new and self._overall is not None:
             self._overall.update(new)
 
     def _bar(self, desc: str, total: int | None, *, leave: bool) -> tqdm[Never]:
         short = desc if len(desc) <= 40 else "…" + desc[-39:]
-        bar: tqdm[Never] = tqdm(
+        bar: tqdm[Never] = _ByteBar(
             desc=short,
             total=total,
             unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
             file=self._stream,
             dynamic_ncols=True,
             leave=leave,
@@ -90,33 +134,57 @@ class BarProgress:
         if self._overall is not None:
             self._overall.close()
             self._overall = None
+        self._logging.close()
 
 
 class LineProgress:
-    """One line per verified file, for logs and pipes (a failure is the CLI's final error line)."""
+    """Plain lines for logs and pipes: each verified file, and every ``interval`` seconds while bytes
+    arrive, how far the import is (a failure is the CLI's final error line)."""
 
-    def __init__(self, stream: TextIO = sys.stderr) -> None:
+    def __init__(self, stream: TextIO = sys.stderr, *, interval: float = LINE_INTERVAL) -> None:
         self._stream = stream
+        self._interval = interval
         self._totals = _Totals()
         self._started = time.monotonic()
+        self._last_line = self._started
         self._received = 0
-        self._finished = 0
 
     def __call__(self, event: ProgressEvent) -> None:
         self._received += self._totals.update(event)
         if event.state is FileState.SKIPPED:
-            print(f"already present, skipped: {event.path}", file=self._stream, flush=True)
+            self._print(f"already present, skipped: {event.path}")
         elif event.state is FileState.RESUMED:
-            print(f"kept from an interrupted import: {event.path}", file=self._stream, flush=True)
+            self._print(f"kept from an interrupted import: {event.path}")
         elif event.state is FileState.VERIFIED:
-            self._finished += 1
-            elapsed = max(time.monotonic() - self._started, 1e-6)
-            print(
-                f"verified [{self._finished}/{len(self._totals.sizes)}] {event.path} "
-                f"({human_bytes(event.bytes_total or 0)}; {human_bytes(self._received / elapsed)}/s overall)",
-                file=self._stream,
-                flush=True,
+            self._print(
+                f"verified [{self._totals.finished}/{len(self._totals.sizes)}] {event.path} "
+                f"({human_bytes(event.bytes_total or 0)}; {human_bytes(self._rate())}/s overall)"
             )
+        elif event.state is FileState.RUNNING and time.monotonic() - self._last_line >= self._interval:
+            total = self._totals.total
+            rate = self._rate()
+            share = f" ({100 * self._received / total:.0f}%)" if total else ""
+            eta = f", {_duration((total - self._received) / rate)} left" if total and rate else ""
+            self._print(
+                f"progress: {human_bytes(self._received)} of {human_bytes(total)}{share}, "
+                f"{human_bytes(rate)}/s{eta}; {self._totals.files} done"
+            )
+
+    def _rate(self) -> float:
+        return self._received / max(time.monotonic() - self._started, 1e-6)
+
+    def _print(self, line: str) -> None:
+        self._last_line = time.monotonic()
+        print(line, file=self._stream, flush=True)
 
     def close(self) -> None:
         pass
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(int(seconds), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -28,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from aiohttp import web
 
@@ -53,6 +54,24 @@ class HubFile:
 
     def pointer(self) -> bytes:
         return (f"version https://git-lfs.github.com/spec/v1\noid sha256:{self.sha256}\nsize {self.size}\n").encode()
+
+
+#: How the Hub's URLs name each kind of repository: ``/datasets/ORG/NAME/resolve/...``, ``/api/datasets/ORG/NAME``.
+_URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+_API_PATH = re.compile(
+    r"^/api/(?P<kind>models|datasets|spaces)/(?P<repo>[^/]+(?:/[^/]+)?)(?:/(?P<op>revision|tree)/(?P<rest>.+))?$"
+)
+_RESOLVE_PATH = re.compile(
+    r"^/(?P<kind>datasets/|spaces/)?(?P<repo>[^/]+(?:/[^/]+)?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
+)
+
+
+def _plain_id(key: str) -> str:
+    """The repository id the Hub reports (``ORG/NAME``), without the URL prefix of its kind."""
+    for prefix in ("datasets/", "spaces/"):
+        if key.startswith(prefix):
+            return key[len(prefix) :]
+    return key
 
 
 @dataclass
@@ -193,7 +212,10 @@ class LocalHub:
         tags: Iterable[str] = (),
         token: str | None = None,
         gated: bool = False,
+        repo_type: str = "model",
     ) -> str:
+        """A repository; ``self.repos`` keys it as the Hub's URLs do (``datasets/ORG/NAME`` for a dataset)."""
+        repo_id = f"{_URL_PREFIX[repo_type]}{repo_id}"
         repo = self.repos.setdefault(repo_id, HubRepo(repo_id))
         repo.token = token
         repo.gated = gated
@@ -223,13 +245,28 @@ class LocalHub:
     def app(self) -> web.Application:
         app = web.Application()
         r = app.router
-        r.add_get("/api/models/{org}/{name}", self._model_info)
-        r.add_get("/api/models/{org}/{name}/revision/{rev:.+}", self._model_info)
-        r.add_get("/api/models/{org}/{name}/tree/{rev}", self._tree)
-        r.add_get("/api/models/{org}/{name}/tree/{rev}/{path:.+}", self._tree)
-        r.add_get("/{org}/{name}/resolve/{rev}/{path:.+}", self._resolve)
         r.add_get("/lfs/{sha256}", self._lfs)
+        # Repository ids are ORG/NAME or NAME alone, under /api/{models,datasets,spaces}/ and (for content)
+        # behind a datasets/ or spaces/ prefix: parsed here rather than by one route per shape.
+        r.add_get("/{tail:.+}", self._route)
         return app
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
+        raw = request.raw_path.split("?", 1)[0]
+        api = _API_PATH.match(raw)
+        if api is not None:
+            key = f"{_URL_PREFIX[api['kind'].removesuffix('s')]}{unquote(api['repo'])}"
+            rev, _, path = (api["rest"] or "").partition("/")
+            if api["op"] is None:
+                return await self._model_info(request, key, "main")
+            if api["op"] == "revision":
+                return await self._model_info(request, key, unquote(api["rest"]))
+            return await self._tree(request, key, unquote(rev), unquote(path))
+        content = _RESOLVE_PATH.match(raw)
+        if content is not None:
+            key = f"{content['kind'] or ''}{unquote(content['repo'])}"
+            return await self._resolve(request, key, unquote(content["rev"]), unquote(content["path"]))
+        return web.Response(status=404)
 
     async def _maybe_stall(self) -> None:
         while self.faults.stall_listing:  # noqa: ASYNC110 - a plain switch, flipped by tests from another thread
@@ -241,8 +278,7 @@ class LocalHub:
             {"error": message}, status=status, headers={"X-Error-Code": code, "X-Error-Message": message}
         )
 
-    def _repo(self, request: web.Request, *, content: bool) -> HubRepo | web.Response:
-        repo_id = f"{request.match_info['org']}/{request.match_info['name']}"
+    def _repo(self, request: web.Request, repo_id: str, *, content: bool) -> HubRepo | web.Response:
         repo = self.repos.get(repo_id)
         auth = request.headers.get("Authorization", "")
         if repo is None or (repo.token is not None and auth != f"Bearer {repo.token}"):
@@ -252,10 +288,10 @@ class LocalHub:
         return repo
 
     def _lookup(
-        self, request: web.Request, rev: str, *, content: bool
+        self, request: web.Request, repo_id: str, rev: str, *, content: bool
     ) -> tuple[HubRepo, str, dict[str, HubFile]] | web.Response:
         """The repository and commit a request names, or the error the Hub would answer."""
-        repo = self._repo(request, content=content)
+        repo = self._repo(request, repo_id, content=content)
         if isinstance(repo, web.Response):
             return repo
         sha = repo.resolve(rev)
@@ -263,9 +299,9 @@ class LocalHub:
             return self._error(404, "RevisionNotFound", f"Invalid rev id: {rev}")
         return repo, sha, repo.commits[sha]
 
-    async def _model_info(self, request: web.Request) -> web.Response:
+    async def _model_info(self, request: web.Request, repo_id: str, rev: str) -> web.Response:
         await self._maybe_stall()
-        found = self._lookup(request, request.match_info.get("rev", "main"), content=False)
+        found = self._lookup(request, repo_id, rev, content=False)
         if isinstance(found, web.Response):
             return found
         repo, sha, files = found
@@ -284,9 +320,9 @@ class LocalHub:
         return web.json_response(
             {
                 "_id": hashlib.md5(repo.repo_id.encode()).hexdigest()[:24],
-                "id": repo.repo_id,
-                "modelId": repo.repo_id,
-                "author": repo.repo_id.split("/")[0],
+                "id": _plain_id(repo.repo_id),
+                "modelId": _plain_id(repo.repo_id),
+                "author": _plain_id(repo.repo_id).split("/")[0],
                 "sha": sha,
                 "lastModified": now,
                 "createdAt": now,
@@ -301,13 +337,13 @@ class LocalHub:
             }
         )
 
-    async def _tree(self, request: web.Request) -> web.Response:
+    async def _tree(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.Response:
         await self._maybe_stall()
-        found = self._lookup(request, request.match_info["rev"], content=False)
+        found = self._lookup(request, repo_id, rev, content=False)
         if isinstance(found, web.Response):
             return found
         repo, sha, files = found
-        base = request.match_info.get("path", "").strip("/")
+        base = path.strip("/")
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
@@ -337,12 +373,12 @@ class LocalHub:
             return self._error(404, "EntryNotFound", f"{base} does not exist")
         return web.json_response(list(entries.values()))
 
-    async def _resolve(self, request: web.Request) -> web.StreamResponse:
-        found = self._lookup(request, request.match_info["rev"], content=True)
+    async def _resolve(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.StreamResponse:
+        found = self._lookup(request, repo_id, rev, content=True)
         if isinstance(found, web.Response):
             return found
         _, sha, files = found
-        f = files.get(request.match_info["path"])
+        f = files.get(path)
         if f is None:
             return self._error(404, "EntryNotFound", "Entry not found")
         headers = {"X-Repo-Commit": sha, "ETag": f'"{f.etag}"', "Accept-Ranges": "bytes"}

@@ -178,7 +178,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
     repo, err = _interrupt_import(hub, dest)
     assert err.strip().endswith(
         "interrupted: the import was cancelled; nothing half-written is visible. What was already received "
-        "(4 file(s)) was kept aside: run the same command again to finish."
+        "(3 verified file(s) and 1 file(s) received in part) was kept aside: run the same command again to finish."
     ), err
     # Nothing under the artifact's names, nothing half-written; the verified small files are parked.
     left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())

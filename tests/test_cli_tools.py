@@ -159,6 +159,7 @@ def test_serve_runs_an_import_over_http_and_sigterm_shuts_down_cleanly(hub: Loca
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert "Unclosed" not in err, "sessions and connectors are closed on shutdown"
 
 
 def test_starting_the_cli_imports_none_of_the_heavy_libraries() -> None:

@@ -54,3 +54,22 @@ def test_hfapi_errors_map_to_huggingface_hub_exceptions(hub: LocalHub, hub_serve
         api.model_info("fidelity/errors", revision="no-such-branch")
     with pytest.raises(GatedRepoError):
         api.hf_hub_download("fidelity/gated", "a.txt")
+
+
+@pytest.mark.parametrize(
+    ("repo_type", "repo_id"),
+    [("dataset", "fidelity/data"), ("space", "fidelity/app"), ("model", "gpt2-fidelity")],
+)
+def test_snapshot_download_fetches_datasets_spaces_and_ids_without_a_namespace(
+    hub: LocalHub, hub_server: HubServer, tmp_path: Path, repo_type: str, repo_id: str
+) -> None:
+    files: dict[str, bytes | int] = {"README.md": b"# card\n", "data/train-00000.parquet": 300_000}
+    commit = hub.create_repo(repo_id, files, repo_type=repo_type)
+    path = snapshot_download(repo_id, repo_type=repo_type, endpoint=hub_server.url, local_dir=tmp_path / "snap")
+    got = {k: v for k, v in files_under(Path(path)).items() if not k.startswith(".cache/")}
+    key = {"model": "", "dataset": "datasets/", "space": "spaces/"}[repo_type] + repo_id
+    assert got == {p: f.disk.read_bytes() for p, f in hub.repos[key].commits[commit].items()}
+    # A model of that name does not exist: the kinds are apart, as on the Hub.
+    if repo_type != "model":
+        with pytest.raises(RepositoryNotFoundError):
+            HfApi(endpoint=hub_server.url).model_info(repo_id)

@@ -140,7 +140,8 @@ def test_cli_reports_skipped_files_and_force_fetches_everything(hub: LocalHub, t
     hub.requests.clear()
     again = run_cli("import", f"hf://{repo}", "--to", dest, env=env)
     assert again.returncode == 0, again.stderr
-    assert "4 already present and skipped" in again.stdout
+    assert again.stdout.startswith(f"nothing to fetch: all 4 file(s) of hf://{repo}@main"), again.stdout
+    assert "already present in" in again.stdout and "/s" not in again.stdout
     assert "already present, skipped: a.safetensors" in again.stderr
     assert fetched(hub) == []
     forced = run_cli("import", f"hf://{repo}", "--to", dest, "--force", "--json", env=env)

@@ -455,7 +455,7 @@ def test_cli_imports_into_a_vfolder_and_reports_quota_and_read_only(hub: LocalHu
         "--config", str(config), "import", f"hf://{repo}", "--to", f"vfolder:local/{vfid}/m", "--json", env=env
     )
     assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout)["destination"].startswith("vfolder_storage_")
+    assert json.loads(done.stdout)["destination"] == f"vfolder:local/{vfid}/m", "as the user gave it"
     root = volume.vfolder_path(vfid) / "m"
     assert (root / "weights" / "shard-1.bin").read_bytes() == expected(hub, repo)["weights/shard-1.bin"]
     intact = run_cli("--config", str(config), "verify", f"vfolder:local/{vfid}/m")
@@ -468,6 +468,8 @@ def test_cli_imports_into_a_vfolder_and_reports_quota_and_read_only(hub: LocalHu
     again = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", f"vfolder:local/{vfid}/n", env=env)
     assert again.returncode == 1
     assert "quota scope 'user-1'" in again.stderr and "left" in again.stderr and "Traceback" not in again.stderr
+    # The vfolder is named as the user wrote it, not by an internal storage name.
+    assert again.stderr.startswith(f"error: vfolder:local/{vfid}/n ") and "vfolder_storage_" not in again.stderr
     assert not (volume.vfolder_path(vfid) / "n").exists()
 
     denied = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", f"vfolder:local/{ro}", env=env)

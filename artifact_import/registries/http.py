@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Mapping
 import aiohttp
 import attrs
 
-from ..errors import AccessDeniedError, DownloadError, IntegrityError
+from ..errors import AccessDeniedError, ConfigError, DownloadError, IntegrityError
 from ..streams import closing, rechunk
 from .ranges import RangeIgnored, SameVersion
 
@@ -51,6 +51,23 @@ class HttpTimeouts:
     read: float = 30.0
     #: A listing or revision call without an answer for this long is abandoned and tried again.
     listing: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], *, read: float | None = None) -> HttpTimeouts:
+        """Defaults, or what ``huggingface_hub``'s variables set: ``HF_HUB_DOWNLOAD_TIMEOUT`` (a download
+        waiting for bytes: our stall timeout) and ``HF_HUB_ETAG_TIMEOUT`` (a metadata call: our listing
+        deadline). An explicit ``read`` (``--stall-timeout``) wins over the variable."""
+        values: dict[str, float] = {}
+        for name, field in (("HF_HUB_DOWNLOAD_TIMEOUT", "read"), ("HF_HUB_ETAG_TIMEOUT", "listing")):
+            raw = env.get(name)
+            if raw:
+                # Whole seconds: huggingface_hub reads these with int() when it is imported, and fails there.
+                if not raw.strip().isdigit() or int(raw) == 0:
+                    raise ConfigError(f"{name}={raw!r}: expected a whole number of seconds, at least 1")
+                values[field] = float(int(raw))
+        if read is not None:
+            values["read"] = read
+        return cls(**values)
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -34,7 +34,7 @@ from ..errors import (
 from ..errors import (
     RevisionNotFoundError as RevisionMissing,
 )
-from ..model import ArtifactFile, ModelTarget, ResolvedArtifact
+from ..model import REPO_TYPES, ArtifactFile, ModelTarget, ResolvedArtifact
 from ..paths import check_listing
 from ..streams import DEFAULT_CHUNK_SIZE, closing
 from .base import AbstractRegistry
@@ -46,6 +46,11 @@ T = TypeVar("T")
 
 #: New signed CDN URLs one range asks for before a refusal is taken as final.
 _MAX_RENEWALS = 3
+
+
+def _offline(env: Mapping[str, str]) -> bool:
+    """``HF_HUB_OFFLINE`` as ``huggingface_hub`` reads it."""
+    return env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
 
 
 class HuggingFaceRegistry(AbstractRegistry):
@@ -73,7 +78,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
         self._token = token
         self.retry = retry or RetryPolicy()
-        self.timeouts = timeouts or HttpTimeouts()
+        self.timeouts = timeouts or HttpTimeouts.from_env(os.environ)
         self.chunk_size = chunk_size
         self.parallel = parallel or ParallelPolicy()
         # The connection budget bounds the downloads; a few more for listings running beside them.
@@ -93,16 +98,27 @@ class HuggingFaceRegistry(AbstractRegistry):
         )
 
     async def resolve(self, model: ModelTarget) -> ResolvedArtifact:
+        if _offline(os.environ):
+            raise ConfigError(
+                f"{model.uri}: offline mode is on (HF_HUB_OFFLINE is set) and importing from the Hub needs "
+                "the network: unset HF_HUB_OFFLINE to import"
+            )
         api = self._api()
-        where = f"hf://{model.repo_id}@{model.revision}"
-        info = await self._call(where, model, lambda: api.model_info(model.repo_id, revision=model.revision))
+        where = model.uri
+        info = await self._call(
+            where, model, lambda: api.repo_info(model.repo_id, revision=model.revision, repo_type=model.repo_type)
+        )
         commit = info.sha
         if not commit:
             raise SourceError(f"{where}: the hub did not say which commit the revision points to")
         entries = await self._call(
             where,
             model,
-            lambda: list(api.list_repo_tree(model.repo_id, recursive=True, revision=commit, expand=self.hub_scan)),
+            lambda: list(
+                api.list_repo_tree(
+                    model.repo_id, recursive=True, revision=commit, expand=self.hub_scan, repo_type=model.repo_type
+                )
+            ),
         )
         files = tuple(
             _artifact_file(entry) for entry in entries if isinstance(entry, RepoFile) and model.selects(entry.path)
@@ -110,11 +126,12 @@ class HuggingFaceRegistry(AbstractRegistry):
         check_listing(f.path for f in files)
         log.info("%s resolved to commit %s: %d file(s) selected", where, commit, len(files))
         return ResolvedArtifact(
-            source=f"hf://{model.repo_id}",
+            source=model.source,
             repo_id=model.repo_id,
             revision=model.revision,
             commit=commit,
             files=files,
+            repo_type=model.repo_type,
         )
 
     async def _call(self, where: str, model: ModelTarget, fn: Callable[[], T]) -> T:
@@ -176,7 +193,8 @@ class HuggingFaceRegistry(AbstractRegistry):
         return self._session
 
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
-        return f"{self.endpoint}/{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
+        prefix = REPO_TYPES[artifact.repo_type]
+        return f"{self.endpoint}/{prefix}{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
 
     def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)

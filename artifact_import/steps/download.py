@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from ..errors import SourceError
+from ..errors import FileNotInSourceError, SourceError
 from ..model import ArtifactFile, ArtifactStorageImportStep, ModelTarget, ResolvedArtifact
 from ..registries.base import AbstractRegistry
 from ..streams import read_ahead
@@ -19,6 +19,15 @@ class DownloadStep:
 
     async def resolve(self, model: ModelTarget) -> ResolvedArtifact:
         artifact = await self.registry.resolve(model)
+        listed = {f.path for f in artifact.files}
+        missing = [path for path in model.files if path not in listed]
+        if missing:
+            names = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            raise FileNotInSourceError(
+                f"{model.uri}: not in the source: {names}. File names are paths in the repository, "
+                f"e.g. config.json or onnx/model.onnx; see them with `artifact-import ls {model.uri}`",
+                path=missing[0],
+            )
         if not artifact.files:
             filters = " with the given --include/--exclude patterns" if model.include or model.exclude else ""
             raise SourceError(f"{model.uri}: no files to import{filters}")
