@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from .context import ImportStepContext, StorageTarget
-from .model import ArtifactStorageImportStep, ImportResult, ModelTarget
+from .model import DEFAULT_CONCURRENT_FILES, ArtifactStorageImportStep, ImportResult, ModelTarget
 from .pipeline import ImportPipeline, ProgressCallback
 from .registries.base import AbstractRegistry
 from .registries.huggingface import HuggingFaceRegistry
@@ -24,7 +24,7 @@ async def import_artifact(
     registry: AbstractRegistry | None = None,
     verifiers: Sequence[Verifier] = (),
     on_progress: ProgressCallback | None = None,
-    max_concurrent_files: int = 4,
+    max_concurrent_files: int = DEFAULT_CONCURRENT_FILES,
     quarantine: AbstractStorage | None = None,
     skip_present: bool = True,
     keep_partial: bool = False,

@@ -20,6 +20,7 @@ from .cli_common import (
     fail,
     log_level,
     policy_option,
+    quiet_libraries,
     repo_type_option,
     unexpected,
     verbosity,
@@ -27,7 +28,7 @@ from .cli_common import (
 from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
 from .errors import ArtifactImportError, ConfigError
-from .model import FileState, ImportResult, ModelTarget, ProgressEvent
+from .model import DEFAULT_CONCURRENT_FILES, FileState, ImportResult, ModelTarget, ProgressEvent
 from .registries.ranges import ParallelPolicy
 from .units import human_bytes
 
@@ -67,8 +68,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     3 verification failed, 130 interrupted.
     """
     logging.basicConfig(level=log_level(verbose), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # urllib3 (under minio) logs each retry it makes with the URL; our own messages say what failed and why.
-    logging.getLogger("urllib3").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+    quiet_libraries(verbose)
     ctx.obj = {"verbose": verbose, "quiet": quiet, "config": config_path}
 
 
@@ -92,7 +92,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "--concurrency",
     "--max-workers",
     "concurrency",
-    default=4,
+    default=DEFAULT_CONCURRENT_FILES,
     show_default=True,
     type=click.IntRange(1, 64),
     help="Files transferred at once (--max-workers, as hf download calls it).",

@@ -63,10 +63,21 @@ def log_level(verbose: int) -> int:
     return logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
 
 
+#: Libraries whose own log lines are noise next to ours: urllib3 (under minio) logs each retry with its URL,
+#: httpx (under huggingface_hub) every request. Our messages say what failed and why; -vv shows theirs too.
+_CHATTY = ("urllib3", "httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def quiet_libraries(verbose: int) -> None:
+    for name in _CHATTY:
+        logging.getLogger(name).setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
+
+
 def _more_verbose(ctx: click.Context, _: click.Parameter, value: int) -> None:
     if value:
         ctx.obj["verbose"] += value
         logging.getLogger().setLevel(log_level(ctx.obj["verbose"]))
+        quiet_libraries(ctx.obj["verbose"])
 
 
 def _quieter(ctx: click.Context, _: click.Parameter, value: bool) -> None:

@@ -32,7 +32,7 @@
 
     [server]                            # artifact-import serve / create_app()
     max-concurrent-imports = 2          # more requests wait, in state "queued"
-    max-concurrent-files = 4            # per import
+    max-concurrent-files = 8            # per import
     staging = "scratch"                 # a storage above, for DOWNLOAD/VERIFY of vfolder imports
     webhooks = ["https://hooks.example/import"]   # POSTed when an import ends
 
@@ -52,6 +52,7 @@ from typing import Any
 import attrs
 
 from .errors import ConfigError
+from .model import DEFAULT_CONCURRENT_FILES
 from .s3 import S3Credentials, S3Endpoint
 from .storages.base import AbstractStorage, StoragePool
 from .storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
@@ -106,7 +107,7 @@ class ServerSettings:
     """Per deployment (``[server]``): imports and files at once, staging storage, completion webhooks."""
 
     max_concurrent_imports: int = 2
-    max_concurrent_files: int = 4
+    max_concurrent_files: int = DEFAULT_CONCURRENT_FILES
     staging: str | None = None
     webhooks: tuple[str, ...] = ()
     webhook_attempts: int = 5
@@ -202,7 +203,11 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
     }
     _known(reader, "server", table, keys)
     counts = {}
-    for key, default in (("max-concurrent-imports", 2), ("max-concurrent-files", 4), ("webhook-attempts", 5)):
+    for key, default in (
+        ("max-concurrent-imports", 2),
+        ("max-concurrent-files", DEFAULT_CONCURRENT_FILES),
+        ("webhook-attempts", 5),
+    ):
         value = table.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
             raise reader.error("server", key, "must be a whole number from 1 to 1000")

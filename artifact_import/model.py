@@ -44,9 +44,14 @@ def _patterns(value: Any) -> tuple[str, ...]:
     return tuple(value)
 
 
+#: Files an import moves at once (``--concurrency``/``--max-workers``), as ``hf download``'s default: with
+#: 16 files of 20 MiB at 50 MiB/s per connection, 8 took 1.5 s where 4 took 2.3 s (large files are cut
+#: into ranges over the shared connections anyway).
+DEFAULT_CONCURRENT_FILES = 8
+
 _HF_URI = re.compile(r"^hf://(?:(?P<kind>models|datasets|spaces)/)?(?P<repo>[^@\s]+?)(?:@(?P<rev>[^@\s]*))?/?$")
 # ORG/NAME, or NAME alone: the Hub still serves its oldest repositories (gpt2, bert-base-uncased, squad) so.
-_HF_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[\w.-]+$")
+_HF_REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 #: The Hub's kinds of repository and the prefix its URLs (``hf://datasets/...``, ``/datasets/.../resolve``) give them.
 REPO_TYPES = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _URI_KINDS = {"models": "model", "datasets": "dataset", "spaces": "space"}

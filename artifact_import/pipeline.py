@@ -25,6 +25,7 @@ from .context import ImportStepContext
 from .errors import ArtifactImportError, ConfigError, SourceError, StorageError, VerificationError
 from .intent import finish_interrupted_commit
 from .model import (
+    DEFAULT_CONCURRENT_FILES,
     ArtifactFile,
     ArtifactStorageImportStep,
     FileResult,
@@ -117,7 +118,7 @@ class ImportPipeline:
         registries: Mapping[str, AbstractRegistry],
         verifiers: Sequence[Verifier] = (),
         *,
-        max_concurrent_files: int = 4,
+        max_concurrent_files: int = DEFAULT_CONCURRENT_FILES,
         read_ahead_depth: int = 4,
         quarantine: AbstractStorage | None = None,
         skip_present: bool = True,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import os
+import shutil
 import sys
 import time
 from typing import Any, Never, TextIO
@@ -122,10 +125,23 @@ class BarProgress:
             total=total,
             unit="B",
             file=self._stream,
-            dynamic_ncols=True,
             leave=leave,
+            **self._width,
         )
         return bar
+
+    @functools.cached_property
+    def _width(self) -> dict[str, Any]:
+        # A terminal that reports no size (a fresh pseudo-terminal: some CI runners, `docker exec -t`)
+        # would get no bars at all (tqdm hides bars below its row count, 0 there): COLUMNS/LINES, else 80x24.
+        try:
+            columns = os.get_terminal_size(self._stream.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            columns = 0
+        if columns:
+            return {"dynamic_ncols": True}
+        fallback = shutil.get_terminal_size()
+        return {"ncols": fallback.columns, "nrows": fallback.lines}
 
     def close(self) -> None:
         for bar in self._files.values():

@@ -26,7 +26,14 @@ import attrs
 from ._aio import run_to_completion
 from .context import ImportStepContext, StorageTarget
 from .errors import ArtifactImportError, ConfigError
-from .model import ArtifactStorageImportStep, FileState, ImportResult, ModelTarget, ProgressEvent
+from .model import (
+    DEFAULT_CONCURRENT_FILES,
+    ArtifactStorageImportStep,
+    FileState,
+    ImportResult,
+    ModelTarget,
+    ProgressEvent,
+)
 from .pipeline import ImportPipeline
 from .registries.base import AbstractRegistry
 from .storages.base import AbstractStorage, AbstractStoragePool, StoragePool
@@ -218,7 +225,7 @@ class ImportService:
         verifiers: Sequence[Verifier] = (),
         staging: str | None = None,
         max_concurrent_imports: int = 2,
-        max_concurrent_files: int = 4,
+        max_concurrent_files: int = DEFAULT_CONCURRENT_FILES,
         keep_finished: int = 1000,
         on_finished: Sequence[FinishedCallback] = (),
     ) -> None:

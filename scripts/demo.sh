@@ -5,13 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-./scripts/setup.sh
+./scripts/setup.sh package  # the package alone; the test hub needs nothing more (aiohttp)
 export HF_HUB_DISABLE_TELEMETRY=1
 
 hub_log=$(mktemp)
 .venv/bin/python -m tests.hub serve --demo --repo demo/tiny-model >"$hub_log" 2>&1 &
 hub_pid=$!
-trap 'kill "$hub_pid" 2>/dev/null || true; rm -f "$hub_log"' EXIT
+# The hub removes the blobs it generated when it is stopped; wait for it to have done so.
+trap 'kill "$hub_pid" 2>/dev/null && wait "$hub_pid" 2>/dev/null; rm -f "$hub_log"' EXIT
 for _ in $(seq 100); do
     grep -q '"url"' "$hub_log" && break
     kill -0 "$hub_pid" 2>/dev/null || { cat "$hub_log" >&2; exit 1; }

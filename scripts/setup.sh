@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Create .venv (if needed) and install artifact-import with its test tools into it.
-# Safe to run again: it only installs what is missing or changed.
+# Create .venv (if needed) and install artifact-import into it: with its test tools (default), or the
+# package alone (`setup.sh package`, what the demo needs). Safe to run again: nothing is installed when
+# pyproject.toml has not changed since the last install of the same kind.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+what="${1:-test}"
+case "$what" in
+    test) spec='.[test]' ;;
+    package) spec='.' ;;
+    *) echo "usage: scripts/setup.sh [test|package]" >&2; exit 2 ;;
+esac
 
 PYTHON="${PYTHON:-python3}"
 if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
@@ -12,5 +20,12 @@ fi
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
+stamp=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+installed() { [ -f ".venv/.installed-$1" ] && [ "$(cat ".venv/.installed-$1")" = "$stamp" ]; }
+# The test install holds the package too.
+if installed "$what" || installed test; then
+    exit 0
+fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$spec"
+echo "$stamp" > ".venv/.installed-$what"

@@ -565,9 +565,23 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = parser.parse_args(argv)
 
+    import shutil
+    import signal
     import tempfile
 
     data_dir = args.data_dir or Path(tempfile.mkdtemp(prefix="local-hub-"))
+    # SIGTERM (a script's `kill`) ends the server like Ctrl-C: its generated blobs are removed, not left in /tmp.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        _serve(args, data_dir)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if args.data_dir is None:
+            shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     hub = LocalHub(data_dir)
     files: dict[str, bytes | int] = dict(DEMO_FILES) if args.demo else {}
     for spec in args.file:
@@ -575,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
         files[path] = parse_size(size)
     files.update(small_files(args.small_files))
     if not files:
-        parser.error("nothing to serve: give --demo, --file or --small-files")
+        raise SystemExit("nothing to serve: give --demo, --file or --small-files")
     started = time.monotonic()
     hub.create_repo(args.repo, files)
     hub.faults.slow_bps = args.rate
@@ -585,7 +599,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout.flush()
     try:
         threading.Event().wait()
-    except KeyboardInterrupt:
+    finally:
         server.stop()
 
 

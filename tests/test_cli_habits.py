@@ -269,3 +269,111 @@ def test_without_a_terminal_progress_lines_come_at_a_steady_interval() -> None:
     quiet(ProgressEvent("shard.safetensors", FileState.QUEUED, None, 0, 30 << 30))
     quiet(ProgressEvent("shard.safetensors", FileState.RUNNING, DOWNLOAD, 1 << 30, 30 << 30))
     assert len(lines) == 1, "not before the interval"
+
+
+# --- a clean terminal ---------------------------------------------------------------------------
+
+
+def _run_in_a_terminal(args: list[str], cwd: Path, *, sized: bool, timeout: float = 60) -> tuple[int, str]:
+    """The CLI with a pseudo-terminal as stdin, stdout and stderr, as a user at a shell runs it; ``sized``:
+    the terminal reports 120x40, as a window does (else 0x0, as some CI runners' terminals do)."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+    import time
+
+    leader, follower = pty.openpty()
+    if sized:
+        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", *args],
+        stdin=follower, stdout=follower, stderr=follower, cwd=cwd,
+        env={**env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}, close_fds=True,
+    )  # fmt: skip
+    os.close(follower)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            out += data
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    return proc.wait(timeout=10), out.decode(errors="replace")
+
+
+@pytest.mark.parametrize("sized", [True, False])
+def test_log_lines_are_written_above_the_bars_never_into_them(hub: LocalHub, tmp_path: Path, sized: bool) -> None:
+    import re
+
+    repo = repo_name("tty")
+    hub.create_repo(repo, {**FILES, "model.safetensors": 3 * 1024 * 1024})
+    hub.faults.slow_bps = 1024 * 1024  # ~3 s: the bars are drawn many times
+    hub.faults.drop_after = {"model.safetensors": [1024 * 1024]}  # a retry, logged at -v while the bars show
+    code, out = _run_in_a_terminal(["import", f"hf://{repo}", "--to", str(tmp_path / "m"), "-v"], tmp_path, sized=sized)
+    assert code == 0, out
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out)  # cursor movements between redraws
+    segments = [s.strip() for s in re.split(r"[\r\n]", text) if s.strip()]
+    logged = [s for s in segments if "retrying in" in s]
+    assert logged, "the retry was logged"
+    assert all(s.startswith("INFO artifact_import") for s in logged), logged
+    bars = [s for s in segments if "files" in s and "%|" in s]
+    assert bars and re.search(r"\b\d/3 files\b", bars[-1]), bars[-3:]
+    # One kind of unit: sizes and rates in KiB/MiB, never tqdm's "MB" next to MiB counts.
+    assert any("MiB/s" in s for s in bars) and not any(re.search(r"\d(MB|kB)", s) for s in bars)
+    assert segments[-1].startswith("imported 3 file(s)"), segments[-3:]
+    assert not any("HTTP Request" in s for s in segments), "the HTTP library's own request log stays out of -v"
+
+
+def test_the_demo_hub_removes_what_it_generated_when_stopped(tmp_path: Path) -> None:
+    """`scripts/demo.sh` stops its hub with SIGTERM; nothing of it stays in the temporary directory."""
+    import signal
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hub", "serve", "--demo"],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.stdout is not None
+    assert "url" in json.loads(proc.stdout.readline())
+    assert [p.name[:10] for p in tmp_path.iterdir()] == ["local-hub-"]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 0
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_error_is_the_last_thing_on_the_terminal_no_bar_redrawn_after_it(hub: LocalHub, tmp_path: Path) -> None:
+    import re
+
+    repo = repo_name("ttyerr")
+    hub.create_repo(repo, {**FILES, "model.safetensors": 2 * 1024 * 1024})
+    hub.faults.slow_bps = 1024 * 1024
+    hub.faults.flip_byte = {"model.safetensors": 1_500_000}  # the checksum fails at the end of the file
+    code, out = _run_in_a_terminal(["import", f"hf://{repo}", "--to", str(tmp_path / "m")], tmp_path, sized=True)
+    assert code == 3, out
+    text = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", out)
+    segments = [s.strip() for s in re.split(r"[\r\n]", text) if s.strip()]
+    assert segments[-1].startswith("error: model.safetensors: verification failed"), segments[-4:]
+
+
+def test_the_s3_client_library_does_not_print_its_own_retries(tmp_path: Path) -> None:
+    """urllib3 (under minio) logs a WARNING with the URL for each retry; the user gets one error of ours."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    done = cli("import", "s3://bucket/models", "--to", str(tmp_path / "m"), env=env)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith("error: ") and "cannot reach" in done.stderr
+    assert "urllib3" not in done.stderr and "Retrying" not in done.stderr

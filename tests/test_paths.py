@@ -74,18 +74,39 @@ def test_names_differing_only_in_case_collide() -> None:
             "0123456789abcdef0123456789abcdef01234567",
         ),
         ("hf://org/name@refs/pr/3", "org/name", "refs/pr/3"),
+        ("hf://gpt2", "gpt2", "main"),
+        ("hf://bert-base-uncased@v1", "bert-base-uncased", "v1"),
     ],
 )
 def test_source_uri_parsing(uri: str, repo: str, rev: str) -> None:
     target = ModelTarget.from_uri(uri)
-    assert (target.repo_id, target.revision) == (repo, rev)
+    assert (target.repo_id, target.revision, target.repo_type) == (repo, rev, "model")
+    assert target.uri == f"hf://{repo}@{rev}"
+
+
+@pytest.mark.parametrize(
+    ("uri", "repo_type", "repo"),
+    [
+        ("hf://datasets/org/corpus", "dataset", "org/corpus"),
+        ("hf://datasets/squad@v2", "dataset", "squad"),
+        ("hf://spaces/org/demo", "space", "org/demo"),
+        ("hf://models/org/name", "model", "org/name"),
+    ],
+)
+def test_hub_uris_name_datasets_and_spaces(uri: str, repo_type: str, repo: str) -> None:
+    target = ModelTarget.from_uri(uri)
+    assert (target.repo_type, target.repo_id) == (repo_type, repo)
+    prefix = {"model": "", "dataset": "datasets/", "space": "spaces/"}[repo_type]
+    assert target.source == f"hf://{prefix}{repo}"
 
 
 @pytest.mark.parametrize(
     "uri",
     [
         "org/name",
-        "hf://name",
+        "hf://-name",
+        "hf://org/.hidden",
+        "hf://datasets/org/name/extra",
         "hf://org/name/extra",
         "gs://bucket/x",
         "hf://../etc@main",
