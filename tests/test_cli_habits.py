@@ -80,6 +80,9 @@ def test_datasets_and_spaces_are_imported_by_uri_or_repo_type(
     assert imported(tmp_path / "d") == stored(hub, key)
     manifest = json.loads((tmp_path / "d" / ".artifact-import" / "manifest.json").read_text())
     assert manifest["source"] == f"hf://{repo_type}s/{repo}"
+    listed = cli("ls", f"hf://{uri_prefix}{repo}", *option, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert sorted(f["path"] for f in json.loads(listed.stdout)["files"]) == sorted(FILES)
     # The same id as a model does not exist: the kind is not guessed.
     missing = cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"))
     assert missing.returncode == 1 and "repository not found" in missing.stderr
