@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         VerificationError,
         VFolderNotFoundError,
     )
+    from .fleet import FleetImportService
     from .manifest import MANIFEST_PATH
     from .model import (
         ArtifactFile,
@@ -98,6 +99,7 @@ _LAZY: dict[str, str] = {
     "ImportPipeline": ".pipeline",
     "ImportResult": ".model",
     "ImportService": ".service",
+    "FleetImportService": ".fleet",
     "ImportStepContext": ".context",
     "FileNotInSourceError": ".errors",
     "ImportTask": ".service",
@@ -182,6 +184,7 @@ __all__ = [
     "FileNotInSourceError",
     "FileResult",
     "FileState",
+    "FleetImportService",
     "GgufVerifier",
     "HttpTimeouts",
     "HubScanVerifier",

@@ -45,9 +45,12 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     """Serve the import routes (POST/GET/DELETE /import, events) for a storage proxy or scripts.
 
     Storages, volumes, verifiers and [server] limits and webhooks come from
-    --config. Registries: the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), and
-    S3 when AWS_ENDPOINT_URL is set. SIGINT / SIGTERM cancel running imports,
-    clean them up, and exit.
+    --config. With [server] task-store = "redis://HOST:PORT/DB", tasks live in
+    Redis/Valkey and every proxy sharing it answers for them, claims queued
+    ones it can reach, and takes over those of a proxy that died. Registries:
+    the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), and S3 when AWS_ENDPOINT_URL
+    is set. SIGINT / SIGTERM cancel running imports, clean them up, and exit
+    (in a fleet: hand them back to the other proxies).
 
     \b
     Example:
@@ -86,4 +89,10 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     app, _ = guarded(build, subject="serve", as_json=False, verbose=ctx.obj["verbose"])
     click.echo(f"serving imports on http://{host}:{port}/import", err=True)
-    web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, handle_signals=True)
+    # A task store that cannot be reached fails the start-up hook: one error line, not a traceback.
+    guarded(
+        lambda: web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, handle_signals=True),
+        subject="serve",
+        as_json=False,
+        verbose=ctx.obj["verbose"],
+    )

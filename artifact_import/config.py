@@ -112,6 +112,12 @@ class ServerSettings:
     webhooks: tuple[str, ...] = ()
     webhook_attempts: int = 5
     webhook_backoff: float = 1.0
+    #: ``redis://HOST:PORT/DB`` (or ``rediss://``, ``valkey://``): tasks shared by a fleet of proxies (see .fleet).
+    task_store: str | None = None
+    #: Seconds a proxy's claim on a running task lasts without renewal (a dead proxy's tasks wait this long).
+    lease: float = 15.0
+    #: Seconds a finished task stays answerable.
+    finished_ttl: float = 7 * 24 * 3600.0
 
 
 @attrs.frozen
@@ -200,6 +206,9 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
         "webhooks",
         "webhook-attempts",
         "webhook-backoff",
+        "task-store",
+        "lease",
+        "finished-ttl",
     }
     _known(reader, "server", table, keys)
     counts = {}
@@ -215,6 +224,16 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
     backoff = table.get("webhook-backoff", 1.0)
     if not isinstance(backoff, int | float) or isinstance(backoff, bool) or backoff < 0:
         raise reader.error("server", "webhook-backoff", "must be a number of seconds")
+    seconds: dict[str, float] = {}
+    for key, fallback, low in (("lease", 15.0, 1.0), ("finished-ttl", 7 * 24 * 3600.0, 60.0)):
+        given = table.get(key, fallback)
+        if not isinstance(given, int | float) or isinstance(given, bool) or given < low:
+            raise reader.error("server", key, f"must be a number of seconds, at least {low:g}")
+        seconds[key] = float(given)
+    store = _string(reader, "server", table, "task-store")
+    if store is not None and not store.startswith(("redis://", "rediss://", "valkey://", "valkeys://", "unix://")):
+        # The URL may carry a password: never quoted.
+        raise reader.error("server", "task-store", "must be a redis:// (or rediss://, valkey://, unix://) URL")
     staging = _string(reader, "server", table, "staging")
     if staging is not None and staging not in storages:
         raise reader.error("server", "staging", f"no storage named {staging!r} in this file")
@@ -231,6 +250,9 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
         webhooks=tuple(hooks),
         webhook_attempts=counts["webhook-attempts"],
         webhook_backoff=float(backoff),
+        task_store=store.replace("valkey", "redis", 1) if store else None,
+        lease=seconds["lease"],
+        finished_ttl=seconds["finished-ttl"],
     )
 
 

@@ -30,7 +30,7 @@ from .config import ServerSettings, VerifySettings
 from .errors import ArtifactImportError, ConfigError, StorageNotFoundError
 from .model import ArtifactStorageImportStep, ModelTarget
 from .registries.base import AbstractRegistry
-from .service import ImportService, ImportTask
+from .service import ImportService, TaskView
 from .storages.base import AbstractStoragePool
 from .verifiers import build_verifiers
 from .verifiers.base import Verifier
@@ -71,19 +71,36 @@ def create_app(
         if settings.webhooks
         else None
     )
-    service = ImportService(
-        registries,
-        storage_pool=storage_pool,
-        volume_pool=volume_pool,
-        verifiers=verifiers,
-        staging=settings.staging,
-        max_concurrent_imports=settings.max_concurrent_imports,
-        max_concurrent_files=settings.max_concurrent_files,
-        on_finished=[notifier] if notifier is not None else [],
-    )
+    common: dict[str, Any] = {
+        "storage_pool": storage_pool,
+        "volume_pool": volume_pool,
+        "verifiers": verifiers,
+        "staging": settings.staging,
+        "max_concurrent_imports": settings.max_concurrent_imports,
+        "max_concurrent_files": settings.max_concurrent_files,
+        "on_finished": [notifier] if notifier is not None else [],
+    }
+    service: ImportService
+    if settings.task_store is not None:
+        from .fleet import FleetImportService
+
+        service = FleetImportService(
+            registries,
+            redis_url=settings.task_store,
+            lease=settings.lease,
+            finished_ttl=settings.finished_ttl,
+            **common,
+        )
+    else:
+        service = ImportService(registries, **common)
     app = web.Application()
     app[SERVICE] = service
     app.add_routes(import_routes(service))
+
+    async def startup(_: web.Application) -> None:
+        await service.start()
+
+    app.on_startup.append(startup)
 
     async def shutdown(_: web.Application) -> None:
         await service.aclose()
@@ -113,7 +130,7 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
             return _error(400, exc.field, exc.message)
         except ArtifactImportError as exc:
             return _error(400, "body", exc.message)
-        task = service.get(task_id)
+        task = await service.fetch(task_id)
         return web.json_response(
             {
                 "task_id": task_id,
@@ -125,11 +142,12 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
 
     @routes.get("/import")
     async def index(_: web.Request) -> web.Response:
-        return web.json_response({"tasks": [{**t.summary(), "created": t.created} for t in service.tasks()]})
+        tasks = await service.fetch_all()
+        return web.json_response({"tasks": [{**t.summary(), "created": t.created} for t in tasks]})
 
-    def find(request: web.Request) -> ImportTask:
+    async def find(request: web.Request) -> TaskView:
         try:
-            return service.get(request.match_info["task_id"])
+            return await service.fetch(request.match_info["task_id"])
         except ConfigError as exc:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": {"field": "task_id", "message": exc.message}}),
@@ -138,16 +156,16 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
 
     @routes.get("/import/{task_id}")
     async def status(request: web.Request) -> web.Response:
-        return web.json_response(find(request).to_dict())
+        return web.json_response((await find(request)).to_dict())
 
     @routes.delete("/import/{task_id}")
     async def cancel(request: web.Request) -> web.Response:
-        task = await service.cancel(find(request).id)
+        task = await service.cancel_task((await find(request)).id)
         return web.json_response(task.to_dict())
 
     @routes.get("/import/{task_id}/events")
     async def events(request: web.Request) -> web.StreamResponse:
-        task = find(request)
+        task = await find(request)
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
@@ -231,7 +249,8 @@ def _vfolder(service: ImportService, raw: Any) -> VFolderRef | None:
             VFolderRef.parse(str(ref))  # the same checks as the string form
         else:
             raise ConfigError("must be VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] or an object")
-        service.volume_pool.get_volume(ref.volume)
+        if service.local_names:
+            service.volume_pool.get_volume(ref.volume)
     except (ConfigError, StorageNotFoundError) as exc:
         raise _BadRequest("vfolder_id", exc.message) from None
     return ref
@@ -253,7 +272,8 @@ def _mappings(service: ImportService, raw: Any) -> dict[Step, str] | None:
         if not isinstance(name, str):
             raise _BadRequest(f"storage_step_mappings.{key}", "must be a storage name")
         try:
-            service.storage_pool.get_storage(name)
+            if service.local_names:
+                service.storage_pool.get_storage(name)
         except StorageNotFoundError as exc:
             raise _BadRequest(f"storage_step_mappings.{key}", exc.message) from None
         mappings[step] = name

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import attrs
 
@@ -203,6 +203,20 @@ class _Subscriber:
         return self.drain()
 
 
+class TaskView(Protocol):
+    """What the HTTP routes read of a task, wherever it is kept (here, or in a fleet's store)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def state(self) -> TaskState: ...
+    @property
+    def created(self) -> float: ...
+    def summary(self) -> dict[str, Any]: ...
+    def to_dict(self) -> dict[str, Any]: ...
+    def subscribe(self) -> AsyncGenerator[tuple[str, dict[str, Any]], None]: ...
+
+
 #: Called with a finished task (e.g. to post webhooks); must not block.
 FinishedCallback = Callable[[ImportTask], None]
 
@@ -215,6 +229,9 @@ class ImportService:
     vfolder (verified before anything there becomes visible). The last
     ``keep_finished`` finished tasks are kept for polling.
     """
+
+    #: Storage and volume names of a request are this process's (a fleet's are checked against every proxy).
+    local_names = True
 
     def __init__(
         self,
@@ -276,6 +293,23 @@ class ImportService:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._tasks:
             raise ConfigError(f"an import with request id {request_id!r} already exists")
+        contexts = self._contexts(models, registry_name, vfolder, storage_step_mappings, request_id)
+        task = ImportTask(request_id, [self._model_progress(c) for c in contexts])
+        task._task = asyncio.create_task(self._run(task, contexts), name=f"import:{request_id}")
+        # The outcome is kept on the task; nobody has to await it.
+        task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._tasks[request_id] = task
+        return request_id
+
+    def _contexts(
+        self,
+        models: Sequence[ModelTarget],
+        registry_name: str,
+        vfolder: VFolderRef | None,
+        storage_step_mappings: Mapping[Step, StorageTarget | str] | None,
+        request_id: str,
+    ) -> list[ImportStepContext]:
+        """One context per model, its storages resolved; raises what can be checked without I/O."""
         self.pipeline.registry(registry_name)
         mappings: dict[Step, StorageTarget] = {
             step: t if isinstance(t, StorageTarget) else StorageTarget(t)
@@ -304,15 +338,11 @@ class ImportService:
                     step_metadata={"request_id": request_id},
                 )
             )
-        task = ImportTask(
-            request_id,
-            [ModelProgress(c.model.uri, _archive(c).describe()) for c in contexts],
-        )
-        task._task = asyncio.create_task(self._run(task, contexts), name=f"import:{request_id}")
-        # The outcome is kept on the task; nobody has to await it.
-        task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        self._tasks[request_id] = task
-        return request_id
+        return contexts
+
+    @staticmethod
+    def _model_progress(context: ImportStepContext) -> ModelProgress:
+        return ModelProgress(context.model.uri, _archive(context).describe())
 
     async def _run(self, task: ImportTask, contexts: list[ImportStepContext]) -> list[ImportResult]:
         try:
@@ -364,6 +394,20 @@ class ImportService:
                 assert task.error is not None
                 raise task.error from None
             raise
+
+    # The same, awaitable: what the HTTP routes call, so that a service keeping its tasks elsewhere (see
+    # .fleet) answers them too.
+    async def fetch(self, task_id: str) -> TaskView:
+        return self.get(task_id)
+
+    async def fetch_all(self) -> Sequence[TaskView]:
+        return self.tasks()
+
+    async def cancel_task(self, task_id: str) -> TaskView:
+        return await self.cancel(task_id)
+
+    async def start(self) -> None:
+        """Nothing to start in one process (a fleet service starts claiming work here)."""
 
     async def cancel(self, task_id: str) -> ImportTask:
         """Cancel the import and wait until it has cleaned up, as a failed one would."""

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Everything needed on a fresh machine, then the whole test suite (lint, types, tests).
-# Installs Debian's clamav-daemon if clamd is missing (the tests start their own clamd),
+# Installs Debian's clamav-daemon and redis-server if missing (the tests start their own clamd and Redis),
 # and the Python packages into .venv (moto's S3 server among them).
 # Extra arguments go to pytest, e.g. ./scripts/test.sh -k resume -x
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v clamd >/dev/null 2>&1 && [ ! -x /usr/sbin/clamd ]; then
-    echo "installing clamav-daemon (for the malware-scanning tests)..." >&2
+missing=()
+command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)  # malware scanning
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the fleet's task store
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]} (for the tests)..." >&2
     SUDO=""
     [ "$(id -u)" -eq 0 ] || SUDO="sudo"
     $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends clamav-daemon >/dev/null
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 ./scripts/setup.sh

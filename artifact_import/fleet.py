@@ -1,0 +1,573 @@
+"""Import tasks shared by a fleet of storage proxies through Redis/Valkey.
+
+With ``[server] task-store = "redis://HOST:PORT/DB"``, :class:`FleetImportService`
+replaces the in-process task table of :class:`~.service.ImportService`:
+
+- A task is durable from the ``202`` on: its request, state, per-file progress,
+  results or error are a JSON snapshot at ``PREFIX:task:ID`` (finished tasks
+  expire after ``finished-ttl``), so every proxy answers ``GET``, ``DELETE``
+  and the event stream of every task, before and after a restart.
+- Work is **claimed, not assigned**: unfinished tasks wait in the sorted set
+  ``PREFIX:active``; a proxy with a free slot takes one it can reach (its
+  registry, volume or storages are configured there) by creating its lease
+  ``PREFIX:lease:ID`` (``SET NX PX``). A lease names its proxy and is renewed
+  every ``lease / 3`` while the import runs; a proxy that dies stops renewing,
+  the key expires, and another proxy that can reach the destination claims the
+  task and runs it again: the import resumes from what the destination's
+  journal holds (see :mod:`.resume`), it does not start over.
+  A sorted set and a lease key rather than a stream's consumer group: a proxy
+  can look at work it cannot reach and leave it to others without taking it.
+- ``DELETE`` on any proxy sets ``PREFIX:cancel:ID``; the owner sees it within
+  half a second and cancels as for a local cancel; an unclaimed task is
+  cancelled by whoever claims it first.
+- Progress and state changes are appended to the stream ``PREFIX:events:ID``,
+  which the event route of every proxy reads.
+- A proxy shutting down gracefully hands its running imports back (what they
+  received is kept for the next owner) instead of cancelling them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
+
+import attrs
+
+from ._aio import run_to_completion
+from .context import StorageTarget
+from .errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from .model import ArtifactStorageImportStep, ImportResult, ModelTarget
+from .resume import discard_parked
+from .service import FINAL_STATES, ImportService, ImportTask, TaskState
+from .volumes.base import VFolderRef
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+log = logging.getLogger(__name__)
+
+Step = ArtifactStorageImportStep
+
+DEFAULT_LEASE = 15.0
+DEFAULT_FINISHED_TTL = 7 * 24 * 3600
+#: How often the owner looks for a cancel request and writes progress.
+_TICK = 0.5
+#: Events kept per task (the latest of each file is what a late reader needs).
+_EVENTS_KEPT = 2000
+#: How long a DELETE waits for the proxy running the task to have cleaned up.
+_CANCEL_WAIT = 120.0
+
+# Renew the lease only while it is still ours: a lease that expired and was taken must not be stolen back.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+@attrs.frozen
+class RemoteTask:
+    """A task as the fleet's store holds it: what ``GET /import/ID`` answers on any proxy."""
+
+    snapshot: Mapping[str, Any]
+    service: FleetImportService
+
+    @property
+    def id(self) -> str:
+        return str(self.snapshot["id"])
+
+    @property
+    def state(self) -> TaskState:
+        return TaskState(self.snapshot["state"])
+
+    @property
+    def done(self) -> bool:
+        return self.state in FINAL_STATES
+
+    @property
+    def created(self) -> float:
+        return float(self.snapshot["created"])
+
+    def summary(self) -> dict[str, Any]:
+        return {"id": self.id, "state": self.state.value, "error": self.snapshot.get("error")}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.snapshot.items() if k != "request"}
+
+    async def subscribe(self) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        """The task's events from its first one, then as they come, until it is finished (any proxy)."""
+        async for kind, data in self.service._events(self.id):
+            yield kind, data
+
+
+class FleetImportService(ImportService):
+    """:class:`ImportService` whose tasks live in Redis and are run by whichever proxy claims them.
+
+    Call :meth:`start` once the event loop runs (the server does it on startup) and :meth:`aclose`
+    on shutdown.
+    """
+
+    local_names = False
+
+    def __init__(
+        self,
+        *args: Any,
+        redis_url: str,
+        lease: float = DEFAULT_LEASE,
+        finished_ttl: float = DEFAULT_FINISHED_TTL,
+        prefix: str = "artifact-import",
+        poll: float = 0.5,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        # Interrupted imports keep what they received: the next owner resumes from it. A cancel asked by a
+        # user discards it afterwards (see _run_claimed).
+        self.pipeline.keep_partial = True
+        self.redis_url = redis_url
+        self.lease = lease
+        self.finished_ttl = finished_ttl
+        self.prefix = prefix
+        self.poll = poll
+        self.proxy_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._redis: Redis | None = None
+        self._loops: list[asyncio.Task[None]] = []
+        self._capacity = kwargs.get("max_concurrent_imports", 2)
+        self._running: dict[str, ImportTask] = {}
+        self._handing_back: set[str] = set()
+        self._closing = False
+
+    # --- keys ------------------------------------------------------------------------------
+
+    def _key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    @property
+    def redis(self) -> Redis:
+        if self._redis is None:
+            from redis.asyncio import Redis
+
+            self._redis = Redis.from_url(self.redis_url, decode_responses=True)
+        return self._redis
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Announce what this proxy can reach and start claiming work."""
+        try:
+            await self.redis.ping()
+        except Exception as exc:
+            raise ConfigError(
+                f"task store {_display(self.redis_url)}: cannot reach it ({type(exc).__name__})"
+            ) from None
+        await self._announce()
+        self._loops = [
+            asyncio.create_task(self._claim_loop(), name="fleet:claim"),
+            asyncio.create_task(self._tick_loop(), name="fleet:tick"),
+        ]
+
+    async def aclose(self) -> None:
+        """Hand the running imports back to the fleet (kept for the next owner), then stop."""
+        self._closing = True
+        for loop in self._loops:
+            loop.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        running = [t for t in self._running.values() if t._task is not None and not t._task.done()]
+        for task in running:
+            self._handing_back.add(task.id)
+            assert task._task is not None
+            task._task.cancel()
+        if running:
+            await run_to_completion(asyncio.gather(*(t._task for t in running if t._task), return_exceptions=True))
+        with contextlib.suppress(Exception):
+            await self.redis.delete(self._key("proxy", self.proxy_id))
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    async def _announce(self) -> None:
+        reach = {
+            "registries": sorted(self.registries),
+            "storages": sorted(_names(self.storage_pool)),
+            "volumes": sorted(self.volume_pool.names()),
+        }
+        await self.redis.set(self._key("proxy", self.proxy_id), json.dumps(reach), px=int(self.lease * 3000))
+
+    async def _fleet_reach(self) -> dict[str, set[str]]:
+        """What the live proxies of the fleet can reach, all together."""
+        reach: dict[str, set[str]] = {"registries": set(), "storages": set(), "volumes": set()}
+        async for key in self.redis.scan_iter(match=self._key("proxy", "*")):
+            raw = await self.redis.get(key)
+            if raw:
+                for kind, names in json.loads(raw).items():
+                    reach.setdefault(kind, set()).update(names)
+        return reach
+
+    # --- the ImportService interface --------------------------------------------------------
+
+    async def start_import(
+        self,
+        models: ModelTarget | Sequence[ModelTarget],
+        registry_name: str,
+        *,
+        vfolder: VFolderRef | None = None,
+        storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
+        request_id: str | None = None,
+    ) -> str:
+        models = [models] if isinstance(models, ModelTarget) else list(models)
+        if not models:
+            raise ConfigError("no models to import")
+        mappings: dict[str, str] = {}
+        for step, target in (storage_step_mappings or {}).items():
+            name = target if isinstance(target, str) else target.value
+            if not isinstance(name, str):
+                raise ConfigError("a fleet task names its storages (another proxy runs it): give storage names")
+            mappings[step.value] = name
+        if vfolder is None and Step.ARCHIVE.value not in mappings:
+            raise ConfigError("no destination: give a vfolder or an ARCHIVE storage mapping")
+        reach = await self._fleet_reach()
+        for name in mappings.values():
+            if name not in reach["storages"]:
+                raise StorageNotFoundError(f"no proxy of the fleet has a storage named {name!r}")
+        if vfolder is not None and vfolder.volume not in reach["volumes"]:
+            raise StorageNotFoundError(f"no proxy of the fleet has a volume named {vfolder.volume!r}")
+        if registry_name not in reach["registries"]:
+            raise ConfigError(f"no proxy of the fleet has a registry named {registry_name!r}")
+        request_id = request_id or uuid.uuid4().hex
+        request = {
+            "models": [_model_to_dict(m) for m in models],
+            "registry_name": registry_name,
+            "vfolder": str(vfolder) if vfolder is not None else None,
+            "mappings": mappings,
+        }
+        now = time.time()
+        snapshot = {
+            "id": request_id,
+            "state": TaskState.QUEUED.value,
+            "error": None,
+            "created": now,
+            "started": None,
+            "finished": None,
+            "owner": None,
+            "models": [
+                {"source": m.uri, "destination": request["vfolder"] or mappings["archive"], "files": [], "result": None}
+                for m in models
+            ],
+            "request": request,
+        }
+        if not await self.redis.set(self._key("task", request_id), json.dumps(snapshot), nx=True):
+            raise ConfigError(f"an import with request id {request_id!r} already exists")
+        await self.redis.zadd(self._key("tasks"), {request_id: now})
+        await self._event(request_id, "state", _summary(snapshot))
+        await self.redis.zadd(self._key("active"), {request_id: now})
+        return request_id
+
+    def get(self, task_id: str) -> ImportTask:
+        raise TypeError("a fleet task is read with 'await service.fetch(task_id)'")
+
+    async def fetch(self, task_id: str) -> RemoteTask:
+        raw = await self.redis.get(self._key("task", task_id))
+        if raw is None:
+            raise ConfigError(f"no import task {task_id!r} (finished tasks are kept for a while only)")
+        return RemoteTask(json.loads(raw), self)
+
+    async def fetch_all(self) -> list[RemoteTask]:
+        await self.redis.zremrangebyscore(self._key("tasks"), 0, time.time() - self.finished_ttl)
+        found = []
+        ids = cast(list[str], await self.redis.zrange(self._key("tasks"), 0, -1))
+        for task_id in ids:
+            with contextlib.suppress(ConfigError):
+                found.append(await self.fetch(task_id))
+        return found
+
+    async def wait(self, task_id: str) -> list[ImportResult]:
+        raise TypeError("a fleet task is followed with its events or by polling fetch()")
+
+    async def cancel_task(self, task_id: str) -> RemoteTask:
+        """Cancel the task wherever it runs and return it once it has cleaned up."""
+        task = await self.fetch(task_id)
+        if task.done:
+            return task
+        await self.redis.set(self._key("cancel", task_id), "1", ex=int(self.finished_ttl))
+        # Not claimed yet: claim it to cancel it (no proxy will then start it).
+        if await self.redis.set(self._key("lease", task_id), self.proxy_id, nx=True, px=int(self.lease * 1000)):
+            latest = await self.fetch(task_id)
+            if not latest.done:
+                error = {"type": "ArtifactImportError", "message": f"import {task_id} cancelled"}
+                await self._finish_remote(task_id, TaskState.CANCELLED, error)
+            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+            return await self.fetch(task_id)
+        deadline = time.monotonic() + _CANCEL_WAIT
+        while time.monotonic() < deadline:
+            task = await self.fetch(task_id)
+            if task.done:
+                return task
+            await asyncio.sleep(0.1)
+        return await self.fetch(task_id)
+
+    # --- claiming and running ---------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        while True:
+            try:
+                await self._announce()
+                if len(self._running) < self._capacity and not self._closing:
+                    await self._claim_some()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet: claiming work failed; trying again")
+            await asyncio.sleep(self.poll)
+
+    async def _claim_some(self) -> None:
+        active = cast(list[str], await self.redis.zrange(self._key("active"), 0, -1))
+        for task_id in active:
+            if len(self._running) >= self._capacity or task_id in self._running:
+                continue
+            if await self.redis.exists(self._key("lease", task_id)):
+                continue
+            raw = await self.redis.get(self._key("task", task_id))
+            if raw is None:
+                await self.redis.zrem(self._key("active"), task_id)
+                continue
+            snapshot = json.loads(raw)
+            if not self._can_reach(snapshot["request"]):
+                continue
+            if not await self.redis.set(self._key("lease", task_id), self.proxy_id, nx=True, px=int(self.lease * 1000)):
+                continue
+            await self._run_claimed(snapshot)
+
+    def _can_reach(self, request: Mapping[str, Any]) -> bool:
+        if request["registry_name"] not in self.registries:
+            return False
+        names = set(_names(self.storage_pool))
+        if any(name not in names for name in request["mappings"].values()):
+            return False
+        return request["vfolder"] is None or VFolderRef.parse(request["vfolder"]).volume in self.volume_pool.names()
+
+    async def _run_claimed(self, snapshot: dict[str, Any]) -> None:
+        task_id = snapshot["id"]
+        request = snapshot["request"]
+        if await self.redis.exists(self._key("cancel", task_id)):
+            error = {"type": "ArtifactImportError", "message": f"import {task_id} cancelled"}
+            await self._finish_remote(task_id, TaskState.CANCELLED, error)
+            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+            return
+        try:
+            models = [_model_from_dict(m) for m in request["models"]]
+            vfolder = VFolderRef.parse(request["vfolder"]) if request["vfolder"] else None
+            mappings = {Step(step): StorageTarget(name) for step, name in request["mappings"].items()}
+            contexts = self._contexts(models, request["registry_name"], vfolder, mappings, task_id)
+        except ArtifactImportError as exc:
+            await self._finish_remote(task_id, TaskState.FAILED, {"type": type(exc).__name__, "message": exc.message})
+            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+            return
+        taken_over = snapshot.get("owner") is not None
+        task = ImportTask(task_id, [self._model_progress(c) for c in contexts], created=snapshot["created"])
+        self._running[task_id] = task
+        task._subscribers.append(_Mirror(self, task))  # type: ignore[arg-type]
+        if taken_over:
+            log.info("import %s: taken over from %s", task_id, snapshot["owner"])
+        task._task = asyncio.create_task(self._run_owned(task, contexts), name=f"import:{task_id}")
+        task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    async def _run_owned(self, task: ImportTask, contexts: list[Any]) -> list[ImportResult]:
+        try:
+            return await self._run(task, contexts)
+        except asyncio.CancelledError:
+            if task.id in self._handing_back:
+                return []
+            raise
+        finally:
+            await run_to_completion(self._after(task, contexts))
+
+    async def _after(self, task: ImportTask, contexts: list[Any]) -> None:
+        """Publish how the task ended; a user's cancel discards what was kept for a resume."""
+        self._running.pop(task.id, None)
+        try:
+            if task.id in self._handing_back:
+                self._handing_back.discard(task.id)
+                await self._write(task, state=TaskState.QUEUED.value, owner=None)
+                await self._event(task.id, "state", {"id": task.id, "state": TaskState.QUEUED.value, "error": None})
+                await self.redis.eval(_RELEASE, 1, self._key("lease", task.id), self.proxy_id)
+                return
+            if task.state is TaskState.CANCELLED:
+                for context in contexts:
+                    with contextlib.suppress(ArtifactImportError):
+                        await discard_parked(context.storage_for(Step.ARCHIVE))
+            await self._write(task)
+            await self._ended(task.id)
+        except Exception:
+            log.exception("import %s: could not record its end in the task store", task.id)
+
+    def _finish(self, task: ImportTask, state: TaskState, error: ArtifactImportError | None = None) -> None:
+        if task.id in self._handing_back:
+            return  # not finished: another proxy goes on with it
+        task.set_state(state, error)
+        for callback in self.on_finished:
+            try:
+                callback(task)
+            except Exception:
+                log.exception("import %s: a completion callback failed", task.id)
+
+    async def _tick_loop(self) -> None:
+        """Renew the leases of the imports running here, pass on cancels, write their progress."""
+        last_renew = 0.0
+        while True:
+            await asyncio.sleep(_TICK)
+            try:
+                renew = time.monotonic() - last_renew >= self.lease / 3
+                for task in list(self._running.values()):
+                    lease = self._key("lease", task.id)
+                    if renew and not await self.redis.eval(_RENEW, 1, lease, self.proxy_id, int(self.lease * 1000)):
+                        # Another proxy holds it now (this one stalled past the lease): stop, keep nothing.
+                        log.warning("import %s: lost its lease to another proxy; stopping here", task.id)
+                        self._handing_back.add(task.id)
+                        if task._task is not None:
+                            task._task.cancel()
+                        continue
+                    if await self.redis.exists(self._key("cancel", task.id)) and task._task is not None:
+                        task._task.cancel()
+                    for subscriber in task._subscribers:
+                        if isinstance(subscriber, _Mirror):
+                            await subscriber.flush()
+                if renew:
+                    last_renew = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fleet: renewing leases failed; trying again")
+
+    # --- the store ----------------------------------------------------------------------------
+
+    async def _write(self, task: ImportTask, **override: Any) -> None:
+        raw = await self.redis.get(self._key("task", task.id))
+        if raw is None:
+            return
+        snapshot = {**json.loads(raw), **task.to_dict(), "owner": self.proxy_id, **override}
+        ttl = int(self.finished_ttl) if snapshot["state"] in {s.value for s in FINAL_STATES} else None
+        await self.redis.set(self._key("task", task.id), json.dumps(snapshot), ex=ttl)
+
+    async def _finish_remote(self, task_id: str, state: TaskState, error: dict[str, str] | None) -> None:
+        raw = await self.redis.get(self._key("task", task_id))
+        if raw is None:
+            return
+        snapshot = {**json.loads(raw), "state": state.value, "error": error, "finished": time.time()}
+        await self.redis.set(self._key("task", task_id), json.dumps(snapshot), ex=int(self.finished_ttl))
+        await self._event(task_id, "state", _summary(snapshot))
+        await self._ended(task_id)
+
+    async def _ended(self, task_id: str) -> None:
+        await self.redis.zrem(self._key("active"), task_id)
+        await self.redis.expire(self._key("events", task_id), int(self.finished_ttl))
+        await self.redis.delete(self._key("cancel", task_id))
+        await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+
+    async def _event(self, task_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        await self.redis.xadd(
+            self._key("events", task_id),
+            {"kind": kind, "data": json.dumps(data)},
+            maxlen=_EVENTS_KEPT,
+            approximate=True,
+        )
+
+    async def _events(self, task_id: str) -> AsyncGenerator[tuple[str, dict[str, Any]], None]:
+        key = self._key("events", task_id)
+        last = "0"
+        while True:
+            found = cast(
+                list[tuple[str, list[tuple[str, dict[str, str]]]]],
+                await self.redis.xread({key: last}, block=1000, count=500),
+            )
+            for _, entries in found:
+                for entry_id, fields in entries:
+                    last = entry_id
+                    data = json.loads(fields["data"])
+                    yield fields["kind"], data
+                    if fields["kind"] == "state" and data["state"] in {s.value for s in FINAL_STATES}:
+                        return
+            if not found and (await self.fetch(task_id)).done:
+                return
+
+
+class _Mirror:
+    """Passes a running task's events to the store: state changes at once, file progress every tick."""
+
+    def __init__(self, service: FleetImportService, task: ImportTask) -> None:
+        self._service = service
+        self._task = task
+        self._pending: dict[str, dict[str, Any]] = {}
+        self._state_changed = False
+
+    def put(self, key: str, data: dict[str, Any]) -> None:
+        if key == "state":
+            self._state_changed = True
+            # A state change goes out now, not at the next tick (RUNNING, and the final one).
+            asyncio.get_running_loop().create_task(self.flush())
+        self._pending.pop(key, None)
+        self._pending[key] = data
+
+    async def flush(self) -> None:
+        if not self._pending and not self._state_changed:
+            return
+        pending, self._pending = self._pending, {}
+        self._state_changed = False
+        with contextlib.suppress(Exception):
+            if self._task.id not in self._service._handing_back:
+                await self._service._write(self._task)
+            for key, data in pending.items():
+                if key == "state" and self._task.id in self._service._handing_back:
+                    continue
+                await self._service._event(self._task.id, "state" if key == "state" else "file", data)
+
+
+def _summary(snapshot: Mapping[str, Any]) -> dict[str, Any]:
+    return {"id": snapshot["id"], "state": snapshot["state"], "error": snapshot.get("error")}
+
+
+def _names(pool: Any) -> list[str]:
+    names = getattr(pool, "names", None)
+    return list(names()) if callable(names) else []
+
+
+def _model_to_dict(model: ModelTarget) -> dict[str, Any]:
+    return {
+        "repo_id": model.repo_id,
+        "revision": model.revision,
+        "include": list(model.include),
+        "exclude": list(model.exclude),
+        "scheme": model.scheme,
+        "repo_type": model.repo_type,
+        "files": list(model.files),
+    }
+
+
+def _model_from_dict(raw: Mapping[str, Any]) -> ModelTarget:
+    return ModelTarget(
+        raw["repo_id"],
+        raw["revision"],
+        tuple(raw["include"]),
+        tuple(raw["exclude"]),
+        scheme=raw["scheme"],
+        repo_type=raw.get("repo_type", "model"),
+        files=tuple(raw.get("files", ())),
+    )
+
+
+def _display(url: str) -> str:
+    """A Redis URL without its password."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"

@@ -1,0 +1,310 @@
+"""A fleet of `artifact-import serve` proxies sharing a real Redis: tasks seen, claimed, taken over, cancelled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import ROOT, files_under, repo_name
+from .hub import LocalHub
+from .redisserver import RedisServer, _free_port
+
+FILES: dict[str, bytes | int] = {"config.json": b'{"a": 1}', "model.safetensors": 3 * 1024 * 1024}
+LEASE = 2
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer.start(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    import redis
+
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushdb()  # each test starts with an empty task store
+    client.close()
+    return redis_server.url
+
+
+class Proxy:
+    """One `artifact-import serve` process of the fleet."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.port, self.log = config, _free_port(), log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(self.port)],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),  # noqa: SIM115
+            env={k: v for k, v in os.environ.items() if k != "HF_TOKEN"},
+        )  # fmt: skip
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{self.base}/import", timeout=1).close()
+                return
+            except OSError:
+                assert self.proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, "the proxy did not start"
+                time.sleep(0.1)
+
+    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.base}{path}", data, {"Content-Type": "application/json"}, method=method
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=150) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def start(self, repo: str, archive: str = "models") -> str:
+        status, body = self.call(
+            "POST", "/import", {"models": [{"repo_id": repo}], "storage_step_mappings": {"archive": archive}}
+        )
+        assert status == 202, body
+        return str(body["task_id"])
+
+    def task(self, task_id: str) -> dict[str, Any]:
+        status, body = self.call("GET", f"/import/{task_id}")
+        assert status == 200, body
+        return dict(body)
+
+    def events(self, task_id: str) -> list[tuple[str, dict[str, Any]]]:
+        found: list[tuple[str, dict[str, Any]]] = []
+        with urllib.request.urlopen(f"{self.base}/import/{task_id}/events", timeout=120) as resp:
+            kind = ""
+            for raw in resp:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    found.append((kind, json.loads(line[6:])))
+        return found
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=60)
+
+
+def _config(tmp_path: Path, url: str, name: str, *, storage: str = "models") -> Path:
+    config = tmp_path / f"{name}.toml"
+    config.write_text(
+        f'[server]\ntask-store = "{url}"\nlease = {LEASE}\n'
+        f'[storage.{storage}]\nbackend = "vfs"\npath = "{tmp_path / storage}"\nfsync = false\n'
+    )
+    return config
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, redis_url: str) -> Iterator[list[Proxy]]:
+    proxies = [Proxy(_config(tmp_path, redis_url, n), tmp_path / f"{n}.log") for n in ("a", "b")]
+    yield proxies
+    for proxy in proxies:
+        if proxy.proc.poll() is None:
+            proxy.proc.kill()
+            proxy.proc.wait()
+
+
+def _until(what: str, check: Any, timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _owner(task: dict[str, Any], proxies: list[Proxy]) -> Proxy:
+    pid = int(str(task["owner"]).split(":")[1])
+    return next(p for p in proxies if p.proc.pid == pid)
+
+
+def _received(task: dict[str, Any], path: str) -> int:
+    files = {f["path"]: f for f in task["models"][0]["files"]}
+    return int(files[path]["bytes_done"]) if path in files else 0
+
+
+def _expected(hub: LocalHub, repo: str) -> dict[str, bytes]:
+    r = hub.repos[repo]
+    return {p: f.disk.read_bytes() for p, f in r.commits[r.refs["main"]].items()}
+
+
+def test_a_task_started_on_one_proxy_is_seen_with_its_progress_from_another(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy]
+) -> None:
+    a, b = fleet
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 2 * 1024 * 1024
+    task_id = a.start(repo)
+    running = _until("progress seen from B", lambda: (t := b.task(task_id))["state"] == "running"
+                     and _received(t, "model.safetensors") > 0 and t)  # fmt: skip
+    assert running["owner"] is not None and running["id"] == task_id
+    events = b.events(task_id)  # from B, whoever runs it
+    assert events[-1][0] == "state" and events[-1][1]["state"] == "succeeded"
+    assert any(kind == "file" and data["path"] == "model.safetensors" for kind, data in events)
+    assert a.task(task_id) == b.task(task_id)
+    assert b.task(task_id)["models"][0]["result"]["file_count"] == 2
+    assert files_under(tmp_path / "models")["model.safetensors"] == _expected(hub, repo)["model.safetensors"]
+    status, listing = b.call("GET", "/import")
+    assert status == 200 and [t["id"] for t in listing["tasks"]] == [task_id]
+
+
+def test_a_killed_proxys_task_is_taken_over_and_only_the_rest_is_fetched(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy]
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 1024 * 1024  # 3 s for the model
+    task_id = fleet[0].start(repo)
+    task = _until("bytes received", lambda: (t := fleet[1].task(task_id)) and _received(t, "model.safetensors")
+                  > 1024 * 1024 and t)  # fmt: skip
+    owner = _owner(task, fleet)
+    other = next(p for p in fleet if p is not owner)
+    owner.proc.kill()  # kill -9: no cleanup, no hand-back
+    owner.proc.wait()
+    done = _until("the take-over", lambda: (t := other.task(task_id))["state"] in ("succeeded", "failed") and t)
+    assert done["state"] == "succeeded", done
+    assert _owner(done, fleet) is other
+    dest = tmp_path / "models"
+    assert {k: v for k, v in files_under(dest).items() if not k.startswith(".artifact-import/")} == _expected(hub, repo)
+    verify = subprocess.run(
+        [sys.executable, "-m", "artifact_import.cli", "verify", str(dest)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    gets = [r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]
+    assert gets[0] is None and gets[-1] is not None, gets
+    assert int(gets[-1].removeprefix("bytes=").split("-")[0]) >= 1024 * 1024, "the new owner fetched the rest only"
+
+
+def test_delete_on_another_proxy_cancels_the_import_where_it_runs(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy]
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 512 * 1024
+    task_id = fleet[0].start(repo)
+    task = _until("running", lambda: (t := fleet[0].task(task_id))["state"] == "running" and t)
+    owner = _owner(task, fleet)
+    other = next(p for p in fleet if p is not owner)
+    status, cancelled = other.call("DELETE", f"/import/{task_id}")
+    assert status == 200 and cancelled["state"] == "cancelled", cancelled
+    assert owner.task(task_id)["state"] == "cancelled"
+    dest = tmp_path / "models"
+    assert not any(p.is_file() for p in dest.rglob("*")) if dest.exists() else True, files_under(dest)
+    assert owner.proc.poll() is None, "the owner goes on serving"
+
+
+def test_finished_tasks_are_answered_after_the_whole_fleet_restarts(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy], redis_url: str
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    task_id = fleet[0].start(repo)
+    _until("done", lambda: fleet[1].task(task_id)["state"] == "succeeded")
+    for proxy in fleet:
+        proxy.stop()
+    again = Proxy(_config(tmp_path, redis_url, "c"), tmp_path / "c.log")
+    try:
+        assert again.task(task_id)["state"] == "succeeded"
+        status, missing = again.call("GET", "/import/nope")
+        assert status == 404, missing
+    finally:
+        again.stop()
+
+
+def test_a_proxy_that_cannot_reach_the_destination_never_claims_the_task(
+    hub: LocalHub, tmp_path: Path, redis_url: str
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    able = Proxy(_config(tmp_path, redis_url, "able"), tmp_path / "able.log")
+    unable = Proxy(_config(tmp_path, redis_url, "unable", storage="elsewhere"), tmp_path / "unable.log")
+    try:
+        able.proc.send_signal(signal.SIGSTOP)  # still announced for a while, but claims nothing
+        task_id = unable.start(repo)  # accepted: a proxy of the fleet can reach "models"
+        time.sleep(2)
+        assert unable.task(task_id)["state"] == "queued", "the proxy without the storage left it alone"
+        able.proc.send_signal(signal.SIGCONT)
+        done = _until("done", lambda: (t := unable.task(task_id))["state"] == "succeeded" and t)
+        assert _owner(done, [able, unable]) is able
+        status, refused = unable.call(
+            "POST", "/import", {"models": [{"repo_id": repo}], "storage_step_mappings": {"archive": "nowhere"}}
+        )
+        assert status == 400 and "no proxy of the fleet has a storage named 'nowhere'" in json.dumps(refused)
+    finally:
+        able.proc.send_signal(signal.SIGCONT)
+        for proxy in (able, unable):
+            proxy.stop()
+
+
+def test_a_proxy_stopped_gracefully_hands_its_import_to_the_fleet(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy]
+) -> None:
+    """SIGTERM (a rolling restart) does not cancel the import: another proxy goes on from what it received."""
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 1024 * 1024
+    task_id = fleet[0].start(repo)
+    task = _until("bytes received", lambda: (t := fleet[0].task(task_id)) and _received(t, "model.safetensors")
+                  > 1024 * 1024 and t)  # fmt: skip
+    owner = _owner(task, fleet)
+    other = next(p for p in fleet if p is not owner)
+    owner.stop()
+    assert owner.proc.returncode == 0
+    done = _until("the hand-over", lambda: (t := other.task(task_id))["state"] in ("succeeded", "failed") and t)
+    assert done["state"] == "succeeded" and _owner(done, fleet) is other, done
+    dest = tmp_path / "models"
+    assert {k: v for k, v in files_under(dest).items() if not k.startswith(".artifact-import/")} == _expected(hub, repo)
+    gets = [r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]
+    assert gets[-1] is not None and int(gets[-1].removeprefix("bytes=").split("-")[0]) >= 1024 * 1024, gets
+
+
+def test_a_task_store_that_cannot_be_reached_stops_serve_with_one_line_and_no_password(tmp_path: Path) -> None:
+    config = tmp_path / "proxy.toml"
+    port = _free_port()  # nothing listens there
+    config.write_text(f'[server]\ntask-store = "redis://:hunter2-secret@127.0.0.1:{port}/0"\n')
+    done = subprocess.run(
+        [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(_free_port())],
+        capture_output=True, text=True, cwd=ROOT, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert f"task store redis://127.0.0.1:{port}/0: cannot reach it" in done.stderr
+    assert "hunter2" not in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ('task-store = "http://cache:6379"', "must be a redis://"),
+        ('task-store = "redis://:pw-not-quoted@x"\nlease = 0.5', "lease: must be a number of seconds, at least 1"),
+        ('finished-ttl = "a week"', "finished-ttl: must be a number of seconds"),
+    ],
+)
+def test_bad_fleet_settings_are_refused(tmp_path: Path, line: str, message: str) -> None:
+    from artifact_import.config import load_config
+    from artifact_import.errors import ConfigError
+
+    config = tmp_path / "proxy.toml"
+    config.write_text(f"[server]\n{line}\n")
+    with pytest.raises(ConfigError, match=message) as raised:
+        load_config(str(config))
+    assert "pw-not-quoted" not in str(raised.value)
