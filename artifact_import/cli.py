@@ -29,6 +29,7 @@ from .cli_inspect import ls_cmd, verify_cmd
 from .cli_serve import serve_cmd
 from .errors import ArtifactImportError, ConfigError
 from .model import DEFAULT_CONCURRENT_FILES, FileState, ImportResult, ModelTarget, ProgressEvent
+from .redact import RedactingFormatter
 from .registries.ranges import ParallelPolicy
 from .units import human_bytes
 
@@ -67,7 +68,10 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     Exit codes: 0 ok, 1 import failed, 2 usage or config error,
     3 verification failed, 130 interrupted.
     """
-    logging.basicConfig(level=log_level(verbose), format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    # -vv shows tracebacks: a redirect URL in one would carry its CDN signature.
+    handler.setFormatter(RedactingFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=log_level(verbose), handlers=[handler])
     quiet_libraries(verbose)
     ctx.obj = {"verbose": verbose, "quiet": quiet, "config": config_path}
 

@@ -11,6 +11,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .errors import ArtifactImportError
+from .redact import redact_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -31,10 +32,10 @@ def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int,
         payload: dict[str, Any] = {
             "ok": False,
             "source": subject,
-            "error": {"type": type(exc).__name__, "message": exc.message, "path": exc.path},
+            "error": {"type": type(exc).__name__, "message": redact_text(exc.message), "path": exc.path},
         }
         click.echo(json.dumps(payload))
-    click.echo(f"error: {exc.message}", err=True)
+    click.echo(f"error: {redact_text(exc.message)}", err=True)
     if hint:
         click.echo(hint, err=True)
     sys.exit(exc.exit_code)

@@ -7,7 +7,19 @@ credential, a signed URL or a query string.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+
+#: Longest run of non-blank characters a message keeps whole (a listing can name a file 5,000 characters long).
+_WORD_MAX = 160
+#: Offending names an UnsafePathError lists.
+_LISTED = 10
+_LONG_WORD = re.compile(rf"\S{{{_WORD_MAX + 1},}}")
+
+
+def _clip_words(message: str) -> str:
+    """``message`` with overlong names cut in the middle: their start and end say which one it is."""
+    return _LONG_WORD.sub(lambda m: f"{m[0][:100]}…({len(m[0]) - 140} more)…{m[0][-40:]}", message)
 
 
 class ArtifactImportError(Exception):
@@ -17,6 +29,7 @@ class ArtifactImportError(Exception):
     exit_code: int = 1
 
     def __init__(self, message: str, *, path: str | None = None) -> None:
+        message = _clip_words(message)
         super().__init__(message)
         self.message = message
         self.path = path
@@ -60,9 +73,10 @@ class UnsafePathError(ArtifactImportError):
 
     def __init__(self, offending: Iterable[tuple[str, str]]) -> None:
         self.offending = tuple(offending)
-        listed = "; ".join(f"{path!r} ({reason})" for path, reason in self.offending)
+        listed = "; ".join(f"{path!r} ({reason})" for path, reason in self.offending[:_LISTED])
+        more = f"; and {len(self.offending) - _LISTED} more" if len(self.offending) > _LISTED else ""
         super().__init__(
-            f"refusing to import: {len(self.offending)} unsafe file name(s) in the listing: {listed}. "
+            f"refusing to import: {len(self.offending)} unsafe file name(s) in the listing: {listed}{more}. "
             "Nothing was written.",
             path=self.offending[0][0] if self.offending else None,
         )
@@ -104,6 +118,10 @@ class StorageFileNotFoundError(StorageError):
 
 class VFolderNotFoundError(StorageNotFoundError):
     """The vfolder (or its volume) does not exist."""
+
+
+class InsufficientSpaceError(StorageError):
+    """The destination's filesystem has less room than the import needs; nothing was fetched."""
 
 
 class QuotaExceededError(StorageError):

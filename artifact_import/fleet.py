@@ -62,6 +62,8 @@ DEFAULT_FINISHED_TTL = 7 * 24 * 3600
 _TICK = 0.5
 #: Events kept per task (the latest of each file is what a late reader needs).
 _EVENTS_KEPT = 2000
+#: Files of a model a snapshot lists (the rest are counted: ``files_omitted``).
+_FILES_KEPT = 1000
 #: How long a DELETE waits for the proxy running the task to have cleaned up.
 _CANCEL_WAIT = 120.0
 
@@ -454,7 +456,7 @@ class FleetImportService(ImportService):
         raw = await self.redis.get(self._key("task", task.id))
         if raw is None:
             return
-        snapshot = {**json.loads(raw), **task.to_dict(), "owner": self.proxy_id, **override}
+        snapshot = {**json.loads(raw), **_bounded(task.to_dict()), "owner": self.proxy_id, **override}
         ttl = int(self.finished_ttl) if snapshot["state"] in {s.value for s in FINAL_STATES} else None
         await self.redis.set(self._key("task", task.id), json.dumps(snapshot), ex=ttl)
 
@@ -508,12 +510,16 @@ class _Mirror:
         self._task = task
         self._pending: dict[str, dict[str, Any]] = {}
         self._state_changed = False
+        #: Flushes started by state changes (the loop keeps only weak references to tasks).
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def put(self, key: str, data: dict[str, Any]) -> None:
         if key == "state":
             self._state_changed = True
             # A state change goes out now, not at the next tick (RUNNING, and the final one).
-            asyncio.get_running_loop().create_task(self.flush())
+            flush = asyncio.get_running_loop().create_task(self.flush())
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
         self._pending.pop(key, None)
         self._pending[key] = data
 
@@ -529,6 +535,18 @@ class _Mirror:
                 if key == "state" and self._task.id in self._service._handing_back:
                     continue
                 await self._service._event(self._task.id, "state" if key == "state" else "file", data)
+
+
+def _bounded(task: dict[str, Any]) -> dict[str, Any]:
+    """The task with at most :data:`_FILES_KEPT` files per model: those not done first, then a count of the
+    rest, so that a repository of 100,000 files does not make every snapshot megabytes."""
+    for model in task["models"]:
+        files = model["files"]
+        if len(files) > _FILES_KEPT:
+            files.sort(key=lambda f: f["state"] in ("verified", "done", "skipped", "resumed"))
+            model["files_omitted"] = len(files) - _FILES_KEPT
+            model["files"] = files[:_FILES_KEPT]
+    return task
 
 
 def _summary(snapshot: Mapping[str, Any]) -> dict[str, Any]:

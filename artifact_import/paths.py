@@ -7,6 +7,7 @@ plain, forward-slashed, relative paths made of real segments are accepted.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Iterable
 
 from .errors import UnsafePathError
@@ -27,6 +28,10 @@ def is_reserved(path: str) -> bool:
 
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+#: The longest file or folder name (bytes) of ext4, XFS, btrfs, ZFS, NTFS, APFS.
+NAME_MAX = 255
 
 
 def path_problem(path: str) -> str | None:
@@ -50,6 +55,9 @@ def path_problem(path: str) -> str | None:
         return "contains an empty or '.' segment"
     if segments[0] == RESERVED_DIR:
         return f"inside the reserved folder {RESERVED_DIR}/"
+    if any(len(seg.encode()) > NAME_MAX for seg in segments):
+        # No common filesystem takes it: refused before a byte moves, not by the write half way.
+        return f"has a name longer than {NAME_MAX} bytes"
     return None
 
 
@@ -61,12 +69,18 @@ def check_relpath(path: str) -> str:
     return path
 
 
+def _fold(path: str) -> str:
+    """What a case-insensitive, normalising filesystem (macOS, some SMB and NFS servers) makes of ``path``:
+    ``é`` composed (NFC) and decomposed (NFD) name the same file there, as ``A`` and ``a`` do."""
+    return unicodedata.normalize("NFC", path).casefold()
+
+
 def check_listing(paths: Iterable[str]) -> None:
     """Refuse a whole listing if any entry is unsafe or two entries collide.
 
     Collisions matter because a file ``a`` and a file ``a/b`` cannot both
-    exist, and names that differ only in case overwrite each other on
-    case-insensitive filesystems.
+    exist, and names that differ only in case or in Unicode normalisation
+    overwrite each other on case-insensitive or normalising filesystems.
     """
     offending: list[tuple[str, str]] = []
     seen: dict[str, str] = {}
@@ -76,17 +90,17 @@ def check_listing(paths: Iterable[str]) -> None:
         if problem is not None:
             offending.append((path, problem))
             continue
-        folded = path.casefold()
+        folded = _fold(path)
         if folded in seen:
             offending.append((path, f"collides with {seen[folded]!r}"))
             continue
         seen[folded] = path
         files.append(path)
-    folders = {path.casefold().rsplit("/", 1)[0] for path in files if "/" in path}
+    folders = {_fold(path).rsplit("/", 1)[0] for path in files if "/" in path}
     expanded: set[str] = set()
     for folder in folders:
         parts = folder.split("/")
         expanded.update("/".join(parts[: i + 1]) for i in range(len(parts)))
-    offending.extend((path, "is both a file and a folder") for path in files if path.casefold() in expanded)
+    offending.extend((path, "is both a file and a folder") for path in files if _fold(path) in expanded)
     if offending:
         raise UnsafePathError(offending)

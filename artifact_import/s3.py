@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import attrs
 
 from .errors import ArtifactImportError, ConfigError, StorageError, StorageFileNotFoundError
+from .redact import safe_url
 
 if TYPE_CHECKING:
     from minio import Minio
@@ -70,7 +71,7 @@ class S3Endpoint:
     def __attrs_post_init__(self) -> None:
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"S3 endpoint {self.url!r} is not an http(s) URL, e.g. http://127.0.0.1:9000")
+            raise ConfigError(f"S3 endpoint {safe_url(self.url)!r} is not an http(s) URL, e.g. http://127.0.0.1:9000")
         if parts.username or parts.password or parts.query or parts.path not in ("", "/"):
             raise ConfigError("S3 endpoint must be scheme://host[:port] only; put keys in the config or environment")
 

@@ -115,6 +115,13 @@ class Faults:
     etag_changes_at: dict[str, int] = field(default_factory=dict)
     #: Seconds a redirect's signed CDN URL stays valid (CloudFront's ``Expires``); later requests get 403.
     cdn_url_lifetime: float | None = None
+    #: A hostile hub: the commit id its revision call answers, and the X-Repo-Commit of its file responses.
+    answered_sha: str | None = None
+    served_commit: str | None = None
+    #: Answer every file request with a redirect to this location (e.g. file:///etc/passwd, or the same URL).
+    redirect_to: str | None = None
+    #: Answer every file request with bytes that are not an HTTP response.
+    garbage_response: bool = False
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -323,7 +330,7 @@ class LocalHub:
                 "id": _plain_id(repo.repo_id),
                 "modelId": _plain_id(repo.repo_id),
                 "author": _plain_id(repo.repo_id).split("/")[0],
-                "sha": sha,
+                "sha": self.faults.answered_sha if self.faults.answered_sha is not None else sha,
                 "lastModified": now,
                 "createdAt": now,
                 "private": repo.token is not None,
@@ -374,6 +381,13 @@ class LocalHub:
         return web.json_response(list(entries.values()))
 
     async def _resolve(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.StreamResponse:
+        if self.faults.redirect_to is not None:
+            target = request.url.path if self.faults.redirect_to == "self" else self.faults.redirect_to
+            return web.Response(status=302, headers={"Location": target})
+        if self.faults.garbage_response and request.transport is not None:
+            request.transport.write(b"HTTX/9.9 two hundred\r\nthis is: not http\r\n\r\n")
+            request.transport.close()
+            raise web.HTTPBadRequest()  # never sent: the connection is closed
         found = self._lookup(request, repo_id, rev, content=True)
         if isinstance(found, web.Response):
             return found
@@ -381,7 +395,11 @@ class LocalHub:
         f = files.get(path)
         if f is None:
             return self._error(404, "EntryNotFound", "Entry not found")
-        headers = {"X-Repo-Commit": sha, "ETag": f'"{f.etag}"', "Accept-Ranges": "bytes"}
+        headers = {
+            "X-Repo-Commit": self.faults.served_commit or sha,
+            "ETag": f'"{f.etag}"',
+            "Accept-Ranges": "bytes",
+        }
         if f.lfs:
             headers["X-Linked-Etag"] = f'"{f.sha256}"'
             headers["X-Linked-Size"] = str(f.size)

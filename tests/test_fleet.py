@@ -308,3 +308,12 @@ def test_bad_fleet_settings_are_refused(tmp_path: Path, line: str, message: str)
     with pytest.raises(ConfigError, match=message) as raised:
         load_config(str(config))
     assert "pw-not-quoted" not in str(raised.value)
+
+
+def test_a_snapshot_lists_a_bounded_number_of_files_unfinished_first() -> None:
+    from artifact_import.fleet import _FILES_KEPT, _bounded
+
+    files = [{"path": f"{i}", "state": "done"} for i in range(_FILES_KEPT + 500)] + [{"path": "x", "state": "running"}]
+    bounded = _bounded({"models": [{"files": files}]})["models"][0]
+    assert len(bounded["files"]) == _FILES_KEPT and bounded["files_omitted"] == 501
+    assert bounded["files"][0] == {"path": "x", "state": "running"}

@@ -63,6 +63,17 @@ def test_names_differing_only_in_case_collide() -> None:
         check_listing(["README.md", "readme.md"])
 
 
+def test_names_differing_only_in_unicode_normalisation_collide() -> None:
+    """``é`` composed and decomposed are one name on macOS and normalising servers."""
+    composed, decomposed = "caf\u00e9/model.bin", "cafe\u0301/model.bin"
+    assert composed != decomposed
+    with pytest.raises(UnsafePathError, match="collides"):
+        check_listing([composed, decomposed])
+    with pytest.raises(UnsafePathError, match="both a file and a folder"):
+        check_listing(["caf\u00e9", decomposed])
+    check_listing([composed, "cafe/model.bin"])  # different names stay different
+
+
 @pytest.mark.parametrize(
     ("uri", "repo", "rev"),
     [

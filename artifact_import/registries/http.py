@@ -110,6 +110,7 @@ async def stream_url(
     offset: int = 0,
     end: int | None = None,
     same_version: SameVersion | None = None,
+    commit: str | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the body of ``url`` from byte ``offset`` once, whatever drops and retries happen underneath.
 
@@ -121,6 +122,8 @@ async def stream_url(
     download, see :mod:`.ranges`); a server answering that with the whole
     file raises :class:`~.ranges.RangeIgnored`. ``same_version`` is shared
     by the ranges of one file: every response must carry the same ETag.
+    ``commit``: a response naming another one (the Hub's ``X-Repo-Commit``)
+    is refused.
     """
     received = offset
     failures = 0
@@ -151,6 +154,12 @@ async def stream_url(
                 elif resp.status == 200 and partial:
                     raise RangeIgnored(f"{name}: the source ignores Range", path=name)
                 else:
+                    served = resp.headers.get("X-Repo-Commit")
+                    if commit is not None and served is not None and served != commit:
+                        raise IntegrityError(
+                            f"{name}: the source served commit {served[:40]!r} for a request at commit {commit}",
+                            path=name,
+                        )
                     same_version.check(resp.headers.get("ETag"))
                     skip = 0
                     if received:
@@ -187,6 +196,9 @@ async def stream_url(
                     reason = f"connection closed after {received} of {stop} bytes"
         except _TRANSIENT_ERRORS as exc:
             reason = _describe(exc)
+        except aiohttp.ClientError as exc:
+            # Not a network hiccup: the source answered something no retry will fix.
+            raise DownloadError(f"{name}: {_hostile(exc)}; the source is misbehaving", path=name) from None
         failures += 1
         if failures >= retry.max_attempts:
             raise DownloadError(
@@ -209,6 +221,17 @@ async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
     """
     async for piece, _ in content.iter_chunks():
         yield piece
+
+
+def _hostile(exc: aiohttp.ClientError) -> str:
+    """What a malformed answer was, without the URL (it may carry a signature)."""
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return "it redirected too many times (a redirect loop)"
+    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError | aiohttp.InvalidUrlRedirectClientError):
+        return "it redirected to a URL that is not http(s)"
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"its response is not valid HTTP ({type(exc).__name__}, status {exc.status})"
+    return f"its answer could not be used ({type(exc).__name__})"
 
 
 def _describe(exc: BaseException) -> str:

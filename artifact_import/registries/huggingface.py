@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, TypeVar
@@ -26,6 +27,7 @@ from .. import __version__
 from ..errors import (
     AccessDeniedError,
     ConfigError,
+    DownloadError,
     SourceError,
 )
 from ..errors import (
@@ -36,6 +38,7 @@ from ..errors import (
 )
 from ..model import REPO_TYPES, ArtifactFile, ModelTarget, ResolvedArtifact
 from ..paths import check_listing
+from ..redact import safe_url
 from ..streams import DEFAULT_CHUNK_SIZE, closing
 from .base import AbstractRegistry
 from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, stream_url
@@ -46,6 +49,11 @@ T = TypeVar("T")
 
 #: New signed CDN URLs one range asks for before a refusal is taken as final.
 _MAX_RENEWALS = 3
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _clip(text: str, limit: int = 60) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _offline(env: Mapping[str, str]) -> bool:
@@ -111,6 +119,9 @@ class HuggingFaceRegistry(AbstractRegistry):
         commit = info.sha
         if not commit:
             raise SourceError(f"{where}: the hub did not say which commit the revision points to")
+        if not _COMMIT.fullmatch(commit):
+            # It goes into every file's URL: anything but a commit id could point them elsewhere.
+            raise SourceError(f"{where}: the hub answered a commit id that is not one ({_clip(commit)!r})")
         entries = await self._call(
             where,
             model,
@@ -208,7 +219,7 @@ class HuggingFaceRegistry(AbstractRegistry):
             # The resolve URL redirects large files to a CDN: followed once, not once per range.
             nonlocal redirect
             if redirect is None:
-                redirect = asyncio.ensure_future(self._follow_redirect(url, headers))
+                redirect = asyncio.ensure_future(self._follow_redirect(url, headers, file.path))
             return await asyncio.shield(redirect)
 
         def renew(stale: tuple[str, dict[str, str]]) -> None:
@@ -239,6 +250,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                     offset=start + received,
                     end=end,
                     same_version=same_version,
+                    commit=artifact.commit,
                 )
                 try:
                     async with closing(chunks):
@@ -259,7 +271,7 @@ class HuggingFaceRegistry(AbstractRegistry):
             return open_range(offset, None)
         return fetch(open_range, file.size, offset, self.budget, name=file.path)
 
-    async def _follow_redirect(self, url: str, headers: dict[str, str]) -> tuple[str, dict[str, str]]:
+    async def _follow_redirect(self, url: str, headers: dict[str, str], name: str) -> tuple[str, dict[str, str]]:
         """Where ``url`` redirects to, and the headers to send there (no token to another host)."""
         try:
             async with self._client().head(url, headers=headers, allow_redirects=False) as resp:
@@ -269,6 +281,10 @@ class HuggingFaceRegistry(AbstractRegistry):
         if not location:
             return url, headers
         final = urljoin(url, location)
+        if urlsplit(final).scheme not in ("http", "https"):
+            raise DownloadError(
+                f"{name}: the hub redirected to a URL that is not http(s); the source is misbehaving", path=name
+            )
         if urlsplit(final).netloc != urlsplit(url).netloc:
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         return final, headers
@@ -311,7 +327,7 @@ def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
 def _check_endpoint(endpoint: str) -> str:
     parts = urlsplit(endpoint)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"hub endpoint {endpoint!r} is not an http(s) URL; check HF_ENDPOINT")
+        raise ConfigError(f"hub endpoint {safe_url(endpoint)!r} is not an http(s) URL; check HF_ENDPOINT")
     if parts.username or parts.password or parts.query:
         # Such an endpoint would put a secret into every message that names it.
         raise ConfigError("hub endpoint must not carry credentials or a query; use HF_TOKEN for the token")

@@ -19,9 +19,10 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
-from ..errors import StorageError, StorageFileNotFoundError, UnsafePathError
+from ..errors import InsufficientSpaceError, StorageError, StorageFileNotFoundError, UnsafePathError
 from ..paths import RESERVED_DIR, incomplete_path, is_reserved, path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
+from ..units import human_bytes
 from .base import AbstractStorage, FileInfo, PendingWrite
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,18 @@ class VFSStorage(AbstractStorage):
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
+
+    @contextlib.asynccontextmanager
+    async def reserve(self, nbytes: int) -> AsyncIterator[object]:
+        """Refuse now an import the filesystem has no room for, rather than filling it half way."""
+        free = await asyncio.to_thread(_free_bytes, self.root)
+        if free is not None and nbytes > free:
+            raise InsufficientSpaceError(
+                f"{self.describe()}: the import needs {human_bytes(nbytes)} but its filesystem has "
+                f"{human_bytes(free)} free. Free space there, choose another destination, or import fewer "
+                "files (--include/--exclude).",
+            )
+        yield None
 
     def resolve_path(self, filepath: str, *, internal: bool = False) -> Path:
         """The absolute path of ``filepath``, refusing anything outside ``root``.
@@ -149,7 +162,7 @@ class VFSStorage(AbstractStorage):
             # One import per destination at a time (its lock), so this name is this write's own; what an
             # earlier import left there and this one did not adopt is replaced.
             return temp, await aiofiles.open(temp, "wb")
-        temp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
+        temp = target.parent / _temp_name(target.name, _name_max(target.parent))
         return temp, await aiofiles.open(temp, "xb")
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
@@ -511,6 +524,39 @@ async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], N
 
 #: Every this many bytes written, the disk is told to start writing them.
 WRITEBACK_WINDOW = 16 << 20
+
+
+def _free_bytes(root: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on the filesystem of ``root`` (or of the nearest folder
+    above it that exists), or None where the filesystem does not say."""
+    for folder in (root, *root.parents):
+        try:
+            st = os.statvfs(folder)
+        except FileNotFoundError:
+            continue
+        except (OSError, AttributeError):
+            return None
+        return st.f_bavail * st.f_frsize if st.f_blocks else None
+    return None
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, the filesystem of ``folder`` takes."""
+    try:
+        return int(os.pathconf(folder, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return 255
+
+
+def _temp_name(name: str, limit: int) -> str:
+    """A hidden, unique name beside ``name`` that the filesystem accepts even when ``name`` is as long as it
+    allows: the name is shortened (on a character boundary) rather than the write failing."""
+    suffix = f".{uuid.uuid4().hex[:12]}{PART_SUFFIX}"
+    room = limit - 1 - len(suffix.encode())
+    encoded = name.encode()
+    if len(encoded) > room:
+        name = encoded[:room].decode(errors="ignore")
+    return f".{name}{suffix}"
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
