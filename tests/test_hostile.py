@@ -189,3 +189,58 @@ def test_a_repository_of_more_files_than_open_descriptors_allowed_is_imported(hu
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert len(list((tmp_path / "m" / "shards").iterdir())) == count
+
+
+# --- a neighbour flipping a folder of the destination into a link ----------------------------------------
+
+ATTACKER = """
+import os, sys, time
+dest, outside, until = sys.argv[1], sys.argv[2], time.monotonic() + float(sys.argv[3])
+d, real = os.path.join(dest, "d"), os.path.join(dest, "d.real")
+while time.monotonic() < until:
+    try:
+        if os.path.isdir(d) and not os.path.islink(d):
+            os.rename(d, real)
+            os.symlink(outside, d)
+            os.unlink(d)
+            os.rename(real, d)
+        elif not os.path.lexists(d):
+            os.symlink(outside, d)
+            os.unlink(d)
+    except OSError:
+        pass
+"""
+
+
+def test_a_folder_swapped_for_a_link_during_the_import_never_gets_a_byte_outside(hub: LocalHub, tmp_path: Path) -> None:
+    """Someone with write access beside the destination flips DEST/d between a folder and a link to another
+    folder while imports run: each import either lands inside DEST or fails, and nothing lands outside."""
+    import asyncio
+    import subprocess
+    import sys
+
+    from artifact_import import ArtifactImportError
+
+    repo = repo_name("race")
+    hub.create_repo(repo, {"d/payload.dat": 64 * 1024, "d/sub/more.dat": b"x" * 100, "top.json": b"{}"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    attempts = 40
+    attacker = subprocess.Popen([sys.executable, "-c", ATTACKER, str(dest), str(outside), "120"])
+    outcomes: list[str] = []
+    try:
+        for _ in range(attempts):
+            try:
+                asyncio.run(import_artifact(f"hf://{repo}", dest, registry=fast_registry(), skip_present=False))
+                outcomes.append("imported")
+            except ArtifactImportError as exc:
+                outcomes.append(type(exc).__name__)
+            assert [p for p in outside.rglob("*")] == [], f"written outside after {len(outcomes)} attempts"
+    finally:
+        attacker.kill()
+        attacker.wait()
+    assert len(outcomes) == attempts
+    # Refused cleanly (the tree changed under the import), never an unexpected error.
+    assert set(outcomes) <= {"imported", "UnsafePathError", "StorageError"}, sorted(set(outcomes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import errno
 import fcntl
 import logging
 import os
@@ -57,7 +58,7 @@ class VFSStorage(AbstractStorage):
         self.root = Path(root)
         self.fsync = fsync
         self.chunk_size = chunk_size
-        self._folders = _FolderLedger()
+        self._folders = _FolderLedger(self.root)
         self.journals_writes = True
 
     def describe(self) -> str:
@@ -85,7 +86,11 @@ class VFSStorage(AbstractStorage):
         if problem is not None and not (internal and problem.startswith("inside the reserved")):
             raise UnsafePathError([(filepath, problem)])
         root = os.path.realpath(self.root)
-        target = os.path.realpath(os.path.join(root, filepath))
+        try:
+            target = os.path.realpath(os.path.join(root, filepath))
+        except OSError:
+            # A link that vanished between realpath's lstat and readlink: the tree is changing under us.
+            raise UnsafePathError([(filepath, "changed while it was checked (a folder replaced by a link?)")]) from None
         if os.path.commonpath([root, target]) != root or target == root:
             raise UnsafePathError([(filepath, "resolves outside the storage root")])
         return Path(target)
@@ -161,9 +166,11 @@ class VFSStorage(AbstractStorage):
         if temp is not None:
             # One import per destination at a time (its lock), so this name is this write's own; what an
             # earlier import left there and this one did not adopt is replaced.
-            return temp, await aiofiles.open(temp, "wb")
+            fd = await asyncio.to_thread(_open_file_within, self.root, temp, "replace")
+            return temp, await aiofiles.open(fd, "wb")
         temp = target.parent / _temp_name(target.name, _name_max(target.parent))
-        return temp, await aiofiles.open(temp, "xb")
+        fd = await asyncio.to_thread(_open_file_within, self.root, temp, "new")
+        return temp, await aiofiles.open(fd, "wb")
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
         path = await self._resolve(filepath)
@@ -201,8 +208,9 @@ class VFSStorage(AbstractStorage):
         folders = (target.parent, *target.parent.parents)
         await self._folders.hold(folders)
         try:
-            handle = await aiofiles.open(source, "ab")
-        except OSError:
+            fd = await asyncio.to_thread(_open_file_within, self.root, source, "append")
+            handle = await aiofiles.open(fd, "ab")
+        except (OSError, UnsafePathError):
             await self._folders.release(folders, remove_empty=True)
             return None
         pending = _VFSPendingWrite(self, filepath, target, source, handle, folders)
@@ -216,7 +224,7 @@ class VFSStorage(AbstractStorage):
         folders = (target.parent, *target.parent.parents)
         await self._folders.hold(folders)
         try:
-            await aiofiles.os.replace(source, target)
+            await asyncio.to_thread(_replace_within, self.root, source, target)
         except FileNotFoundError:
             return False
         except OSError as exc:
@@ -306,7 +314,8 @@ class _FolderLedger:
     interrupted by a cancellation half-way.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, root: Path) -> None:
+        self._root = root
         self._users: collections.Counter[Path] = collections.Counter()
         self._created: set[Path] = set()
         self._lock = asyncio.Lock()
@@ -318,7 +327,7 @@ class _FolderLedger:
         """
         async with self._lock:
             self._users.update(folders)
-            self._created.update(await asyncio.to_thread(_make_parents, folders[0]))
+            self._created.update(await asyncio.to_thread(_make_parents, folders[0], self._root))
 
     async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
         await run_to_completion(self._release(folders, remove_empty, held=True))
@@ -403,7 +412,7 @@ class _VFSPendingWrite(PendingWrite):
             folders = (parked.parent, *parked.parent.parents)
             await self._ledger.hold(folders)
             try:
-                await aiofiles.os.replace(self._temp, parked)
+                await asyncio.to_thread(_replace_within, self._storage.root, self._temp, parked)
             finally:
                 await self._ledger.release(folders, remove_empty=False)
         except (OSError, StorageError):
@@ -422,7 +431,7 @@ class _VFSPendingWrite(PendingWrite):
             await self._flush()
             if await aiofiles.os.path.isdir(self._target):
                 raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await aiofiles.os.replace(self._temp, self._target)
+            await asyncio.to_thread(_replace_within, self._storage.root, self._temp, self._target)
         except OSError as exc:
             await self._ledger.release(targets, remove_empty=True)
             await self.abort()
@@ -468,7 +477,7 @@ class _VFSParkedWrite(PendingWrite):
         try:
             if await aiofiles.os.path.isdir(self._target):
                 raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await aiofiles.os.replace(self._parked, self._target)
+            await asyncio.to_thread(_replace_within, self._storage.root, self._parked, self._target)
         except OSError as exc:
             await self._storage._folders.release(folders, remove_empty=True)
             raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
@@ -509,7 +518,7 @@ async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], N
             except FileNotFoundError:
                 pass
             os.close(fd)
-            await asyncio.to_thread(_make_parents, folder)
+            await asyncio.to_thread(_make_parents, folder, folder)
             continue
         if on_wait is not None and not told:
             on_wait()
@@ -588,25 +597,106 @@ def _scan(folder: Path) -> list[tuple[Path, bool, int]]:
     return sorted(found)
 
 
-def _make_parents(folder: Path) -> list[Path]:
+def _make_parents(folder: Path, root: Path) -> list[Path]:
     """Create ``folder`` and missing ancestors; return what this call created.
 
     The root itself may be among them (``--to`` a new directory), so an
-    aborted import removes the directory it created.
+    aborted import removes the directory it created. Below the root, each
+    folder is created and entered relative to its parent's descriptor,
+    never following a symbolic link (see :func:`_open_folder`).
     """
-    missing: list[Path] = []
-    current = folder
-    while not current.exists():
-        missing.append(current)
-        current = current.parent
+    real_root = Path(os.path.realpath(root))
     created: list[Path] = []
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:
-            continue
-        created.append(path)
+    if not real_root.exists():
+        missing: list[Path] = []
+        current = real_root
+        while not current.exists():
+            missing.append(current)
+            current = current.parent
+        for path in reversed(missing):
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            created.append(path)
+    try:
+        parts = folder.relative_to(real_root).parts
+    except ValueError:
+        return created  # the root or above it
+    os.close(_open_folder(real_root, parts, created=created))
     return created
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def _open_folder(root: Path, parts: Sequence[str], *, created: list[Path] | None = None) -> int:
+    """A descriptor of ``root/parts...``, each step opened relative to the one before without following a
+    symbolic link: a folder swapped for a link (by someone else writing beside the destination) while the
+    import runs is refused, never followed out of the destination. With ``created``, missing folders are
+    made (and listed there)."""
+    fd = os.open(root, _DIR_FLAGS)
+    path = root
+    try:
+        for part in parts:
+            path = path / part
+            try:
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if created is None:
+                    raise
+                try:
+                    os.mkdir(part, dir_fd=fd)
+                    created.append(path)
+                except FileExistsError:
+                    pass
+                child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    except OSError as exc:
+        os.close(fd)
+        # A folder that is a link or a file now, or (while creating) one that vanished right after it was made:
+        # someone else is changing the destination's tree.
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR) or (created is not None and exc.errno == errno.ENOENT):
+            rel = path.relative_to(root).as_posix()
+            raise UnsafePathError([(rel, "is a symbolic link or a file, not a folder of the destination")]) from None
+        raise
+    return fd
+
+
+def _within(root: Path, path: Path) -> tuple[int, str]:
+    """The descriptor of ``path``'s folder (opened as :func:`_open_folder` does) and its name there."""
+    real_root = Path(os.path.realpath(root))
+    parts = path.relative_to(real_root).parts
+    return _open_folder(real_root, parts[:-1]), parts[-1]
+
+
+_FILE_MODES = {"new": os.O_CREAT | os.O_EXCL, "replace": os.O_CREAT | os.O_TRUNC, "append": os.O_APPEND}
+
+
+def _open_file_within(root: Path, path: Path, mode: str) -> int:
+    """A file for writing, opened relative to its folder's descriptor and never through a symbolic link:
+    ``new`` (must not exist), ``replace`` (truncated) or ``append`` (must exist)."""
+    folder, name = _within(root, path)
+    flags = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0) | _FILE_MODES[mode]
+    try:
+        return os.open(name, flags, 0o644, dir_fd=folder)
+    finally:
+        os.close(folder)
+
+
+def _replace_within(root: Path, src: Path, dst: Path) -> None:
+    """``os.replace(src, dst)`` relative to descriptors of both folders: no path lookup at the moment of the
+    rename can be redirected by a link planted in the destination since the paths were checked."""
+    src_folder, src_name = _within(root, src)
+    try:
+        dst_folder, dst_name = _within(root, dst)
+        try:
+            os.replace(src_name, dst_name, src_dir_fd=src_folder, dst_dir_fd=dst_folder)
+        finally:
+            os.close(dst_folder)
+    finally:
+        os.close(src_folder)
 
 
 def _remove_empty_dirs(folders: list[Path]) -> list[Path]:
