@@ -244,3 +244,20 @@ def test_a_folder_swapped_for_a_link_during_the_import_never_gets_a_byte_outside
     assert len(outcomes) == attempts
     # Refused cleanly (the tree changed under the import), never an unexpected error.
     assert set(outcomes) <= {"imported", "UnsafePathError", "StorageError"}, sorted(set(outcomes))
+
+
+async def test_a_listing_longer_than_the_bound_is_refused(hub: LocalHub, tmp_path: Path) -> None:
+    from artifact_import import HuggingFaceRegistry, RetryPolicy
+
+    repo = repo_name("endless")
+    hub.create_repo(repo, {f"f/{i:03d}.json": b"{}" for i in range(60)})
+    registry = HuggingFaceRegistry(retry=RetryPolicy(max_attempts=1), max_files=50)
+    try:
+        with pytest.raises(SourceError, match="the listing has more than 50 entries"):
+            await import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry)
+        assert hub.requests == []
+        registry.max_files = 61  # 60 files and their folder
+        await import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry)
+        assert len(list((tmp_path / "m" / "f").iterdir())) == 60
+    finally:
+        await registry.aclose()

@@ -26,6 +26,7 @@ from huggingface_hub.utils._headers import build_hf_headers
 from .. import __version__
 from ..errors import (
     AccessDeniedError,
+    ArtifactImportError,
     ConfigError,
     DownloadError,
     SourceError,
@@ -49,6 +50,8 @@ T = TypeVar("T")
 
 #: New signed CDN URLs one range asks for before a refusal is taken as final.
 _MAX_RENEWALS = 3
+#: The largest Hub repositories list a few hundred thousand entries.
+DEFAULT_MAX_FILES = 1_000_000
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -81,8 +84,11 @@ class HuggingFaceRegistry(AbstractRegistry):
         max_connections: int = 16,
         hub_scan: bool = True,
         parallel: ParallelPolicy | None = None,
+        max_files: int = DEFAULT_MAX_FILES,
     ) -> None:
         self.name = name
+        #: Entries (files and folders) a listing may have: a hostile hub's endless listing is refused.
+        self.max_files = max_files
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
         self._token = token
         self.retry = retry or RetryPolicy()
@@ -122,18 +128,27 @@ class HuggingFaceRegistry(AbstractRegistry):
         if not _COMMIT.fullmatch(commit):
             # It goes into every file's URL: anything but a commit id could point them elsewhere.
             raise SourceError(f"{where}: the hub answered a commit id that is not one ({_clip(commit)!r})")
-        entries = await self._call(
-            where,
-            model,
-            lambda: list(
+
+        def listing() -> list[ArtifactFile]:
+            # Entries become ArtifactFiles page by page (the Hub pages its listing), never all held twice, and
+            # a listing longer than any real repository is refused instead of growing without bound.
+            selected: list[ArtifactFile] = []
+            for count, entry in enumerate(
                 api.list_repo_tree(
                     model.repo_id, recursive=True, revision=commit, expand=self.hub_scan, repo_type=model.repo_type
-                )
-            ),
-        )
-        files = tuple(
-            _artifact_file(entry) for entry in entries if isinstance(entry, RepoFile) and model.selects(entry.path)
-        )
+                ),
+                start=1,
+            ):
+                if count > self.max_files:
+                    raise SourceError(
+                        f"{where}: the listing has more than {self.max_files:,} entries; refusing it (raise "
+                        "max_files if the repository really is that large)"
+                    )
+                if isinstance(entry, RepoFile) and model.selects(entry.path):
+                    selected.append(_artifact_file(entry))
+            return selected
+
+        files = tuple(await self._call(where, model, listing))
         check_listing(f.path for f in files)
         log.info("%s resolved to commit %s: %d file(s) selected", where, commit, len(files))
         return ResolvedArtifact(
@@ -151,6 +166,8 @@ class HuggingFaceRegistry(AbstractRegistry):
         while True:
             try:
                 return await asyncio.wait_for(_in_own_thread(fn), self.timeouts.listing)
+            except ArtifactImportError:
+                raise  # said by fn itself
             except TimeoutError:
                 reason = f"no answer within {self.timeouts.listing:g}s"
             except GatedRepoError:
