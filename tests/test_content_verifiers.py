@@ -156,6 +156,20 @@ async def test_non_pickle_bin_files_pass_as_such() -> None:
     assert verdict.ok and verdict.data["format"] == "not a pickle"
 
 
+async def test_random_bytes_in_a_bin_file_are_not_taken_for_a_pickle() -> None:
+    """Issue 16: random bytes were refused as "<STACK_GLOBAL of computed names>". A file that is not a pickle by
+    content (no protocol header) is not one, whatever it happens to contain."""
+    import random
+
+    for seed in range(200):
+        rng = random.Random(seed)
+        data = rng.randbytes(rng.choice([64, 4096, 70_000]))
+        if data[:1] == b"\x80":
+            continue  # starts like a pickle: scanned as one, by design
+        verdict = await verdict_of(PickleVerifier(), "pytorch_model.bin", data)
+        assert verdict.ok, (seed, verdict.detail)
+
+
 def _safetensors(tensors: dict[str, tuple[str, list[int], list[int]]], data: bytes) -> bytes:
     header = {n: {"dtype": d, "shape": s, "data_offsets": o} for n, (d, s, o) in tensors.items()}
     text = json.dumps(header).encode()
