@@ -178,6 +178,8 @@ class LocalHub:
         self.cdn_url = ""
         #: Redirects to the CDN handed out (each a freshly signed URL).
         self.redirects = 0
+        #: Entries per page of a tree listing (the Hub's pages hold about a thousand).
+        self.tree_page_size = 1000
         #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
         #: files not here are listed as scanned and safe, as the Hub lists clean files.
         self.scans: dict[tuple[str, str], dict[str, Any]] = {}
@@ -378,7 +380,17 @@ class LocalHub:
                 entries[f.path] = entry
         if base and not entries:
             return self._error(404, "EntryNotFound", f"{base} does not exist")
-        return web.json_response(list(entries.values()))
+        # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
+        listed = list(entries.values())
+        start = int(request.query.get("cursor", "0"))
+        page = listed[start : start + self.tree_page_size]
+        headers = {}
+        if start + self.tree_page_size < len(listed):
+            query = {k: v for k, v in request.query.items() if k != "cursor"}
+            query["cursor"] = str(start + self.tree_page_size)
+            next_url = request.url.with_query(query)
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return web.json_response(page, headers=headers)
 
     async def _resolve(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.StreamResponse:
         if self.faults.redirect_to is not None:

@@ -261,3 +261,53 @@ async def test_a_listing_longer_than_the_bound_is_refused(hub: LocalHub, tmp_pat
         assert len(list((tmp_path / "m" / "f").iterdir())) == 60
     finally:
         await registry.aclose()
+
+
+async def test_the_listing_is_read_page_by_page_and_a_page_too_large_is_refused(hub: LocalHub, tmp_path: Path) -> None:
+    from artifact_import import HuggingFaceRegistry, RetryPolicy
+
+    repo = repo_name("paged")
+    hub.create_repo(repo, {f"f/{i:03d}.json": b"{}" for i in range(40)})
+    hub.tree_page_size = 7  # 41 entries: 6 pages, followed through their Link headers
+    try:
+        await import_artifact(f"hf://{repo}", tmp_path / "m", registry=fast_registry())
+        assert len(list((tmp_path / "m" / "f").iterdir())) == 40
+        hub.tree_page_size = 1000  # one page of ~41 entries, several KiB with the Hub's own scan in each
+        registry = HuggingFaceRegistry(retry=RetryPolicy(max_attempts=1), max_listing_bytes=4096)
+        try:
+            with pytest.raises(SourceError, match=r"a page of the hub's file listing is larger than 4\.0 KiB"):
+                await import_artifact(f"hf://{repo}", tmp_path / "n", registry=registry)
+        finally:
+            await registry.aclose()
+        assert not (tmp_path / "n").exists()
+    finally:
+        hub.tree_page_size = 1000
+
+
+@pytest.mark.parametrize("verbosity", [[], ["-vv"], ["--json"]])
+def test_secrets_planted_in_every_variable_appear_in_no_output(tmp_path: Path, verbosity: list[str]) -> None:
+    """Failing imports from and to unreachable servers, with a secret in each variable that can hold one."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    secrets = {
+        "HF_TOKEN": "hf_PlantedTokenSecret",
+        "AWS_ACCESS_KEY_ID": "AKIAPLANTEDKEYID",
+        "AWS_SECRET_ACCESS_KEY": "PlantedAwsSecretKey",
+        "AWS_SESSION_TOKEN": "PlantedSessionToken",
+    }
+    env = {**secrets, "HF_ENDPOINT": f"http://127.0.0.1:{port}", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    for args in (
+        ["import", "hf://org/name", "--to", str(tmp_path / "a"), "--retries", "1"],
+        ["import", "s3://bucket/models", "--to", str(tmp_path / "b")],
+        ["import", "hf://org/name", "--to", "s3://bucket/models", "--retries", "1"],
+        ["ls", "hf://org/name"],
+    ):
+        flags = [v for v in verbosity if v != "--json" or args[0] == "import"]
+        done = run_cli(*args, *flags, env=env, timeout=120)
+        assert done.returncode != 0, done.stdout
+        shown = done.stdout + done.stderr
+        for name, secret in secrets.items():
+            assert secret not in shown, (name, args, shown[-2000:])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -20,7 +21,6 @@ from huggingface_hub.errors import (
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
-from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils._headers import build_hf_headers
 
 from .. import __version__
@@ -41,8 +41,9 @@ from ..model import REPO_TYPES, ArtifactFile, ModelTarget, ResolvedArtifact
 from ..paths import check_listing
 from ..redact import safe_url
 from ..streams import DEFAULT_CHUNK_SIZE, closing
+from ..units import human_bytes
 from .base import AbstractRegistry
-from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, stream_url
+from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, stream_url
 from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ T = TypeVar("T")
 _MAX_RENEWALS = 3
 #: The largest Hub repositories list a few hundred thousand entries.
 DEFAULT_MAX_FILES = 1_000_000
+DEFAULT_MAX_LISTING_BYTES = 64 << 20
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
 
@@ -85,8 +87,11 @@ class HuggingFaceRegistry(AbstractRegistry):
         hub_scan: bool = True,
         parallel: ParallelPolicy | None = None,
         max_files: int = DEFAULT_MAX_FILES,
+        max_listing_bytes: int = DEFAULT_MAX_LISTING_BYTES,
     ) -> None:
         self.name = name
+        #: Bytes one page of the listing may have (the Hub's pages are about a megabyte).
+        self.max_listing_bytes = max_listing_bytes
         #: Entries (files and folders) a listing may have: a hostile hub's endless listing is refused.
         self.max_files = max_files
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
@@ -129,26 +134,7 @@ class HuggingFaceRegistry(AbstractRegistry):
             # It goes into every file's URL: anything but a commit id could point them elsewhere.
             raise SourceError(f"{where}: the hub answered a commit id that is not one ({_clip(commit)!r})")
 
-        def listing() -> list[ArtifactFile]:
-            # Entries become ArtifactFiles page by page (the Hub pages its listing), never all held twice, and
-            # a listing longer than any real repository is refused instead of growing without bound.
-            selected: list[ArtifactFile] = []
-            for count, entry in enumerate(
-                api.list_repo_tree(
-                    model.repo_id, recursive=True, revision=commit, expand=self.hub_scan, repo_type=model.repo_type
-                ),
-                start=1,
-            ):
-                if count > self.max_files:
-                    raise SourceError(
-                        f"{where}: the listing has more than {self.max_files:,} entries; refusing it (raise "
-                        "max_files if the repository really is that large)"
-                    )
-                if isinstance(entry, RepoFile) and model.selects(entry.path):
-                    selected.append(_artifact_file(entry))
-            return selected
-
-        files = tuple(await self._call(where, model, listing))
+        files = tuple(await self._list_tree(where, model, commit))
         check_listing(f.path for f in files)
         log.info("%s resolved to commit %s: %d file(s) selected", where, commit, len(files))
         return ResolvedArtifact(
@@ -159,6 +145,78 @@ class HuggingFaceRegistry(AbstractRegistry):
             files=files,
             repo_type=model.repo_type,
         )
+
+    async def _list_tree(self, where: str, model: ModelTarget, commit: str) -> list[ArtifactFile]:
+        """Every file of the repository at ``commit``, page by page (the Hub's ``Link: rel="next"``).
+
+        Listed here rather than through ``HfApi.list_repo_tree``, which reads each page whole however large:
+        a page above ``max_listing_bytes`` or a listing of more than ``max_files`` entries is refused, and
+        each page becomes ArtifactFiles before the next is read.
+        """
+        kind = REPO_TYPES[model.repo_type].rstrip("/") or "models"
+        url: str | None = f"{self.endpoint}/api/{kind}/{model.repo_id}/tree/{commit}"
+        params: dict[str, str] | None = {"recursive": "true", "expand": "true" if self.hub_scan else "false"}
+        headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
+        selected: list[ArtifactFile] = []
+        count = 0
+        while url is not None:
+            page, url = await self._tree_page(where, url, params, headers)
+            params = None  # the next link carries the query
+            for entry in page:
+                count += 1
+                if count > self.max_files:
+                    raise SourceError(
+                        f"{where}: the listing has more than {self.max_files:,} entries; refusing it (raise "
+                        "max_files if the repository really is that large)"
+                    )
+                if isinstance(entry, dict) and entry.get("type") == "file" and model.selects(str(entry["path"])):
+                    selected.append(_artifact_file(entry))
+        return selected
+
+    async def _tree_page(
+        self, where: str, url: str, params: dict[str, str] | None, headers: dict[str, str]
+    ) -> tuple[list[Any], str | None]:
+        """One page of the listing and the URL of the next, retrying what a retry can fix."""
+        failures = 0
+        while True:
+            retry_after: float | None = None
+            try:
+                async with asyncio.timeout(self.timeouts.listing):
+                    async with self._client().get(url, params=params, headers=headers) as resp:
+                        if resp.status == 200:
+                            body = await _read_capped(resp.content, self.max_listing_bytes, where)
+                            following = resp.links.get("next")
+                            next_url = str(following["url"]) if following is not None else None
+                            break
+                        if resp.status in RETRYABLE_STATUS:
+                            retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                            reason = f"HTTP {resp.status}"
+                        elif resp.status in (401, 403, 404):
+                            raise RepoMissing(
+                                f"{where}: the hub refused its file listing (HTTP {resp.status}"
+                                f"{', ' + resp.headers['X-Error-Code'] if 'X-Error-Code' in resp.headers else ''}). "
+                                "Check the name, or set HF_TOKEN to a token that can read it."
+                            )
+                        else:
+                            raise SourceError(f"{where}: the hub answered HTTP {resp.status} while listing files")
+            except TimeoutError:
+                reason = f"no answer within {self.timeouts.listing:g}s"
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
+                reason = type(exc).__name__
+            failures += 1
+            if failures >= self.retry.max_attempts:
+                raise SourceError(
+                    f"{where}: cannot list files from {self.endpoint} ({reason}, {failures} attempts). "
+                    "Check HF_ENDPOINT and the network, then try again."
+                )
+            await asyncio.sleep(self.retry.delay(failures, retry_after))
+        try:
+            page = json.loads(body)
+        except ValueError:
+            raise SourceError(f"{where}: the hub's file listing is not JSON") from None
+        if not isinstance(page, list):
+            raise SourceError(f"{where}: the hub's file listing is not a list of entries")
+        return page, next_url
 
     async def _call(self, where: str, model: ModelTarget, fn: Callable[[], T]) -> T:
         """Run a synchronous ``HfApi`` call in a thread, retrying transient failures."""
@@ -351,17 +409,34 @@ def _check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def _artifact_file(entry: RepoFile) -> ArtifactFile:
-    security = _security(entry)
-    if entry.lfs is not None:
-        return ArtifactFile(
-            entry.path, entry.lfs.size, sha256=entry.lfs.sha256, etag=entry.lfs.sha256, security=security
-        )
-    return ArtifactFile(entry.path, entry.size, git_sha1=entry.blob_id, etag=entry.blob_id, security=security)
+def _artifact_file(entry: dict[str, Any]) -> ArtifactFile:
+    """A file entry of the Hub's tree listing (``type``, ``path``, ``size``, ``oid``, ``lfs``, and with
+    ``expand=true`` the Hub's own scan, ``securityFileStatus``)."""
+    path = str(entry["path"])
+    security = entry.get("securityFileStatus")
+    scan = (
+        {k: security.get(k) for k in ("status", "avScan", "pickleImportScan")} if isinstance(security, dict) else None
+    )
+    lfs = entry.get("lfs")
+    if isinstance(lfs, dict):
+        sha256 = str(lfs["oid"])
+        return ArtifactFile(path, int(lfs["size"]), sha256=sha256, etag=sha256, security=scan)
+    oid = entry.get("oid")
+    return ArtifactFile(
+        path, int(entry["size"]), git_sha1=str(oid) if oid else None, etag=str(oid) if oid else None, security=scan
+    )
 
 
-def _security(entry: RepoFile) -> dict[str, Any] | None:
-    info = getattr(entry, "security", None)
-    if info is None:
-        return None
-    return {"status": info.status, "avScan": info.av_scan, "pickleImportScan": info.pickle_import_scan}
+async def _read_capped(content: aiohttp.StreamReader, limit: int, where: str) -> bytes:
+    """The whole body, refused once it passes ``limit`` bytes (a hostile hub's endless page)."""
+    parts: list[bytes] = []
+    held = 0
+    async for piece, _ in content.iter_chunks():
+        held += len(piece)
+        if held > limit:
+            raise SourceError(
+                f"{where}: a page of the hub's file listing is larger than {human_bytes(limit)}; refusing it "
+                "(raise max_listing_bytes if the hub really sends pages that large)"
+            )
+        parts.append(piece)
+    return b"".join(parts)
