@@ -144,7 +144,6 @@ class FleetImportService(ImportService):
         self.proxy_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._redis: Redis | None = None
         self._loops: list[asyncio.Task[None]] = []
-        self._capacity = kwargs.get("max_concurrent_imports", 2)
         self._running: dict[str, ImportTask] = {}
         self._handing_back: set[str] = set()
         self._closing = False
@@ -303,11 +302,10 @@ class FleetImportService(ImportService):
         await self.redis.set(self._key("cancel", task_id), "1", ex=int(self.finished_ttl))
         # Not claimed yet: claim it to cancel it (no proxy will then start it).
         if await self.redis.set(self._key("lease", task_id), self.proxy_id, nx=True, px=int(self.lease * 1000)):
-            latest = await self.fetch(task_id)
-            if not latest.done:
-                error = {"type": "ArtifactImportError", "message": f"import {task_id} cancelled"}
-                await self._finish_remote(task_id, TaskState.CANCELLED, error)
-            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+            if (await self.fetch(task_id)).done:
+                await self._release(task_id)
+            else:
+                await self._finish_remote(task_id, TaskState.CANCELLED, _cancelled(task_id))
             return await self.fetch(task_id)
         deadline = time.monotonic() + _CANCEL_WAIT
         while time.monotonic() < deadline:
@@ -323,7 +321,7 @@ class FleetImportService(ImportService):
         while True:
             try:
                 await self._announce()
-                if len(self._running) < self._capacity and not self._closing:
+                if len(self._running) < self.max_concurrent_imports and not self._closing:
                     await self._claim_some()
             except asyncio.CancelledError:
                 raise
@@ -334,7 +332,7 @@ class FleetImportService(ImportService):
     async def _claim_some(self) -> None:
         active = cast(list[str], await self.redis.zrange(self._key("active"), 0, -1))
         for task_id in active:
-            if len(self._running) >= self._capacity or task_id in self._running:
+            if len(self._running) >= self.max_concurrent_imports or task_id in self._running:
                 continue
             if await self.redis.exists(self._key("lease", task_id)):
                 continue
@@ -361,9 +359,7 @@ class FleetImportService(ImportService):
         task_id = snapshot["id"]
         request = snapshot["request"]
         if await self.redis.exists(self._key("cancel", task_id)):
-            error = {"type": "ArtifactImportError", "message": f"import {task_id} cancelled"}
-            await self._finish_remote(task_id, TaskState.CANCELLED, error)
-            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
+            await self._finish_remote(task_id, TaskState.CANCELLED, _cancelled(task_id))
             return
         try:
             models = [_model_from_dict(m) for m in request["models"]]
@@ -372,7 +368,6 @@ class FleetImportService(ImportService):
             contexts = self._contexts(models, request["registry_name"], vfolder, mappings, task_id)
         except ArtifactImportError as exc:
             await self._finish_remote(task_id, TaskState.FAILED, {"type": type(exc).__name__, "message": exc.message})
-            await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
             return
         taken_over = snapshot.get("owner") is not None
         task = ImportTask(task_id, [self._model_progress(c) for c in contexts], created=snapshot["created"])
@@ -401,7 +396,7 @@ class FleetImportService(ImportService):
                 self._handing_back.discard(task.id)
                 await self._write(task, state=TaskState.QUEUED.value, owner=None)
                 await self._event(task.id, "state", {"id": task.id, "state": TaskState.QUEUED.value, "error": None})
-                await self.redis.eval(_RELEASE, 1, self._key("lease", task.id), self.proxy_id)
+                await self._release(task.id)
                 return
             if task.state is TaskState.CANCELLED:
                 for context in contexts:
@@ -473,6 +468,10 @@ class FleetImportService(ImportService):
         await self.redis.zrem(self._key("active"), task_id)
         await self.redis.expire(self._key("events", task_id), int(self.finished_ttl))
         await self.redis.delete(self._key("cancel", task_id))
+        await self._release(task_id)
+
+    async def _release(self, task_id: str) -> None:
+        """Give up this proxy's lease on the task (if it still holds it)."""
         await self.redis.eval(_RELEASE, 1, self._key("lease", task_id), self.proxy_id)
 
     async def _event(self, task_id: str, kind: str, data: Mapping[str, Any]) -> None:
@@ -547,6 +546,10 @@ def _bounded(task: dict[str, Any]) -> dict[str, Any]:
             model["files_omitted"] = len(files) - _FILES_KEPT
             model["files"] = files[:_FILES_KEPT]
     return task
+
+
+def _cancelled(task_id: str) -> dict[str, str]:
+    return {"type": "ArtifactImportError", "message": f"import {task_id} cancelled"}
 
 
 def _summary(snapshot: Mapping[str, Any]) -> dict[str, Any]:

@@ -254,6 +254,7 @@ class ImportService:
         self.staging = staging
         self.pipeline = ImportPipeline(self.registries, verifiers, max_concurrent_files=max_concurrent_files)
         self.on_finished = list(on_finished)
+        self.max_concurrent_imports = max_concurrent_imports
         self._slots = asyncio.Semaphore(max_concurrent_imports)
         self._tasks: dict[str, ImportTask] = {}
         self._finished: collections.deque[str] = collections.deque()
