@@ -15,7 +15,6 @@ import os
 import pickle
 import struct
 import tarfile
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -42,9 +41,9 @@ def bypasses(marker: str) -> list[Sample]:
         # 4. An .npy whose dtype is spelled as numpy reads it, not as np.save writes it.
         Sample("spelled_object.npy", npy_with_descr("'object'", evil), NPY_LOAD),
         Sample("structured_object.npy", npy_with_descr("[('a', 'object')]", evil), NPY_LOAD),
+        # Published classes the scanner already refused: an object field in a subarray, a bad CRC
+        # (CVE-2025-10156: torch does not check it), a resolver that imports by a string (pkgutil, importlib).
         Sample("object_in_subarray.npy", npy_with_descr("[('a', '<f8'), ('b', 'O', (1,))]", evil), NPY_LOAD),
-        # Published classes the scanner already refused: a bad CRC (CVE-2025-10156: torch does not check it)
-        # and a resolver that imports by a string (pkgutil.resolve_name, importlib).
         Sample("bad_crc.pt", zip_bad_crc(evil), TORCH_LOAD),
         Sample("resolve_name.pkl", resolve_name_chain(f"touch {marker}"), PKGUTIL_LOAD),
         Sample("import_module.pkl", import_module_chain(f"touch {marker}"), PKGUTIL_LOAD),
@@ -64,7 +63,8 @@ def tar_polyglot(evil: bytes) -> bytes:
     data[1:5] = struct.pack("<I", 512 + 16 - 5)  # BINBYTES' 4-byte length: from byte 5 to the payload
     data[148:156] = b" " * 8
     data[148:156] = b"%06o\x00 " % sum(data[:512])
-    tarfile.open(fileobj=io.BytesIO(bytes(data))).getmembers()  # still a tar for tarfile
+    with tarfile.open(fileobj=io.BytesIO(bytes(data))) as tar:
+        assert tar.getmembers(), "still a tar for tarfile"
     return bytes(data)
 
 
@@ -84,7 +84,7 @@ def bz2_two_streams(evil: bytes) -> bytes:
 
 
 def npy_with_descr(descr: str, evil: bytes) -> bytes:
-    header = "{'descr': %s, 'fortran_order': False, 'shape': (1,), }" % descr
+    header = "{'descr': " + descr + ", 'fortran_order': False, 'shape': (1,), }"
     header += " " * (-(len(header) + 11) % 64) + "\n"
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(header)) + header.encode("latin-1") + evil
 
