@@ -149,8 +149,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 )
 @policy_option(
     "--format-policy",
-    "Keras models with Lambda layers or foreign modules, ONNX models whose external data leaves "
-    "their folder, malformed GGUF headers or code-reaching chat templates: fail (default), warn, or do not check.",
+    "Keras models with Lambda layers, foreign modules or safe-mode bypasses, ONNX models whose external data "
+    "leaves their folder, malformed GGUF headers or code-reaching chat templates, NeMo configs whose Hydra "
+    "_target_ is not a model class: fail (default), warn, or do not check.",
 )
 @policy_option(
     "--hub-scan-policy",

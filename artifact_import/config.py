@@ -20,7 +20,7 @@
     allow = ["mypackage.MyConfig"]      # more globals a pickle may import
     [verify.torchscript]                # TorchScript archives: code that runs when they are loaded
     policy = "fail"                     # or "warn", "off"
-    [verify.formats]                    # Keras Lambda layers, ONNX external data, GGUF headers
+    [verify.formats]                    # Keras code, ONNX external data, GGUF headers, NeMo _target_
     policy = "fail"                     # or "warn", "off"
     [verify.hub-scan]                   # the Hub's own ClamAV and pickle scan of each file
     policy = "fail"                     # or "warn", "off" (off also skips asking for it)
@@ -100,7 +100,7 @@ class VerifySettings:
     pickle_allow: frozenset[str] = frozenset()
     #: TorchScript archives (code that runs when they are loaded), whatever their pickles import.
     torchscript_policy: str = "fail"
-    #: Keras, ONNX and GGUF checks.
+    #: Keras, ONNX, GGUF and NeMo checks.
     format_policy: str = "fail"
     #: The Hub's own per-file scan.
     hub_scan_policy: str = "fail"

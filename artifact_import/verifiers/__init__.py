@@ -9,6 +9,7 @@ from .clamav import ClamAVVerifier
 from .gguf import GgufVerifier
 from .hubscan import HubScanVerifier
 from .keras import KerasVerifier
+from .nemo import NemoVerifier
 from .onnx import OnnxVerifier
 from .pickle import PickleVerifier
 from .safetensors import SafetensorsVerifier
@@ -27,7 +28,7 @@ def build_verifiers(settings: VerifySettings) -> list[Verifier]:
             )
         )
     if settings.format_policy != "off":
-        verifiers += [cls(settings.format_policy) for cls in (KerasVerifier, OnnxVerifier, GgufVerifier)]
+        verifiers += [cls(settings.format_policy) for cls in (KerasVerifier, OnnxVerifier, GgufVerifier, NemoVerifier)]
     if settings.hub_scan_policy != "off":
         verifiers.append(HubScanVerifier(settings.hub_scan_policy))
     if settings.clamd:
