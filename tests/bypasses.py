@@ -24,6 +24,7 @@ HOSTILE = Path(__file__).resolve().parent / "data" / "hostile"
 TORCH_LOAD = "import torch; torch.load(path, weights_only=False)"
 JIT_LOAD = "import torch; torch.jit.load(path)"
 PKGUTIL_LOAD = PICKLE_LOAD
+STORAGE_NPZ_LOAD = "import numpy as np; dict(np.load(path, allow_pickle=True))"
 
 
 def bypasses(marker: str) -> list[Sample]:
@@ -41,6 +42,8 @@ def bypasses(marker: str) -> list[Sample]:
         # 4. An .npy whose dtype is spelled as numpy reads it, not as np.save writes it.
         Sample("spelled_object.npy", npy_with_descr("'object'", evil), NPY_LOAD),
         Sample("structured_object.npy", npy_with_descr("[('a', 'object')]", evil), NPY_LOAD),
+        # A member named as a torch storage (read raw by torch) that np.load reads as an object array.
+        Sample("storage_named.npz", _zip({"archive/data/0": _npy_object(Payload(marker))}), STORAGE_NPZ_LOAD),
         # Published classes the scanner already refused: an object field in a subarray, a bad CRC
         # (CVE-2025-10156: torch does not check it), a resolver that imports by a string (pkgutil, importlib).
         Sample("object_in_subarray.npy", npy_with_descr("[('a', '<f8'), ('b', 'O', (1,))]", evil), NPY_LOAD),

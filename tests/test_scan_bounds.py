@@ -183,3 +183,15 @@ def test_a_corrupted_file_fails_alone_under_load(hub: LocalHub, tmp_path: Path) 
     finally:
         burner.kill()
         burner.wait()
+
+
+async def test_a_text_argument_of_megabytes_is_passed_over_not_refused() -> None:
+    # Read raw (as pickle.load would), a checkpoint of zero tensors is a PERSID whose "line" runs for megabytes.
+    from .modelfiles import _zip
+
+    zeros = _zip({"archive/data.pkl": b"\x80\x02}q\x00.", "archive/data/0": bytes(4 << 20), "archive/version": b"3\n"})
+    assert (await verdict_of(PickleVerifier(), "pytorch_model.bin", zeros, chunk=1 << 20)).ok
+    # And what follows such a line is still read: a long persistent id does not hide an import.
+    hiding = b"\x80\x02P" + b"x" * (3 << 20) + b"\ncposix\nsystem\n."
+    verdict = await verdict_of(PickleVerifier(), "model.pkl", hiding, chunk=1 << 20)
+    assert not verdict.ok and verdict.data["unsafe"] == ["posix.system"], verdict.detail

@@ -163,10 +163,17 @@ _MAGIC = (
 _COMPRESSED = ("gzip", "bz2", "xz", "lzma", "zlib")
 
 
-def _dispatch(r: Reader, where: str, name: str, f: Findings, depth: int, loader: bool) -> None:
-    """Scan what ``r`` holds; ``name`` is what it goes by (a file, a member, a decompressed file)."""
+def _dispatch(r: Reader, where: str, name: str, f: Findings, depth: int, loader: bool, storage: bool = False) -> None:
+    """Scan what ``r`` holds; ``name`` is what it goes by (a file, a member, a decompressed file).
+
+    ``storage``: a torch zip's storage bytes, which torch reads raw; a container in their place (an ``.npy``
+    that ``np.load`` of the zip would read by its magic) is still opened.
+    """
     head = r.peek(512)
     kind = sniff(head)
+    if kind == "data" and storage and not proto_start(head):
+        f.formats.append("torch storage")
+        return
     if kind == "data":
         mode, known = mode_for(name, head, loader=loader)
         if mode is Mode.NONE:
@@ -213,8 +220,9 @@ def _container(r: Reader, where: str, name: str, kind: str, f: Findings, depth: 
     if kind == "zip":
 
         def member(reader: Reader, member_name: str) -> None:
-            if not torch_storage(member_name):
-                _dispatch(reader, f"{where}:{member_name}", member_name, f, depth + 1, loader_named(member_name))
+            storage = torch_storage(member_name)
+            here = f"{where}:{member_name}"
+            _dispatch(reader, here, member_name, f, depth + 1, loader_named(member_name), storage)
 
         names = scan_zip(r, where, member)
         f.torchscript = f.torchscript or any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in names)

@@ -50,6 +50,10 @@ class PickleError(Exception):
     """The stream is not a (whole) pickle; ``pickle.load`` would raise at the same point."""
 
 
+class _LongLine(Exception):
+    """A text argument longer than :data:`MAX_LINE`: passed over, its first bytes in ``args[0]``."""
+
+
 @attrs.frozen
 class Global:
     module: str
@@ -141,9 +145,11 @@ class _Walker:
         return self.r.read_exact(n, f"the pickle's {what}")
 
     def _line(self) -> bytes:
-        line = self.r.readline(MAX_LINE)
+        line, whole = self.r.readline(MAX_LINE)
         if not line:
             raise EOFError(f"truncated pickle at byte {self.r.position}")
+        if not whole:
+            raise _LongLine(line)
         # As the unpicklers do: the last byte goes whether or not it is the newline.
         return line[:-1]
 
@@ -242,8 +248,23 @@ class _Walker:
             op = table.get(code[0])
             if op is None:
                 raise PickleError(f"invalid load key {code!r} at byte {self.r.position - 1}")
-            if op(self) is _STOP:
-                return
+            try:
+                if op(self) is _STOP:
+                    return
+            except _LongLine as long:
+                self._long_line(code[0], long.args[0])
+
+    def _long_line(self, code: int, start: bytes) -> None:
+        """What the unpickler does with a text argument too long to keep (its first bytes: ``start``)."""
+        if code in _NAME_OPS:
+            # No importable module is named by a megabyte: find_class fails, the unpickler stops here.
+            raise PickleError(f"No module named {start[:60]!r}...")
+        if code in _MEMO_OPS:
+            if not start.strip().isdigit():
+                raise PickleError(f"invalid memo index {start[:40]!r}...")
+            raise Bound(f"a memo index of more than {MAX_LINE} digits (the scanner's bound)")
+        # A persistent id, a number or a string: a value the walker need not know.
+        self.push(OPAQUE)
 
 
 _STOP = object()
@@ -645,6 +666,8 @@ def _op_memoize(p: _Walker) -> None:
 
 
 _MAXSIZE = 2**63 - 1
+_NAME_OPS = frozenset(b"ci")  # GLOBAL, INST: their lines name a module and a class
+_MEMO_OPS = frozenset(b"gp")  # GET, PUT: their lines are memo indices
 
 _OPS: dict[int, Callable[[_Walker], Any]] = {
     ord("("): _op_mark,

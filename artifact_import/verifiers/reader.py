@@ -158,23 +158,29 @@ class Reader:
             raise EOFError(f"truncated: {what} needs {n} bytes, {len(data)} left")
         return data
 
-    def readline(self, limit: int) -> bytes:
-        """Up to and including the next ``\\n`` (or to the end); ``Unscannable`` past ``limit`` bytes."""
+    def readline(self, limit: int) -> tuple[bytes, bool]:
+        """Up to and including the next ``\\n`` (or to the end), and whether that is the whole line.
+
+        Past ``limit`` bytes the rest of the line is passed over, not kept: the first ``limit`` bytes come back.
+        """
         parts: list[bytes] = []
         total = 0
+        whole = True
         while self._fill():
             end = self._block.find(b"\n", self._pos)
             stop = len(self._block) if end < 0 else end + 1
             part = self._block[self._pos : stop]
             self._pos = stop
-            total += len(part)
             self.position += len(part)
-            parts.append(part)
-            if total > limit:
-                raise Unscannable(f"a text line of over {limit} bytes at byte {self.position - total}")
+            if whole and total + len(part) > limit:
+                parts.append(part[: limit - total])
+                whole = False
+            elif whole:
+                parts.append(part)
+            total += len(part)
             if end >= 0:
                 break
-        return b"".join(parts)
+        return b"".join(parts), whole
 
     def skip(self, n: int) -> int:
         """Pass over ``n`` bytes (fewer at the end) without copying them; returns how many."""
