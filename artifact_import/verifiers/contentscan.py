@@ -160,7 +160,6 @@ _MAGIC = (
     (b"7z\xbc\xaf\x27\x1c", "7z"),
     (b"\x04\x22\x4d\x18", "lz4"),
 )
-_COMPRESSED = ("gzip", "bz2", "xz", "lzma", "zlib")
 
 
 def _dispatch(r: Reader, where: str, name: str, f: Findings, depth: int, loader: bool, storage: bool = False) -> None:
