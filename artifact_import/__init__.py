@@ -68,6 +68,7 @@ if TYPE_CHECKING:
     from .verifiers.gguf import GgufVerifier
     from .verifiers.hubscan import HubScanVerifier
     from .verifiers.keras import KerasVerifier
+    from .verifiers.nemo import NemoVerifier
     from .verifiers.onnx import OnnxVerifier
     from .verifiers.pickle import PicklePolicy, PickleVerifier
     from .verifiers.policy import Policy
@@ -108,6 +109,7 @@ _LAZY: dict[str, str] = {
     "IntegrityError": ".errors",
     "KerasVerifier": ".verifiers.keras",
     "MANIFEST_PATH": ".journal.manifest",
+    "NemoVerifier": ".verifiers.nemo",
     "ModelTarget": ".model",
     "ObjectStorage": ".storages.object",
     "ObjectVolume": ".volumes.object",
@@ -200,6 +202,7 @@ __all__ = [
     "IntegrityError",
     "KerasVerifier",
     "ModelTarget",
+    "NemoVerifier",
     "ObjectStorage",
     "ObjectVolume",
     "OnnxVerifier",

@@ -18,7 +18,9 @@
     [verify.pickle]
     policy = "fail"                     # or "warn", "off"
     allow = ["mypackage.MyConfig"]      # more globals a pickle may import
-    [verify.formats]                    # Keras Lambda layers, ONNX external data, GGUF headers
+    [verify.torchscript]                # TorchScript archives: code that runs when they are loaded
+    policy = "fail"                     # or "warn", "off"
+    [verify.formats]                    # Keras code, ONNX external data, GGUF headers, NeMo _target_
     policy = "fail"                     # or "warn", "off"
     [verify.hub-scan]                   # the Hub's own ClamAV and pickle scan of each file
     policy = "fail"                     # or "warn", "off" (off also skips asking for it)
@@ -96,7 +98,9 @@ class VerifySettings:
     quarantine: str | None = None
     pickle_policy: str = "fail"
     pickle_allow: frozenset[str] = frozenset()
-    #: Keras, ONNX and GGUF checks.
+    #: TorchScript archives (code that runs when they are loaded), whatever their pickles import.
+    torchscript_policy: str = "fail"
+    #: Keras, ONNX, GGUF and NeMo checks.
     format_policy: str = "fail"
     #: The Hub's own per-file scan.
     hub_scan_policy: str = "fail"
@@ -257,7 +261,7 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
-    _known(reader, "verify", table, {"clamav", "pickle", "formats", "hub-scan"})
+    _known(reader, "verify", table, {"clamav", "pickle", "torchscript", "formats", "hub-scan"})
     clam = table.get("clamav") or {}
     pick = table.get("pickle") or {}
     _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout", "quarantine"})
@@ -277,6 +281,7 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
         quarantine=_string(reader, "verify.clamav", clam, "quarantine"),
         pickle_policy=policy,
         pickle_allow=frozenset(allow),
+        torchscript_policy=_policy(reader, "verify.torchscript", table.get("torchscript") or {}),
         format_policy=_policy(reader, "verify.formats", table.get("formats") or {}),
         hub_scan_policy=_policy(reader, "verify.hub-scan", table.get("hub-scan") or {}),
     )

@@ -100,7 +100,8 @@ def malicious(marker: str) -> list[Sample]:
         Sample("hidden_member.pt", _zip_hidden_member(p2), ZIP_LOAD),
         Sample("name_mismatch.pt", _zip_name_mismatch(p2)),
         Sample("junk_between_members.pt", _zip_with_junk(p2)),
-        Sample("archive.7z", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(64)),
+        # nullifAI: a checkpoint in a 7z archive, which the scanner cannot open, under a loader's name.
+        Sample("pytorch_model.bin", b"7z\xbc\xaf\x27\x1c\x00\x04" + os.urandom(64)),
     ]
     return samples
 
@@ -110,6 +111,8 @@ def benign() -> list[Sample]:
     rng = np.random.default_rng(0)
     samples = [Sample(p.name, p.read_bytes()) for p in sorted(CHECKPOINTS.iterdir()) if p.suffix != ".md"]
     samples.remove(next(s for s in samples if s.name == "make_checkpoints.py"))
+    # Code that runs when it is loaded: refused by default (--torchscript-policy), tested on its own.
+    samples.remove(next(s for s in samples if s.name == "torchscript.pt"))
     arrays = {"w": rng.random((16, 16)), "i": np.arange(7), "h": np.zeros(3, dtype=np.float16)}
     samples += [Sample(f"arrays_p{n}.pkl", pickle.dumps(arrays, protocol=n)) for n in (2, 3, 4, 5)]
     samples += [

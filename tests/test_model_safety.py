@@ -32,7 +32,7 @@ from artifact_import.verifiers.safetensors import SafetensorsVerifier
 
 from .conftest import files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub, unsafe_scan
-from .modelfiles import Payload, Sample, benign, malicious
+from .modelfiles import CHECKPOINTS, Payload, Sample, benign, malicious
 
 MARKER = os.path.join(tempfile.gettempdir(), f"artifact-import-payload-ran-{os.getpid()}")
 EVIL = malicious(MARKER)
@@ -89,12 +89,16 @@ def test_the_real_torch_checkpoints_are_those_torch_writes() -> None:
     assert flags & 0x8 and csize == 0 and usize == 0
 
 
-async def test_torchscript_classes_pass_only_inside_a_torchscript_archive() -> None:
-    ts = next(s.data for s in GOOD if s.name == "torchscript.pt")
-    assert (await verdict_of(PickleVerifier(), "m.pt", ts)).ok
+async def test_a_torchscript_archive_is_refused_by_default_and_its_classes_pass_under_its_policy() -> None:
+    ts = (CHECKPOINTS / "torchscript.pt").read_bytes()
+    refused = await verdict_of(PickleVerifier(), "m.pt", ts)
+    assert not refused.ok and "TorchScript archive" in refused.detail and not refused.data["unsafe"]
+    warned = await verdict_of(PickleVerifier(torchscript="warn"), "m.pt", ts)
+    assert warned.ok and "TorchScript archive" in warned.data["warning"]
+    assert (await verdict_of(PickleVerifier(torchscript="off"), "m.pt", ts)).ok
     # The same imports in a plain pickle would be Python imports of a module called __torch__.
     plain = b"\x80\x02c__torch__.torch.nn.modules.linear\nLinear\n)\x81."
-    verdict = await verdict_of(PickleVerifier(), "m.pt", plain)
+    verdict = await verdict_of(PickleVerifier(torchscript="off"), "m.pt", plain)
     assert not verdict.ok and verdict.data["unsafe"] == ["__torch__.torch.nn.modules.linear.Linear"]
 
 

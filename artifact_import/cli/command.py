@@ -138,14 +138,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 )
 @policy_option(
     "--pickle-policy",
-    "Files holding a pickle (found by content, whatever their name: torch checkpoints, joblib, numpy "
-    "object arrays, archives of them) that would import anything beyond tensors and state dicts, or that "
-    "cannot be fully scanned: fail the import (default), warn and record, or do not scan.",
+    "Files a loader would unpickle (by their name, a PROTO opcode or a container's structure: torch "
+    "checkpoints, joblib, numpy object arrays, archives of them) that would import anything beyond tensors "
+    "and state dicts, or that cannot be fully scanned: fail the import (default), warn and record, or do not scan.",
+)
+@policy_option(
+    "--torchscript-policy",
+    "TorchScript archives (torch.jit.save), whose code runs when torch.jit.load or torch.load loads them: "
+    "fail the import (default), warn and record, or do not check.",
 )
 @policy_option(
     "--format-policy",
-    "Keras models with Lambda layers or foreign modules, ONNX models whose external data leaves "
-    "their folder, malformed GGUF headers or code-reaching chat templates: fail (default), warn, or do not check.",
+    "Keras models with Lambda layers, foreign modules or safe-mode bypasses, ONNX models whose external data "
+    "leaves their folder, malformed GGUF headers or code-reaching chat templates, NeMo configs whose Hydra "
+    "_target_ is not a model class: fail (default), warn, or do not check.",
 )
 @policy_option(
     "--hub-scan-policy",
@@ -188,6 +194,7 @@ def import_cmd(
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
+    torchscript_policy: str | None,
     format_policy: str | None,
     hub_scan_policy: str | None,
     lock_timeout: float | None,
@@ -259,6 +266,7 @@ def import_cmd(
             configured,
             clamd=clamd or configured.clamd,
             pickle_policy=pickle_policy or configured.pickle_policy,
+            torchscript_policy=torchscript_policy or configured.torchscript_policy,
             format_policy=format_policy or configured.format_policy,
             hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
         )

@@ -1,18 +1,25 @@
-"""What a file is, by its bytes, and every pickle a loader would run from it.
+"""What a file is, by its name and its bytes, and every pickle a loader would run from it.
 
-The name of a file decides nothing: ``checkpoint.pth.tar``, ``model.joblib``,
-``weights.npy`` and ``data.bin`` are all scanned for what they hold. Formats
-followed: plain pickles and sequences of them (PyTorch's legacy layout: five
-pickles, then raw storages), zip archives (``torch.save``, TorchScript,
-``.npz``, ``.keras``), PyTorch's oldest tar layout, numpy ``.npy`` (object
-arrays carry a pickle), joblib (raw array bytes inside the pickle stream), and
-gzip/bz2/xz/lzma/zlib-compressed forms of any of these. 7z and lz4 cannot be
-read here, so a file in either is refused rather than passed unread.
+Which bytes are read as a pickle, and how strictly, is :mod:`.filekinds`'
+call: what a loader would unpickle (a loader's name, a PROTO opcode, a
+container's pickle member) is read strictly; a known format or text under any
+other name is not a pickle. Containers are opened whatever their name, the way
+their loaders open them: plain pickles and sequences of them (PyTorch's legacy
+layout: five pickles, then raw storages), zip archives (``torch.save``,
+TorchScript, ``.npz``, ``.keras``), PyTorch's oldest tar layout, numpy ``.npy``
+(object arrays carry a pickle), joblib (raw array bytes inside the pickle
+stream), and gzip/bz2/xz/lzma/zlib-compressed forms of any of these. Where a
+file a loader opens is a container, its raw bytes are read as a pickle too
+(in a reading of their own, :mod:`.fanout`), since ``pickle.load`` does not
+care that ``torch.load`` sees a tar or ``joblib.load`` a bz2 stream. 7z and lz4
+cannot be read here: under a loader's name they are refused rather than passed
+unread.
 
 The verdict's rule is the unpickler's own: a stream that stops being a pickle
-before any import or persistent load could not have run anything, so it is
-data; one that stops after is refused, since ``pickle.load`` runs what it read
-before it failed.
+before any import could not have run anything, so it is data; one that stops
+after is refused, since ``pickle.load`` runs what it read before it failed.
+Every bound of the scan (objects, imports, pickles in a row, nesting,
+expansion, CPU time) is a refusal that names it.
 """
 
 from __future__ import annotations
@@ -21,22 +28,31 @@ import ast
 import math
 import re
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 
+from .fanout import fan_out
+from .filekinds import Mode, inner_name, loader_named, mode_for, proto_start, torch_storage
 from .pickleops import OPAQUE, OPCODE_BYTES, Call, Container, Global, Walk, walk
-from .reader import BytesReader, Decompressed, Limited, Reader, Unscannable
+from .reader import Bound, Budget, Decompressed, Limited, Reader, Unscannable
 from .zipscan import scan_zip
 
 #: torch.save's legacy layout starts with a pickle of this number.
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 #: Containers inside containers deeper than this are refused (a zip of a gzip of a tar of a zip...).
 MAX_DEPTH = 4
-#: What a compressed stream may expand to before it is refused as a bomb.
+#: Kept for callers of the earlier API: expansion is bounded by the scan's :class:`Budget`.
 EXPAND_LIMIT = 1 << 40
 #: numpy's own header bound is 10,000 bytes (lifted with allow_pickle); ours, for any header.
 MAX_NPY_HEADER = 1 << 20
+#: Pickles one after another in one stream (torch's legacy layout has five; joblib one per object array).
+MAX_PICKLES = 10_000
+#: Pickles whose imports the verdict lists one by one; the rest are counted.
+MAX_RECORDS = 64
+#: Different names all the pickles of one file may import.
+MAX_IMPORTS = 4096
 _STORAGE_ELEMENT = {
     "Float": 4, "Double": 8, "Half": 2, "BFloat16": 2, "Long": 8, "Int": 4, "Short": 2, "Char": 1, "Byte": 1,
     "Bool": 1, "ComplexFloat": 8, "ComplexDouble": 16, "QInt8": 1, "QUInt8": 1, "QInt32": 4,
@@ -50,41 +66,66 @@ _TYPESTR = re.compile(r"^[<>|=]?([a-zA-Z?])(\d*)")
 
 @attrs.define
 class Findings:
-    """What a scan saw: the formats met and, per pickle, what it imports."""
+    """What a scan saw: the formats met and, per pickle, what it imports (bounded, whatever the file)."""
 
     formats: list[str] = attrs.field(factory=list)
-    #: (where, imports) for every pickle, in file order.
+    #: (where, imports) for the first :data:`MAX_RECORDS` pickles, in file order.
     pickles: list[tuple[str, list[str]]] = attrs.field(factory=list)
+    #: How many pickles there were in all.
+    count: int = 0
     #: A TorchScript archive: its ``__torch__`` classes come from its own code, not from Python imports.
     torchscript: bool = False
+    _imports: dict[str, None] = attrs.field(factory=dict)
 
     @property
     def imports(self) -> list[str]:
-        return [name for _, names in self.pickles for name in names]
+        """Every name any pickle imports, once each."""
+        return list(self._imports)
+
+    def add(self, where: str, imports: list[str]) -> None:
+        self.count += 1
+        if len(self.pickles) < MAX_RECORDS:
+            self.pickles.append((where, imports))
+        for name in imports:
+            if name not in self._imports:
+                if len(self._imports) >= MAX_IMPORTS:
+                    raise Bound(f"{where}: pickles importing more than {MAX_IMPORTS} different names")
+                self._imports[name] = None
+
+    def merge(self, other: Findings) -> None:
+        self.formats += [k for k in other.formats if k not in self.formats][:64]
+        for where, names in other.pickles:
+            self.add(where, names)
+        self.count += other.count - len(other.pickles)
+        for name in other.imports:
+            self._imports.setdefault(name, None)
+        self.torchscript = self.torchscript or other.torchscript
 
 
-def scan(reader: Reader, name: str) -> Findings:
+def scan(reader: Reader, name: str, budget: Budget | None = None) -> Findings:
     """Scan a whole file; raises ``Unscannable`` with the reason when it cannot be accounted for."""
     findings = Findings()
+    own = Budget.current() is None  # outside a verifier session (tests, tools): a budget of its own
+    if own:
+        budget = budget or Budget()
+        budget.source = reader
+        budget.enter()
     try:
         try:
-            _dispatch(reader, name, findings, 0)
+            _dispatch(reader, name, name, findings, 0, loader_named(name))
         except EOFError as exc:
             raise Unscannable(f"{name}: {exc}") from None
     except Unscannable as exc:
         exc.findings = findings  # type: ignore[attr-defined]  # what was seen before, for the verdict
         raise
+    finally:
+        if own:
+            Budget.leave()
     return findings
 
 
 def sniff(head: bytes) -> str:
-    """The container ``head`` (a file's first bytes, 512 where there are that many) announces.
-
-    Only formats whose loaders go by these magic bytes are named; anything else
-    is ``"pickle"`` when its first byte is an opcode (a protocol 0/1 pickle has
-    no header, and a crafted file can look like a safetensors or GGUF header and
-    still unpickle), else ``"data"``.
-    """
+    """The container ``head`` (a file's first bytes, 512 where there are that many) announces, or "data"."""
     if head[:4] in (b"PK\x03\x04", b"PK\x05\x06"):
         return "zip"
     for magic, kind in _MAGIC:
@@ -92,12 +133,12 @@ def sniff(head: bytes) -> str:
             return kind
     if head[:3] == b"BZh" and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"):
         return "bz2"
-    if len(head) >= 2 and head[0] == 0x78 and (head[0] * 256 + head[1]) % 31 == 0:
-        return "zlib"
+    if head[:1] == b"\x78" and head[1:2] in (b"\x01", b"\x5e", b"\x9c", b"\xda"):
+        return "zlib"  # deflate, 32K window, no preset dictionary, a level zlib writes
+    if head[:2] == b"ZF" and re.fullmatch(rb"0x[0-9a-f]+ *", head[2:21]) and head[21:22] == b"\x78":
+        return "joblib-zlib"  # joblib < 0.10: "ZF", the length in hex padded to 19 bytes, then zlib
     if _is_tar(head):
         return "tar"
-    if head[:1] and head[0] in OPCODE_BYTES:
-        return "pickle"
     return "data"
 
 
@@ -113,86 +154,127 @@ def label(head: bytes) -> str:
 
 _MAGIC = (
     (b"\x93NUMPY", "npy"),
-    (b"\x1f\x8b", "gzip"),
+    (b"\x1f\x8b\x08", "gzip"),
     (b"\xfd7zXZ\x00", "xz"),
     (b"]\x00\x00", "lzma"),
-    (b"ZF", "joblib-zlib"),
     (b"7z\xbc\xaf\x27\x1c", "7z"),
     (b"\x04\x22\x4d\x18", "lz4"),
 )
-_COMPRESSED = ("gzip", "bz2", "xz", "lzma", "zlib")
 
 
-def _dispatch(r: Reader, where: str, f: Findings, depth: int) -> None:
+def _dispatch(r: Reader, where: str, name: str, f: Findings, depth: int, loader: bool, storage: bool = False) -> None:
+    """Scan what ``r`` holds; ``name`` is what it goes by (a file, a member, a decompressed file).
+
+    ``storage``: a torch zip's storage bytes, which torch reads raw; a container in their place (an ``.npy``
+    that ``np.load`` of the zip would read by its magic) is still opened.
+    """
     head = r.peek(512)
     kind = sniff(head)
-    if kind not in ("pickle", "data"):
-        f.formats.append(kind)
+    if kind == "data" and storage and not proto_start(head):
+        f.formats.append("torch storage")
+        return
+    if kind == "data":
+        mode, known = mode_for(name, head, loader=loader)
+        if mode is Mode.NONE:
+            f.formats.append(known or label(head))
+        else:
+            _scan_pickles(r, where, f, head, mode)
+        return
+    f.formats.append(kind)
+    if kind in ("7z", "lz4"):
+        if loader or proto_start(head):
+            raise Unscannable(f"{where}: a {kind} archive, which the scanner cannot read (and so cannot vouch for)")
+        return  # no loader opens it, and nothing here can look inside
+    if kind not in ("npy", "joblib-zlib") and depth >= MAX_DEPTH:
+        raise Bound(f"{where}: containers nested more than {MAX_DEPTH} deep (the scanner's bound)")
+
+    def structure(reader: Reader, into: Findings) -> None:
+        _container(reader, where, name, kind, into, depth, loader)
+
+    if (loader or proto_start(head)) and kind != "npy" and head[0] in OPCODE_BYTES:
+        # The loader that opens this by name may be pickle.load, which reads the raw bytes as a pickle.
+        _both(r, f, structure, lambda reader, into: _scan_pickles(reader, f"{where} (as a pickle)", into, head))
+    else:
+        structure(r, f)
+
+
+Reading = Callable[[Reader, Findings], None]
+
+
+def _both(r: Reader, f: Findings, *readings: Reading) -> None:
+    """Each reading over the same bytes at once (see :mod:`.fanout`), their findings joined in order."""
+    parts = [Findings() for _ in readings]
+
+    def bind(reading: Reading, part: Findings) -> Callable[[Reader], None]:
+        return lambda reader: reading(reader, part)
+
+    try:
+        fan_out(r, [bind(reading, part) for reading, part in zip(readings, parts, strict=True)])
+    finally:
+        for part in parts:
+            f.merge(part)
+
+
+def _container(r: Reader, where: str, name: str, kind: str, f: Findings, depth: int, loader: bool) -> None:
     if kind == "zip":
-        if depth >= MAX_DEPTH:
-            raise Unscannable(f"{where}: archives nested more than {MAX_DEPTH} deep")
-        names = scan_zip(
-            r, where, lambda member, name: _dispatch(member, f"{where}:{name}", f, depth + 1), EXPAND_LIMIT
-        )
+
+        def member(reader: Reader, member_name: str) -> None:
+            storage = torch_storage(member_name)
+            here = f"{where}:{member_name}"
+            _dispatch(reader, here, member_name, f, depth + 1, loader_named(member_name), storage)
+
+        names = scan_zip(r, where, member)
         f.torchscript = f.torchscript or any(n == "constants.pkl" or n.endswith("/constants.pkl") for n in names)
     elif kind == "npy":
         _scan_npy(r, where, f)
     elif kind == "tar":
-        _refuse_pickle_in_tar_header(head, where)
         _scan_tar(r, where, f, depth)
-    elif kind in _COMPRESSED or kind == "joblib-zlib":
-        if depth >= MAX_DEPTH:
-            raise Unscannable(f"{where}: compressed streams nested more than {MAX_DEPTH} deep")
-        if kind == "joblib-zlib":  # joblib < 0.10: "ZF", the length in hex padded to 19 bytes, then zlib
+    else:
+        if kind == "joblib-zlib":
             r.read_exact(21, "joblib header")
             kind = "zlib"
-        _dispatch(Decompressed(r, kind, EXPAND_LIMIT), f"{where} ({kind})", f, depth + 1)
-    elif kind in ("7z", "lz4"):
-        raise Unscannable(f"{where}: a {kind} archive, which the scanner cannot read (and so cannot vouch for)")
-    elif kind == "pickle":
-        _scan_pickles(r, where, f, head)
-    else:
-        f.formats.append(label(head))
+        inner = inner_name(name)
+        _dispatch(Decompressed(r, kind), f"{where} ({kind})", inner, f, depth + 1, loader or loader_named(inner))
 
 
-def _scan_pickles(r: Reader, where: str, f: Findings, head: bytes) -> None:
+def _scan_pickles(r: Reader, where: str, f: Findings, head: bytes, mode: Mode = Mode.STRICT) -> None:
     """One pickle after another until the bytes stop being one."""
-    count = 0
+    count = recorded = 0
     while r.peek(1):
+        if count >= MAX_PICKLES:
+            raise Bound(f"{where}: more than {MAX_PICKLES} pickles one after another (the scanner's bound)")
         here = f"{where}" if count == 0 else f"{where} (pickle {count + 1})"
-        w = _walk_or_stop(r, here, f)
-        if w is None:
-            break
+        w = walk(r, after_build=_JoblibArrays(r, here, f))
+        if w.error is not None:
+            if not w.effects:
+                break  # nothing that could have run: these bytes are data, not a pickle
+            f.add(here, w.imports)
+            recorded += 1
+            if mode is Mode.STRICT:
+                raise Unscannable(
+                    f"{here}: the pickle breaks ({w.error}) after it already imported {', '.join(w.imports)}; "
+                    "pickle.load would have run that"
+                )
+            break  # bytes no loader unpickles by name: judged by what they would import, nothing more
         count += 1
-        if count == 1 and w.value == LEGACY_MAGIC:
+        if mode is Mode.STRICT or w.imports:
+            f.add(here, w.imports)
+            recorded += 1
+        if count == 1 and w.value == LEGACY_MAGIC and mode is Mode.STRICT:
             # torch.save's legacy layout: four more pickles, then storage bytes torch reads by offset.
             f.formats.append("torch legacy")
             for i in range(2, 6):
                 _strict_walk(r, f"{where} (pickle {i})", f)
             return
-    if count:
-        f.formats.append("pickle" if count == 1 else f"{count} pickles")
+    if recorded:
+        f.formats.append("pickle" if recorded == 1 else f"{recorded} pickles")
     else:
         f.formats.append(label(head))
 
 
-def _walk_or_stop(r: Reader, where: str, f: Findings) -> Walk | None:
-    w = walk(r, after_build=_JoblibArrays(r, where, f))
-    if w.error is None:
-        f.pickles.append((where, w.imports))
-        return w
-    if not w.effects:
-        return None  # nothing that could have run: these bytes are data, not a pickle
-    f.pickles.append((where, w.imports))
-    raise Unscannable(
-        f"{where}: the pickle breaks ({w.error}) after it already imported "
-        f"{', '.join(w.imports) or 'through a persistent load'}; pickle.load would have run that"
-    )
-
-
 def _strict_walk(r: Reader, where: str, f: Findings) -> Walk:
     w = walk(r, after_build=_JoblibArrays(r, where, f))
-    f.pickles.append((where, w.imports))
+    f.add(where, w.imports)
     if w.error is not None:
         raise Unscannable(f"{where}: not a whole pickle ({w.error})")
     return w
@@ -283,20 +365,47 @@ def _scan_npy(r: Reader, where: str, f: Findings) -> None:
 
 
 def _has_object(descr: Any, where: str, depth: int = 0) -> bool:
+    """Whether numpy would read an array of this ``descr`` with ``pickle.load``: as numpy's own
+    ``descr_to_dtype`` walks it (a string is a dtype, a tuple a dtype and a shape or a view, anything
+    else an iterable of fields, each a name, a dtype and perhaps a shape)."""
+    if depth > 32:
+        raise Bound(f"{where}: an npy dtype nested more than 32 deep (the scanner's bound)")
+    if isinstance(descr, bytes):
+        descr = descr.decode("latin-1")
     if isinstance(descr, str):
-        return descr.lstrip("<>|=").startswith("O")
-    if isinstance(descr, list) and depth < 32:
-        return any(
-            isinstance(field, tuple) and len(field) >= 2 and _has_object(field[1], where, depth + 1) for field in descr
-        )
-    raise Unscannable(f"{where}: an npy dtype the scanner cannot read ({str(descr)[:60]})")
+        return _typestr_has_object(descr, where)
+    if isinstance(descr, tuple):
+        if not descr:
+            raise Unscannable(f"{where}: an empty npy dtype")
+        found = _has_object(descr[0], where, depth + 1)
+        for other in descr[1:]:
+            if isinstance(other, str | bytes | list | dict):
+                found = _has_object(other, where, depth + 1) or found
+            elif not (isinstance(other, int) or (isinstance(other, tuple) and all(isinstance(d, int) for d in other))):
+                raise Unscannable(f"{where}: an npy dtype the scanner cannot read ({str(descr)[:60]})")
+        return found
+    if not isinstance(descr, list | dict | set | frozenset):
+        raise Unscannable(f"{where}: an npy dtype the scanner cannot read ({str(descr)[:60]})")
+    found = False
+    for field in descr:
+        if not isinstance(field, str | bytes | tuple | list) or len(field) not in (2, 3):
+            raise Unscannable(f"{where}: an npy dtype field the scanner cannot read ({str(field)[:60]})")
+        found = _has_object(field[1], where, depth + 1) or found
+    return found
 
 
-def _refuse_pickle_in_tar_header(head: bytes, where: str) -> None:
-    """A tar whose first header also unpickles: torch.load reads it as a tar, pickle.load as a pickle."""
-    w = walk(BytesReader(head))
-    if w.effects:
-        raise Unscannable(f"{where}: a tar archive whose header is also a pickle importing {', '.join(w.imports)}")
+#: Type strings as ``np.save`` writes them (``dtype.str``): none of them holds objects.
+_PLAIN_TYPESTR = re.compile(r"[<>|=]?(?:[?bBhHiIlLqQpPnNefdgFDGc]|[biufcSUVa]\d+|[SUVa]|[mM]8(?:\[\w+\])?)")
+
+
+def _typestr_has_object(text: str, where: str) -> bool:
+    if _PLAIN_TYPESTR.fullmatch(text):
+        return False
+    spelled = text.lstrip("<>|=").lower()
+    if spelled.startswith("o") or "object" in spelled:
+        return True  # "O", "O8", "object", "object_": numpy reads them all as objects
+    # np.dtype reads far more spellings ("float64", "f8,O", "(2,)O"): a header np.save never writes.
+    raise Unscannable(f"{where}: npy dtype {text[:60]!r}, which np.save never writes and the scanner does not read")
 
 
 def _is_tar(head: bytes) -> bool:
@@ -374,7 +483,7 @@ def _tar_member(body: Reader, where: str, name: str, f: Findings, depth: int) ->
                 raise Unscannable(f"{where}: tensor {i} has rank {ndim}")
             body.read_exact(4 + 16 * ndim + 8, "tensor layout")
     else:
-        _dispatch(body, where, f, depth + 1)
+        _dispatch(body, where, name, f, depth + 1, loader_named(name))
 
 
 def _count(w: Walk, where: str) -> int:

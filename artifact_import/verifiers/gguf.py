@@ -7,12 +7,17 @@ written in C have had overflows in exactly these fields. The chat template is
 Jinja rendered by the loader (``llama-cpp-python`` has had a sandbox escape
 through it): a template reaching for Python internals (``__class__``,
 ``__globals__``, ``__subclasses__``...) is refused.
+
+Strings are checked as they stream past, never held: a header of 60 MiB strings
+costs a block, not the strings (templates are searched window by window).
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import struct
+from hashlib import blake2b
 from typing import Any
 
 import attrs
@@ -20,11 +25,15 @@ import attrs
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import ChunkFeed, Reader, Unscannable
+from .reader import Bound, ChunkFeed, Reader, Unscannable
 from .threaded import ThreadedSession
 
 MAX_COUNT = 1 << 24
+#: Key/value pairs (a real model has a few dozen; the vocabulary is one array value).
+MAX_KEYS = 1 << 16
 MAX_STRING = 64 << 20
+#: A key's name (a real one is tens of bytes).
+MAX_KEY = 1 << 16
 MAX_DIMS = 4
 #: Value types: fixed sizes (struct formats), 8 string, 9 array.
 _FIXED = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<B", 10: "<Q", 11: "<q", 12: "<d"}
@@ -36,8 +45,10 @@ _HINT = "Use --format-policy warn to import it anyway"
 class GgufHeader:
     version: int
     tensors: int
+    #: The first numeric values (strings and arrays are checked as they pass, not kept).
     keys: dict[str, Any]
     findings: list[str]
+    key_count: int = 0
 
 
 class GgufVerifier(FormatVerifier):
@@ -61,7 +72,7 @@ class _GgufSession(ThreadedSession[GgufHeader]):
         if error is not None:
             reason = str(error) if isinstance(error, Unscannable | EOFError) else f"{type(error).__name__}: {error}"
             findings.append(f"malformed GGUF: {reason}")
-        data = {"version": result.version, "tensors": result.tensors, "keys": len(result.keys)} if result else {}
+        data = {"version": result.version, "tensors": result.tensors, "keys": result.key_count} if result else {}
         clean = f"GGUF v{result.version} header valid ({result.tensors} tensors)" if result else ""
         return judge(self._v.name, self._v.policy, findings, clean=clean, data=data, hint=_HINT)
 
@@ -74,20 +85,21 @@ def read_header(r: Reader) -> GgufHeader:
         raise Unscannable(f"unknown GGUF version {version}")
     count_fmt = "<I" if version == 1 else "<Q"
     tensors, kvs = _u(r, count_fmt), _u(r, count_fmt)
-    if tensors > MAX_COUNT or kvs > MAX_COUNT:
-        raise Unscannable(f"{tensors} tensors and {kvs} keys: beyond any real model")
+    if tensors > MAX_COUNT or kvs > MAX_KEYS:
+        raise Bound(f"{tensors} tensors and {kvs} keys: beyond any real model (the scanner's bound)")
     keys: dict[str, Any] = {}
+    seen: set[bytes] = set()
+    findings: list[str] = []
     for _ in range(kvs):
-        key = _string(r, version)
-        if key in keys:
-            raise Unscannable(f"key {key!r} appears twice")
-        keys[key] = _value(r, version, _u(r, "<I"), depth=0)
-    findings = []
-    for name in [k for k in keys if k.startswith("tokenizer.chat_template")]:
-        template = keys[name]
-        found = _TEMPLATE_DANGER.search(template) if isinstance(template, str) else None
-        if found:
-            findings.append(f"chat template {name!r} reaches for {found.group(0)!r}, which a template never needs")
+        key = _string(r, version, limit=MAX_KEY)
+        digest = blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        if digest in seen:
+            raise Unscannable(f"key {key[:80]!r} appears twice")
+        seen.add(digest)
+        template = key if key.startswith("tokenizer.chat_template") else None
+        value = _value(r, version, _u(r, "<I"), depth=0, template=template, findings=findings)
+        if key == "general.alignment" or len(keys) < 64:  # numbers only: strings are not kept
+            keys[key] = value
     alignment = keys.get("general.alignment", 32)
     if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
         raise Unscannable(f"general.alignment {alignment!r} is not a power of two")
@@ -102,17 +114,17 @@ def read_header(r: Reader) -> GgufHeader:
         offset = _u(r, "<Q")
         if offset % alignment:
             raise Unscannable(f"tensor {name[:80]!r} at offset {offset}, not a multiple of {alignment}")
-    return GgufHeader(version, tensors, keys, findings)
+    return GgufHeader(version, tensors, keys, findings, kvs)
 
 
 def _u(r: Reader, fmt: str) -> int:
     return int(struct.unpack(fmt, r.read_exact(struct.calcsize(fmt), "GGUF header"))[0])
 
 
-def _string(r: Reader, version: int) -> str:
+def _string(r: Reader, version: int, *, limit: int = MAX_STRING) -> str:
     length = _u(r, "<I" if version == 1 else "<Q")
-    if length > MAX_STRING:
-        raise Unscannable(f"a string of {length} bytes")
+    if length > limit:
+        raise Bound(f"a string of {length} bytes (the scanner's bound: {limit})")
     raw = r.read_exact(length, "GGUF string")
     try:
         return raw.decode("utf-8")
@@ -120,14 +132,45 @@ def _string(r: Reader, version: int) -> str:
         raise Unscannable("a string that is not UTF-8") from None
 
 
-def _value(r: Reader, version: int, kind: int, depth: int) -> Any:
+def _checked_string(r: Reader, version: int, template: str | None, findings: list[str]) -> None:
+    """A string value, checked block by block: UTF-8 throughout, and for a chat template, no reach for code."""
+    length = _u(r, "<I" if version == 1 else "<Q")
+    if length > MAX_STRING:
+        raise Bound(f"a string of {length} bytes (the scanner's bound: {MAX_STRING})")
+    decoder = codecs.getincrementaldecoder("utf-8")("strict")
+    tail = ""
+    left = length
+    while True:
+        block = r.read_exact(min(left, 1 << 20), "GGUF string")
+        left -= len(block)
+        try:
+            text = decoder.decode(block, final=not left)
+        except UnicodeDecodeError:
+            raise Unscannable("a string that is not UTF-8") from None
+        if template is not None:
+            window = tail + text
+            found = _TEMPLATE_DANGER.search(window)
+            if found:
+                findings.append(
+                    f"chat template {template!r} reaches for {found.group(0)!r}, which a template never needs"
+                )
+                template = None
+            tail = window[-64:]
+        if not left:
+            return
+
+
+def _value(
+    r: Reader, version: int, kind: int, depth: int, template: str | None = None, findings: list[str] | None = None
+) -> Any:
     if kind in _FIXED:
         value = struct.unpack(_FIXED[kind], r.read_exact(struct.calcsize(_FIXED[kind]), "GGUF value"))[0]
         if kind == 7 and value not in (0, 1):
             raise Unscannable(f"a boolean of value {value}")
         return value
     if kind == 8:
-        return _string(r, version)
+        _checked_string(r, version, template, findings if findings is not None else [])
+        return None
     if kind == 9 and depth < 2:
         item, count = _u(r, "<I"), _u(r, "<I" if version == 1 else "<Q")
         if count > MAX_COUNT * 4:
@@ -138,6 +181,6 @@ def _value(r: Reader, version: int, kind: int, depth: int) -> Any:
                 raise EOFError("truncated GGUF array")
             return None
         for _ in range(count):
-            _value(r, version, item, depth + 1)
+            _value(r, version, item, depth + 1, template, findings)
         return None
     raise Unscannable(f"unknown value type {kind}")

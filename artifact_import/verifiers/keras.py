@@ -3,7 +3,13 @@
 A ``Lambda`` layer stores its function as marshalled Python bytecode (or a
 module and name to import), run when the model is loaded by Keras 2 and by
 Keras 3 outside safe mode; a layer or object whose ``module`` is outside
-Keras/TensorFlow makes the loader import that module. ``.keras`` files are zip
+Keras/TensorFlow makes the loader import that module. Keras' own safe mode has
+been bypassed from inside Keras (CVE-2025-1550, CVE-2025-8747 and after): a
+config object can name any Keras function (``keras.config.enable_unsafe_
+deserialization``, ``keras.utils.get_file``), a ``TFSMLayer`` loads a
+SavedModel from a path, a lookup layer reads its vocabulary from any file. So
+references into Keras' utility, saving and config modules, those names, and
+vocabularies given as paths are refused too. ``.keras`` files are zip
 archives whose ``config.json`` is read in full; legacy ``.h5``/``.hdf5`` files
 keep the config as a JSON attribute inside HDF5, which is searched for a
 Lambda layer as the bytes stream past (there is no HDF5 parser here).
@@ -25,7 +31,16 @@ from .zipscan import scan_zip
 
 MAX_CONFIG = 64 << 20
 _H5_LAMBDA = re.compile(rb'"class_name":\s*"Lambda"')
-_TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow", "builtins")
+_TRUSTED_MODULES = ("keras", "tf_keras", "tensorflow", "builtins", "keras_hub", "keras_nlp", "keras_cv")
+#: Parts of a module path that are Keras' own machinery, not model components: config objects that point
+#: there call functions a model never needs (safe mode's own switch, downloads, file reads).
+_MACHINERY = frozenset({"utils", "saving", "config", "legacy", "export", "distribution", "callbacks"})
+#: Names that load or run something outside the model whatever module they are reached through.
+_DANGEROUS_NAMES = frozenset(
+    {"enable_unsafe_deserialization", "get_file", "TFSMLayer", "load_model", "exec", "eval", "compile",
+     "__import__", "getattr", "setattr", "open", "system", "popen", "import_module", "func_load", "load"}
+)  # fmt: skip
+_LOOKUPS = frozenset({"StringLookup", "IntegerLookup", "TextVectorization"})
 _HINT = "Use --format-policy warn to import it anyway"
 
 
@@ -74,17 +89,34 @@ def _member(member: Reader, name: str, findings: list[str]) -> None:
 
 
 def code_in_config(config: Any, depth: int = 0) -> list[str]:
-    """What in a Keras config would run or import code when the model is loaded."""
+    """What in a Keras config would run or import code, or read a file, when the model is loaded."""
     found: list[str] = []
     if depth > 200:
         return ["a model config nested more than 200 deep"]
     if isinstance(config, dict):
-        name = config.get("config", {}).get("name") if isinstance(config.get("config"), dict) else None
-        if config.get("class_name") == "Lambda":
+        inner = config.get("config")
+        name = inner.get("name") if isinstance(inner, dict) else None
+        class_name = config.get("class_name")
+        if class_name == "Lambda":
             found.append(f"Lambda layer {name!r} holds Python code that runs when the model is loaded")
+        elif class_name == "__lambda__":
+            found.append("a function serialized as Python bytecode (__lambda__), which runs when loaded")
         module = config.get("module")
-        if isinstance(module, str) and module.split(".")[0] not in _TRUSTED_MODULES and "class_name" in config:
-            found.append(f"{config.get('class_name')!r} is loaded by importing module {module!r}")
+        if isinstance(module, str) and "class_name" in config:
+            parts = module.split(".")
+            called = inner if class_name == "function" and isinstance(inner, str) else class_name
+            if parts[0] not in _TRUSTED_MODULES:
+                found.append(f"{class_name!r} is loaded by importing module {module!r}")
+            elif _MACHINERY & set(parts[1:]):
+                found.append(f"{called!r} from {module!r}: Keras machinery, not a model component")
+            elif called in _DANGEROUS_NAMES or (parts[0] == "builtins" and class_name == "function"):
+                found.append(f"{called!r} from {module!r} loads or runs something outside the model")
+        if class_name in _DANGEROUS_NAMES:
+            found.append(f"{class_name!r} loads or runs something outside the model")
+        if class_name in _LOOKUPS and isinstance(inner, dict) and isinstance(inner.get("vocabulary"), str):
+            found.append(
+                f"{class_name} layer {name!r} reads its vocabulary from the path {inner['vocabulary'][:200]!r}"
+            )
         for value in config.values():
             found.extend(code_in_config(value, depth + 1))
     elif isinstance(config, list):

@@ -6,7 +6,10 @@ model; a location that is absolute or climbs out (``../../etc/shadow``,
 ``/root/.ssh/id_rsa``) makes loading the model read, and often serve back,
 a file the model's author chose. The protobuf is walked (graph, initializers,
 sparse initializers, node attributes, subgraphs, functions) without holding
-more than one field header at a time; raw tensor bytes are skipped.
+more than one field header at a time; raw tensor bytes are skipped. It goes
+deeper than protobuf's own parser (which stops at 100 nested messages), so
+whatever ``onnx.load`` can read is read here; past that, the model is refused
+naming the bound rather than passed unread.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ import posixpath
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import ChunkFeed, Limited, Reader, Unscannable
+from .reader import Bound, ChunkFeed, Limited, Reader, Unscannable
 from .threaded import ThreadedSession
 
-MAX_DEPTH = 64
+#: Nested messages (and groups) followed; protobuf's parsers stop at 100.
+MAX_DEPTH = 128
+#: Different external data files one model may name (a model keeps its tensors in one file, or one per tensor).
+MAX_LOCATIONS = 65536
 _HINT = "Use --format-policy warn to import it anyway"
 
 # field numbers of the messages that can hold a TensorProto, and where
@@ -65,7 +71,9 @@ class _OnnxSession(ThreadedSession[list[str]]):
         findings = [f"external data location {loc[:200]!r} {why}" for loc in locations if (why := escapes(loc))]
         data = {"external_data": sorted(set(locations))[:64]}
         clean = f"{len(locations)} external data reference(s), all beside the model"
-        if error is not None and not findings:
+        if isinstance(error, Bound) or (error is not None and not isinstance(error, Unscannable | EOFError)):
+            findings.append(f"cannot read the ONNX model: {error}")
+        elif error is not None and not findings:
             # Not protobuf: onnx.load refuses it too, so no external file can be opened through it.
             clean = f"not a readable ONNX protobuf ({error}); onnx.load would refuse it as well"
         return judge(self._v.name, self._v.policy, findings, clean=clean, data=data, hint=_HINT)
@@ -113,7 +121,7 @@ def _skip(r: Reader, number: int, wire: int, depth: int) -> None:
             raise EOFError("truncated field")
     elif wire == 3:
         if depth > MAX_DEPTH:
-            raise Unscannable(f"groups nested more than {MAX_DEPTH} deep")
+            raise Bound(f"groups nested more than {MAX_DEPTH} deep (the scanner's bound)")
         while (tag := _varint(r)) is not None:
             if tag & 7 == 4:
                 if tag >> 3 != number:
@@ -127,7 +135,7 @@ def _skip(r: Reader, number: int, wire: int, depth: int) -> None:
 
 def _walk(r: Reader, kind: str, locations: list[str], depth: int) -> None:
     if depth > MAX_DEPTH:
-        raise Unscannable(f"messages nested more than {MAX_DEPTH} deep")
+        raise Bound(f"messages nested more than {MAX_DEPTH} deep (the scanner's bound)")
     fields = _KINDS.get(kind, _ENTRY)
     key = value = None
     while (tag := _varint(r)) is not None:
@@ -146,5 +154,7 @@ def _walk(r: Reader, kind: str, locations: list[str], depth: int) -> None:
         elif kind != "entry":
             _walk(body, child, locations, depth + 1)
         body.drain()
-    if kind == "entry" and key == "location" and value is not None:
+    if kind == "entry" and key == "location" and value is not None and value not in locations:
+        if len(locations) >= MAX_LOCATIONS:
+            raise Bound(f"more than {MAX_LOCATIONS} different external data locations (the scanner's bound)")
         locations.append(value)

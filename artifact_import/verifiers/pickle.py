@@ -108,18 +108,33 @@ SAFE_GLOBALS: frozenset[str] = frozenset(
 #: Its pickles also call ``torch.jit._pickle``'s list builders, which return their argument.
 TORCHSCRIPT_PREFIXES = ("__torch__.", "torch.jit._pickle.")
 _HINT = "Use --pickle-policy warn to import it anyway"
+_TORCHSCRIPT_HINT = "Use --torchscript-policy warn to import it anyway"
+#: Why a TorchScript archive is refused whatever its pickles import.
+TORCHSCRIPT_FINDING = (
+    "a TorchScript archive: its code (code/, and the __setstate__ of its classes) runs when torch.jit.load or "
+    "torch.load(weights_only=False) loads it, and can read and write any file; not loaded"
+)
 
 
 class PickleVerifier(Verifier):
+    """Pickles a loader would run, judged against an allow-list; TorchScript archives under a policy of their own."""
+
     name = "pickle"
 
-    def __init__(self, policy: Policy | str = Policy.FAIL, *, extra_safe: frozenset[str] = frozenset()):
+    def __init__(
+        self,
+        policy: Policy | str = Policy.FAIL,
+        *,
+        extra_safe: frozenset[str] = frozenset(),
+        torchscript: Policy | str = Policy.FAIL,
+    ):
         self.policy = Policy.parse(policy, "pickle")
+        self.torchscript = Policy.parse(torchscript, "torchscript")
         self.safe = SAFE_GLOBALS | extra_safe
 
     def applies_to(self, file: ArtifactFile) -> bool:
-        # By content, not by name: a pickle called "weights.dat" is still unpickled by its loader.
-        return self.policy is not Policy.OFF
+        # Every file: what a loader would unpickle is decided from its name and its bytes together.
+        return self.policy is not Policy.OFF or self.torchscript is not Policy.OFF
 
     def start(self, file: ArtifactFile) -> VerifierSession:
         return _PickleSession(self, file)
@@ -142,9 +157,9 @@ class _PickleSession(ThreadedSession[Findings]):
         findings = result or getattr(error, "findings", None) or Findings()
         imports = findings.imports
         unsafe = self._v.unsafe(imports, findings.torchscript)
-        pickles = [{"where": where, "imports": sorted(set(names))} for where, names in findings.pickles[:64]]
+        pickles = [{"where": where, "imports": sorted(set(names))} for where, names in findings.pickles]
         top = findings.formats[0] if findings.formats else "empty"
-        count = len(findings.pickles)
+        count = findings.count
         described = (
             top
             if top in ("pickle", "torch legacy") or top.endswith("pickles")
@@ -153,9 +168,10 @@ class _PickleSession(ThreadedSession[Findings]):
         data: dict[str, Any] = {
             "format": described if count else "not a pickle",
             "content": ", ".join(dict.fromkeys(findings.formats)) or "empty",
-            "imports": sorted(set(imports)),
+            "imports": sorted(imports),
             "unsafe": unsafe,
             "pickles": pickles,
+            "pickle_count": count,
         }
         problems: list[str] = []
         if unsafe:
@@ -165,5 +181,24 @@ class _PickleSession(ThreadedSession[Findings]):
             reason = str(error) if isinstance(error, Unscannable) else f"scanner error {type(error).__name__}: {error}"
             data["problem"] = reason
             problems.append(f"cannot vouch for this file: {reason}; not unpickled")
-        clean = f"{data['format']}: only safe imports" if findings.pickles else f"not a pickle ({data['content']})"
-        return judge(self._v.name, self._v.policy, problems, clean=clean, data=data, hint=_HINT)
+        clean = f"{data['format']}: only safe imports" if count else f"not a pickle ({data['content']})"
+        if self._v.policy is Policy.OFF:  # only the TorchScript check asked for this scan
+            problems, clean = [], f"pickles not judged (policy off): {data['content']}"
+        verdict = judge(self._v.name, self._v.policy, problems, clean=clean, data=data, hint=_HINT)
+        if findings.torchscript and self._v.torchscript is not Policy.OFF:
+            return _with_torchscript(verdict, self._v.torchscript)
+        return verdict
+
+
+def _with_torchscript(pickles: Verdict, policy: Policy) -> Verdict:
+    """The pickle verdict (under --pickle-policy) joined with the TorchScript finding (under its own policy)."""
+    data = {**pickles.data, "torchscript": True}
+    if policy is Policy.FAIL:
+        hint = _TORCHSCRIPT_HINT if pickles.ok else f"{_HINT}; {_TORCHSCRIPT_HINT[0].lower()}{_TORCHSCRIPT_HINT[1:]}"
+        details = [] if pickles.ok else [pickles.detail.rsplit(". Use ", 1)[0]]
+        return Verdict(pickles.verifier, False, "; ".join([*details, TORCHSCRIPT_FINDING]) + f". {hint}", data)
+    warning = "; ".join(filter(None, [data.get("warning"), TORCHSCRIPT_FINDING]))
+    data["warning"] = warning
+    if not pickles.ok:
+        return Verdict(pickles.verifier, False, pickles.detail, data)
+    return Verdict(pickles.verifier, True, f"warning (policy warn): {warning}", data)

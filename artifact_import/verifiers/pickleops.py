@@ -7,10 +7,15 @@ unpickler does (``int(x, 0)`` integers, escape-decoded strings, FRAME markers
 anywhere, every opcode of protocols 0 to 5) and keeps a small symbolic stack
 and memo, so a ``STACK_GLOBAL`` built from memoised strings is still named.
 
-It records every import (``GLOBAL``, ``INST``, ``STACK_GLOBAL``, ``EXT*``) and
-whether the stream reached anything with an effect (an import or a persistent
-load). A stream that stops being a pickle *before* any effect could not have
-run anything; one that stops after is refused by the caller.
+It records every import (``GLOBAL``, ``INST``, ``STACK_GLOBAL``, ``EXT*``): the
+only way a pickle runs code is through a callable it imports. A persistent
+load hands the loader's own ``persistent_load`` a value (torch looks up a
+storage; ``pickle.load`` raises), which runs nothing of the file's choosing.
+A stream that stops being a pickle *before* any import could not have run
+anything; one that stops after is refused by the caller.
+
+Its memory is bounded whatever the input: live objects (every stack level and
+the memo together), and the bytes of the small values it keeps to name imports.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 import attrs
 
-from .reader import Reader, Unscannable
+from .reader import Bound, Reader
 
 #: Strings and bytes longer than this are skipped, not kept: no module or dtype name is that long.
 KEEP = 4096
@@ -30,15 +35,23 @@ KEEP = 4096
 MAX_LINE = 1 << 20
 #: Containers longer than this stop being tracked element by element.
 TRACK = 256
-#: A pickle with more live objects than this is refused: bounded memory for any input.
-MAX_OBJECTS = 5_000_000
+#: A pickle with more live objects than this, all stack levels and the memo together, is refused.
+MAX_OBJECTS = 1_000_000
+#: Bytes of small values (strings, tracked container slots) kept per pickle; past it values become opaque.
+MAX_KEPT = 64 << 20
 #: MARKs nest as deep as the data's containers do; a pickle nesting deeper than this is refused.
 MAX_MARKS = 100_000
+#: Different names one pickle may import (a real checkpoint imports a few dozen).
+MAX_IMPORTS = 4096
 HIGHEST_PROTOCOL = 5
 
 
 class PickleError(Exception):
     """The stream is not a (whole) pickle; ``pickle.load`` would raise at the same point."""
+
+
+class _LongLine(Exception):
+    """A text argument longer than :data:`MAX_LINE`: passed over, its first bytes in ``args[0]``."""
 
 
 @attrs.frozen
@@ -83,8 +96,9 @@ class Container:
 class Walk:
     """What one pickle would do when loaded."""
 
+    #: Every name imported, once each, in the order first met.
     imports: list[str] = attrs.field(factory=list)
-    #: Reached an import or a persistent load: something a loader acts on.
+    #: Reached an import: something that could have run code.
     effects: bool = False
     value: Any = None
     #: Where and why the stream stopped being a pickle (``pickle.load`` would raise there); None after STOP.
@@ -120,7 +134,10 @@ class _Walker:
         self.metastack: list[list[Any]] = []
         self.memo: dict[int, Any] = {}
         self.proto = 0
-        self.depth = 0
+        #: Objects on the stack levels below the current one (the current one is ``len(self.stack)``).
+        self.below = 0
+        self.kept = 0
+        self.seen: set[str] = set()
 
     # -- arguments, read as the unpickler reads them -------------------------------------------
 
@@ -128,16 +145,18 @@ class _Walker:
         return self.r.read_exact(n, f"the pickle's {what}")
 
     def _line(self) -> bytes:
-        line = self.r.readline(MAX_LINE)
+        line, whole = self.r.readline(MAX_LINE)
         if not line:
             raise EOFError(f"truncated pickle at byte {self.r.position}")
+        if not whole:
+            raise _LongLine(line)
         # As the unpicklers do: the last byte goes whether or not it is the newline.
         return line[:-1]
 
     def _blob(self, size: int, mode: str) -> Any:
         if size < 0:
             raise PickleError("negative byte count")
-        if size > KEEP:
+        if size > KEEP or not self.keep(size + 64):
             if self.r.skip(size) < size:
                 raise EOFError(f"truncated pickle: {size}-byte string at byte {self.r.position}")
             return OPAQUE
@@ -154,9 +173,20 @@ class _Walker:
 
     # -- the stack -------------------------------------------------------------------------------
 
+    def keep(self, cost: int) -> bool:
+        """Whether ``cost`` more bytes of small values may be kept; once not, values become opaque."""
+        if self.kept + cost > MAX_KEPT:
+            self.kept = MAX_KEPT + 1
+            return False
+        self.kept += cost
+        return True
+
+    def live(self) -> int:
+        return self.below + len(self.stack) + len(self.memo)
+
     def push(self, value: Any) -> None:
-        if len(self.stack) >= MAX_OBJECTS:
-            raise Unscannable(f"more than {MAX_OBJECTS} objects on the pickle stack")
+        if self.live() >= MAX_OBJECTS:
+            raise Bound(f"more than {MAX_OBJECTS} live objects in one pickle (the scanner's object bound)")
         self.stack.append(value)
 
     def pop(self) -> Any:
@@ -173,6 +203,7 @@ class _Walker:
         if not self.metastack:
             raise PickleError("MARK expected")
         items, self.stack = self.stack, self.metastack.pop()
+        self.below -= len(self.stack)
         return items
 
     def imported(self, module: Any, name: Any) -> Global:
@@ -182,16 +213,23 @@ class _Walker:
             # No importable module has such a name: find_class fails before anything runs. (This is
             # what keeps a text file that starts with "c" or "i" from reading as a pickle.)
             raise PickleError(f"No module named {module[:60]!r}")
-        self.w.effects = True
         g = Global(module, name)
-        self.w.imports.append(str(g))
+        self.record(str(g))
         return g
+
+    def record(self, name: str) -> None:
+        self.w.effects = True
+        if name not in self.seen:
+            if len(self.seen) >= MAX_IMPORTS:
+                raise Bound(f"a pickle importing more than {MAX_IMPORTS} different names (the scanner's bound)")
+            self.seen.add(name)
+            self.w.imports.append(name)
 
     def memo_put(self, index: int) -> None:
         if index < 0:
             raise PickleError("negative PUT argument")
-        if len(self.memo) >= MAX_OBJECTS:
-            raise Unscannable(f"more than {MAX_OBJECTS} memo entries")
+        if index not in self.memo and self.live() >= MAX_OBJECTS:
+            raise Bound(f"more than {MAX_OBJECTS} live objects in one pickle (the scanner's object bound)")
         self.memo[index] = self.top()
 
     def memo_get(self, index: int) -> None:
@@ -210,8 +248,23 @@ class _Walker:
             op = table.get(code[0])
             if op is None:
                 raise PickleError(f"invalid load key {code!r} at byte {self.r.position - 1}")
-            if op(self) is _STOP:
-                return
+            try:
+                if op(self) is _STOP:
+                    return
+            except _LongLine as long:
+                self._long_line(code[0], long.args[0])
+
+    def _long_line(self, code: int, start: bytes) -> None:
+        """What the unpickler does with a text argument too long to keep (its first bytes: ``start``)."""
+        if code in _NAME_OPS:
+            # No importable module is named by a megabyte: find_class fails, the unpickler stops here.
+            raise PickleError(f"No module named {start[:60]!r}...")
+        if code in _MEMO_OPS:
+            if not start.strip().isdigit():
+                raise PickleError(f"invalid memo index {start[:40]!r}...")
+            raise Bound(f"a memo index of more than {MAX_LINE} digits (the scanner's bound)")
+        # A persistent id, a number or a string: a value the walker need not know.
+        self.push(OPAQUE)
 
 
 _STOP = object()
@@ -317,9 +370,10 @@ def _op_stack_global(p: _Walker) -> None:
     name = p.pop()
     module = p.pop()
     if module is OPAQUE or name is OPAQUE or isinstance(module, Call) or isinstance(name, Call):
+        if p.kept > MAX_KEPT:
+            raise Bound(f"a pickle keeping more than {MAX_KEPT} bytes of names and small values (the scanner's bound)")
         # Names computed at load time: nothing here says what would be imported.
-        p.w.effects = True
-        p.w.imports.append("<STACK_GLOBAL of computed names>")
+        p.record("<STACK_GLOBAL of computed names>")
         p.push(OPAQUE)
         return
     p.push(p.imported(module, name))
@@ -335,8 +389,7 @@ def _op_ext(size: int, fmt: str) -> Callable[[_Walker], None]:
             # with this opcode) the unpickler fails here. In a real pickle, a library may have registered
             # the code: an import nobody can name here.
             raise PickleError(f"unregistered extension code {code}")
-        p.w.effects = True
-        p.w.imports.append(f"<extension code {code}>")
+        p.record(f"<extension code {code}>")
         p.push(OPAQUE)
 
     return op
@@ -348,13 +401,11 @@ def _op_persid(p: _Walker) -> None:
         line.decode("ascii")
     except UnicodeDecodeError:
         raise PickleError("persistent IDs in protocol 0 must be ASCII strings") from None
-    p.w.effects = True
     p.push(OPAQUE)
 
 
 def _op_binpersid(p: _Walker) -> None:
     p.pop()
-    p.w.effects = True
     p.push(OPAQUE)
 
 
@@ -397,7 +448,8 @@ def _op_obj(p: _Walker) -> None:
 
 def _op_mark(p: _Walker) -> None:
     if len(p.metastack) >= MAX_MARKS:
-        raise Unscannable(f"more than {MAX_MARKS} nested MARKs")
+        raise Bound(f"more than {MAX_MARKS} nested MARKs (the scanner's bound)")
+    p.below += len(p.stack)
     p.metastack.append(p.stack)
     p.stack = []
 
@@ -421,13 +473,13 @@ def _op_stop(p: _Walker) -> object:
     return _STOP
 
 
-def _tuple(items: list[Any]) -> Any:
-    return tuple(items) if len(items) <= TRACK else OPAQUE
+def _tuple(p: _Walker, items: list[Any]) -> Any:
+    return tuple(items) if len(items) <= TRACK and p.keep(64 + 8 * len(items)) else OPAQUE
 
 
 def _new(kind: str) -> Callable[[_Walker], None]:
     def op(p: _Walker) -> None:
-        p.push(Container(kind, {} if kind == "dict" else []))
+        p.push(Container(kind, ({} if kind == "dict" else []) if p.keep(64) else None))
 
     return op
 
@@ -436,23 +488,24 @@ def _from_mark(kind: str) -> Callable[[_Walker], None]:
     def op(p: _Walker) -> None:
         items = p.pop_mark()
         if kind == "tuple":
-            p.push(_tuple(items))
+            p.push(_tuple(p, items))
         elif kind == "dict":
             if len(items) % 2:
                 raise PickleError("odd number of items for DICT")
-            c = Container("dict", {})
-            _set_items(c, items)
+            c = Container("dict", {} if p.keep(64) else None)
+            _set_items(p, c, items)
             p.push(c)
         else:
-            p.push(Container(kind, items if len(items) <= TRACK else None))
+            tracked = len(items) <= TRACK and p.keep(64 + 8 * len(items))
+            p.push(Container(kind, items if tracked else None))
 
     return op
 
 
-def _set_items(c: Any, items: list[Any]) -> None:
+def _set_items(p: _Walker, c: Any, items: list[Any]) -> None:
     if not isinstance(c, Container) or c.items is None:
         return
-    if c.kind != "dict":
+    if c.kind != "dict" or len(c.items) + len(items) // 2 > TRACK or not p.keep(8 * len(items)):
         c.items = None
         return
     for k, v in zip(items[::2], items[1::2], strict=True):
@@ -461,13 +514,11 @@ def _set_items(c: Any, items: list[Any]) -> None:
         except TypeError:  # an unhashable key (a tracked list): stop tracking rather than guess
             c.items = None
             return
-    if len(c.items) > TRACK:
-        c.items = None
 
 
-def _add_items(c: Any, items: list[Any]) -> None:
+def _add_items(p: _Walker, c: Any, items: list[Any]) -> None:
     if isinstance(c, Container) and c.items is not None:
-        if c.kind == "dict" or len(c.items) + len(items) > TRACK:
+        if c.kind == "dict" or len(c.items) + len(items) > TRACK or not p.keep(8 * len(items)):
             c.items = None
         else:
             c.items.extend(items)
@@ -475,30 +526,30 @@ def _add_items(c: Any, items: list[Any]) -> None:
 
 def _op_append(p: _Walker) -> None:
     value = p.pop()
-    _add_items(p.top(), [value])
+    _add_items(p, p.top(), [value])
 
 
 def _op_appends(p: _Walker) -> None:
     items = p.pop_mark()
-    _add_items(p.top(), items)
+    _add_items(p, p.top(), items)
 
 
 def _op_setitem(p: _Walker) -> None:
     value = p.pop()
     key = p.pop()
-    _set_items(p.top(), [key, value])
+    _set_items(p, p.top(), [key, value])
 
 
 def _op_setitems(p: _Walker) -> None:
     items = p.pop_mark()
     if len(items) % 2:
         raise PickleError("odd number of items for SETITEMS")
-    _set_items(p.top(), items)
+    _set_items(p, p.top(), items)
 
 
 def _op_additems(p: _Walker) -> None:
     items = p.pop_mark()
-    _add_items(p.top(), items)
+    _add_items(p, p.top(), items)
 
 
 def _op_tuple_n(n: int) -> Callable[[_Walker], None]:
@@ -507,7 +558,7 @@ def _op_tuple_n(n: int) -> Callable[[_Walker], None]:
             raise PickleError("unpickling stack underflow")
         items = p.stack[len(p.stack) - n :] if n else []
         del p.stack[len(p.stack) - n :]
-        p.push(tuple(items))
+        p.push(_tuple(p, items))
 
     return op
 
@@ -615,6 +666,8 @@ def _op_memoize(p: _Walker) -> None:
 
 
 _MAXSIZE = 2**63 - 1
+_NAME_OPS = frozenset(b"ci")  # GLOBAL, INST: their lines name a module and a class
+_MEMO_OPS = frozenset(b"gp")  # GET, PUT: their lines are memo indices
 
 _OPS: dict[int, Callable[[_Walker], Any]] = {
     ord("("): _op_mark,

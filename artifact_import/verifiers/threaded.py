@@ -19,7 +19,7 @@ from typing import Generic, TypeVar
 
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
-from .reader import ChunkFeed
+from .reader import Budget, ChunkFeed
 
 R = TypeVar("R")
 
@@ -34,7 +34,10 @@ class ThreadedSession(VerifierSession, Generic[R], abc.ABC):
         self._cancelled = False
         self._done = threading.Event()
         self._feed = ChunkFeed(self._taken, lambda: self._cancelled)
-        self._result: asyncio.Future[R] = self._loop.create_future()
+        # The parser's outcome travels as a value, never as the future's exception: a session abandoned
+        # after its parser failed (another file failed first) leaves nothing for asyncio to report as
+        # "Future exception was never retrieved".
+        self._result: asyncio.Future[tuple[R | None, BaseException | None]] = self._loop.create_future()
         threading.Thread(target=self._run, name=f"verify {file.path[:40]}", daemon=True).start()
 
     @abc.abstractmethod
@@ -48,12 +51,18 @@ class ThreadedSession(VerifierSession, Generic[R], abc.ABC):
         self._loop.call_soon_threadsafe(self._space.set)
 
     def _run(self) -> None:
+        # Every parser's CPU time and decompression are bounded, charged against the bytes of this file.
+        budget = Budget()
+        budget.source = self._feed
+        budget.enter()
         try:
             result = self.parse(self._feed)
         except BaseException as exc:
             self._finish(None, exc)
         else:
             self._finish(result, None)
+        finally:
+            Budget.leave()
 
     def _finish(self, result: R | None, error: BaseException | None) -> None:
         self._done.set()
@@ -61,10 +70,7 @@ class ThreadedSession(VerifierSession, Generic[R], abc.ABC):
         def settle() -> None:
             self._space.set()
             if not self._result.done():
-                if error is not None:
-                    self._result.set_exception(error)
-                else:
-                    self._result.set_result(result)  # type: ignore[arg-type]
+                self._result.set_result((result, error))
 
         with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits for this verdict
             self._loop.call_soon_threadsafe(settle)
@@ -85,15 +91,14 @@ class ThreadedSession(VerifierSession, Generic[R], abc.ABC):
 
     async def finish(self) -> Verdict:
         await self._put(b"")
-        try:
-            result: R | None = await self._result
-            error: BaseException | None = None
-        except Exception as exc:
-            result, error = None, exc
+        result, error = await self._result
+        if error is not None and not isinstance(error, Exception):
+            raise error  # KeyboardInterrupt, SystemExit in the parser's thread: not a verdict
         return self.verdict(result, error)
 
     async def cancel(self) -> None:
         self._cancelled = True
         if not self._result.done():
-            with contextlib.suppress(BaseException):
-                await self._result
+            # Wait for the thread to notice (it polls), so nothing of this file outlives the import;
+            # shielded, so that a second cancellation leaves the outcome to be set, not cancelled.
+            await asyncio.shield(self._result)

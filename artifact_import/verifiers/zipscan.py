@@ -47,7 +47,7 @@ class _Member:
 MemberScanner = Callable[[Reader, str], None]
 
 
-def scan_zip(r: Reader, where: str, scan_member: MemberScanner, expand_limit: int) -> list[str]:
+def scan_zip(r: Reader, where: str, scan_member: MemberScanner, expand_limit: int | None = None) -> list[str]:
     """Walk the archive ``r`` holds (from its current position to its end); returns the member names."""
     base = r.position
     members: dict[int, _Member] = {}
@@ -69,7 +69,7 @@ def scan_zip(r: Reader, where: str, scan_member: MemberScanner, expand_limit: in
     return names
 
 
-def _read_member(r: Reader, where: str, offset: int, scan_member: MemberScanner, expand_limit: int) -> _Member:
+def _read_member(r: Reader, where: str, offset: int, scan_member: MemberScanner, expand_limit: int | None) -> _Member:
     fixed = r.read_exact(26, "zip local header")
     _ver, flags, method, _t, _d, crc, csize, usize, nlen, elen = struct.unpack("<HHHHHIIIHH", fixed)
     raw_name = r.read_exact(nlen, "zip member name")
@@ -268,8 +268,13 @@ def _end_records(r: Reader, where: str) -> tuple[int, int, int]:
         r.read_exact(16, "zip64 locator")
     if r.read(4) != END:
         raise Unscannable(f"{where}: no zip end record after the central directory")
-    _disk, _cd_disk, _n_disk, n_total, cd_size, cd_off, clen = struct.unpack("<HHHHIIH", r.read_exact(18, "end record"))
-    r.read_exact(clen, "zip comment")
+    fields = r.read_exact(18, "end record")
+    _disk, _cd_disk, _n_disk, n_total, cd_size, cd_off, clen = struct.unpack("<HHHHIIH", fields)
+    comment = r.read_exact(clen, "zip comment")
+    if END in END[1:] + fields + comment:
+        # zipfile, numpy and torch look for the end record from the end of the file backwards: they would
+        # read this second one, and the archive it describes, instead of the one the stream showed.
+        raise Unscannable(f"{where}: a second zip end record inside the archive's comment, which loaders read instead")
     if z64 is not None:
         n_total = z64[0] if n_total == 0xFFFF else n_total
         cd_size = z64[1] if cd_size == 0xFFFFFFFF else cd_size
