@@ -124,6 +124,14 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "if set, else 30). HF_HUB_ETAG_TIMEOUT bounds each listing call (default 60).",
 )
 @click.option(
+    "--min-rate",
+    default=None,
+    type=click.FloatRange(0),
+    metavar="BYTES_PER_S",
+    help="A transfer averaging fewer bytes a second than this over 30 s is dropped and resumed; after --retries "
+    "such drops the file fails, so a source that trickles cannot hold the import (default 1024; 0: no minimum).",
+)
+@click.option(
     "--clamd",
     metavar="ADDRESS",
     envvar="ARTIFACT_IMPORT_CLAMD",
@@ -185,6 +193,7 @@ def import_cmd(
     connections: int,
     retries: int,
     stall_timeout: float | None,
+    min_rate: float | None,
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
@@ -248,7 +257,7 @@ def import_cmd(
 
     try:
         # Before huggingface_hub is imported: it reads these variables then, and fails on a malformed one.
-        timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout)
+        timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout, min_rate=min_rate)
         from ..config import VerifySettings, load_config
         from ..verifiers import build_verifiers
         from .locations import open_destination, open_source
