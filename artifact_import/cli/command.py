@@ -473,7 +473,17 @@ def _summary(result: ImportResult, to: str) -> str:
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "
         f"in {result.seconds:.1f}s ({human_bytes(rate)}/s received){skipped}; {checked}; {scanned}"
+        f"{_replaced(result)}"
     )
+
+
+def _replaced(result: ImportResult, listed: int = 10) -> str:
+    """The files of the destination no earlier import wrote that this one replaced (as ``hf download`` does)."""
+    if not result.replaced:
+        return ""
+    names = ", ".join(result.replaced[:listed])
+    more = f" and {len(result.replaced) - listed} more" if len(result.replaced) > listed else ""
+    return f"; replaced {len(result.replaced)} existing file(s) no earlier import wrote: {names}{more}"
 
 
 main.add_command(ls_cmd)
