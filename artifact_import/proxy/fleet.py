@@ -43,7 +43,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..context import StorageTarget
-from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, StorageNotFoundError
 from ..journal import Journal
 from ..model import ArtifactStorageImportStep, ImportResult, ModelTarget
 from ..volumes.base import VFolderRef
@@ -75,6 +75,15 @@ return 0
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+# Unfinished tasks nobody runs (no lease): the queue a new task joins. Lease keys are built here rather than
+# declared, which a single Redis or Valkey (not a cluster) allows.
+_WAITING = """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then n = n + 1 end
+end
+return n
 """
 
 
@@ -224,10 +233,16 @@ class FleetImportService(ImportService):
         vfolder: VFolderRef | None = None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
+        replace_existing: bool = False,
     ) -> str:
         models = [models] if isinstance(models, ModelTarget) else list(models)
         if not models:
             raise ConfigError("no models to import")
+        waiting = int(await self.redis.eval(_WAITING, 1, self._key("active"), self._key("lease", "")))
+        if waiting >= self.max_queued_imports:
+            raise ServiceBusyError(
+                f"{waiting} imports are waiting for a proxy of the fleet already (max-queued-imports); try again later"
+            )
         mappings: dict[str, str] = {}
         for step, target in (storage_step_mappings or {}).items():
             name = target if isinstance(target, str) else target.value
@@ -250,6 +265,7 @@ class FleetImportService(ImportService):
             "registry_name": registry_name,
             "vfolder": str(vfolder) if vfolder is not None else None,
             "mappings": mappings,
+            "replace_existing": replace_existing,
         }
         now = time.time()
         snapshot = {
@@ -375,12 +391,13 @@ class FleetImportService(ImportService):
         task._subscribers.append(_Mirror(self, task))  # type: ignore[arg-type]
         if taken_over:
             log.info("import %s: taken over from %s", task_id, snapshot["owner"])
-        task._task = asyncio.create_task(self._run_owned(task, contexts), name=f"import:{task_id}")
+        replace = bool(request.get("replace_existing", False))
+        task._task = asyncio.create_task(self._run_owned(task, contexts, replace), name=f"import:{task_id}")
         task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _run_owned(self, task: ImportTask, contexts: list[Any]) -> list[ImportResult]:
+    async def _run_owned(self, task: ImportTask, contexts: list[Any], replace: bool) -> list[ImportResult]:
         try:
-            return await self._run(task, contexts)
+            return await self._run(task, contexts, replace_existing=replace)
         except asyncio.CancelledError:
             if task.id in self._handing_back:
                 return []
