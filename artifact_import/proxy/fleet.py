@@ -561,23 +561,30 @@ class FleetImportService(ImportService):
         if holder == self.proxy_id:
             return True  # claimed again meanwhile (see _recover_store)
         if holder is not None:
-            # Another proxy holds it now (this one stalled past the lease): stop, keep nothing, write nothing.
-            log.warning("import %s: lost its lease to proxy %s; stopping here", task.id, holder)
-            self._lost.add(task.id)
-            self._handing_back.add(task.id)
-            if task._task is not None:
-                task._task.cancel()
-            return False
+            return await self._lose(task, str(holder))
         if await self.redis.get(self._key("store")) != self._store_id:
             await self._recover_store()
             return True
-        if not await self.redis.exists(self._key("task", task.id)):
+        record = await self._load(task.id)
+        if record is None:
             await self._record_missing(task)
             return False
+        if record["state"] in _FINAL or record.get("owner") not in (None, self.proxy_id):
+            # Another proxy ran it while this one was held up (and may have finished it): its record stands.
+            return await self._lose(task, str(record.get("owner")))
         if not await self.redis.set(lease, self.proxy_id, nx=True, px=int(self.lease * 1000)):
             return await self._lease_gone(task)  # taken this very moment: as above
         log.info("import %s: its lease had expired (this proxy was held up); claimed it again", task.id)
         return True
+
+    async def _lose(self, task: ImportTask, holder: str) -> bool:
+        """Another proxy holds the task now (this one stalled past the lease): stop, keep nothing, write nothing."""
+        log.warning("import %s: lost its lease to proxy %s; stopping here", task.id, holder)
+        self._lost.add(task.id)
+        self._handing_back.add(task.id)
+        if task._task is not None:
+            task._task.cancel()
+        return False
 
     async def _record_missing(self, task: ImportTask) -> None:
         """The record of an import running here is gone: the store lost its data (write it back and go on),
@@ -600,7 +607,7 @@ class FleetImportService(ImportService):
                 continue
             lease = self._key("lease", task.id)
             if not await self.redis.set(lease, self.proxy_id, nx=True, px=int(self.lease * 1000)):
-                continue  # its own proxy's again: nothing lost for it
+                continue  # someone holds it already: its next renewal finds out who (see _lease_gone)
             await self._restore(task)
             log.warning(
                 "import %s: the task store lost its data (restarted without persistence?); its record was written "
