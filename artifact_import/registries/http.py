@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
@@ -21,6 +22,8 @@ from .ranges import RangeIgnored, SameVersion
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Seconds a body that announced more than the listed size is given to send it, once every listed byte is in.
+_MORE_GRACE = 1.0
 _TRANSIENT_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 
@@ -218,7 +221,7 @@ async def stream_url(
                     # Bytes of this body we want: up to the listed size, however many its Content-Length claims.
                     wanted = skip + stop - received if stop is not None else None
                     meter = _RateMeter(timeouts.min_rate, timeouts.rate_window)
-                    body = rechunk(_pieces(resp.content, meter, wanted), chunk_size)
+                    body = rechunk(_pieces(resp.content, meter, wanted, resp.content_length), chunk_size)
                     async with closing(body):
                         async for chunk in body:
                             if skip:
@@ -313,7 +316,9 @@ class _RateMeter:
         self.start, self.bytes = now, 0
 
 
-async def _pieces(content: aiohttp.StreamReader, meter: _RateMeter, wanted: int | None) -> AsyncIterator[bytes]:
+async def _pieces(
+    content: aiohttp.StreamReader, meter: _RateMeter, wanted: int | None, promised: int | None
+) -> AsyncIterator[bytes]:
     """The body as aiohttp buffered it, piece by piece, until ``wanted`` bytes (None: its end).
 
     ``iter_chunked(n)`` joins pieces into a new ``n``-byte object on every
@@ -322,8 +327,9 @@ async def _pieces(content: aiohttp.StreamReader, meter: _RateMeter, wanted: int 
     (``benchmarks/README.md``). Here each byte is copied once, by rechunk.
 
     Reading stops once ``wanted`` bytes are in, without waiting for the end
-    a larger ``Content-Length`` promises; bytes beyond it that have already
-    arrived are handed on, for the caller to refuse.
+    a larger ``Content-Length`` (``promised``) announces for more than
+    :data:`_MORE_GRACE` seconds; bytes beyond ``wanted`` that arrive by then
+    are handed on, for the caller to refuse.
     """
     taken = 0
     async for piece, _ in content.iter_chunks():
@@ -331,9 +337,14 @@ async def _pieces(content: aiohttp.StreamReader, meter: _RateMeter, wanted: int 
         taken += len(piece)
         yield piece
         if wanted is not None and taken >= wanted:
-            extra = content.read_nowait() if taken == wanted else b""
-            if extra:
-                yield extra
+            if taken == wanted and promised is not None and promised > wanted:
+                # More was announced: a listing that lies sends it at once (refused by the caller, with a clear
+                # message); a source that holds the connection open instead is not waited for past a moment.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientPayloadError):
+                    async with asyncio.timeout(_MORE_GRACE):
+                        extra = await content.readany()
+                        if extra:
+                            yield extra
             return
 
 
