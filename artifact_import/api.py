@@ -30,6 +30,7 @@ async def import_artifact(
     keep_partial: bool = False,
     lock_wait: float | None = None,
     on_lock_wait: Callable[[], None] | None = None,
+    replace_existing: bool = True,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
@@ -41,6 +42,10 @@ async def import_artifact(
     call finishes the rest. One import per destination at a time: another
     one into the same destination waits up to ``lock_wait`` seconds (None:
     as long as it takes; ``on_lock_wait`` is called when waiting starts).
+    Files at the destination that no earlier import wrote are replaced, as
+    ``hf download`` replaces them, and named in the result's ``replaced``;
+    with ``replace_existing=False`` they fail the import
+    (:class:`DestinationConflictError`) before any byte moves.
     """
     model = (
         source
@@ -65,6 +70,7 @@ async def import_artifact(
         keep_partial=keep_partial,
         lock_wait=lock_wait,
         on_lock_wait=on_lock_wait,
+        replace_existing=replace_existing,
     )
     try:
         return await pipeline.run(context, on_progress)

@@ -33,10 +33,13 @@
     "user-1" = "100GiB"                 # per quota scope; "unlimited" or absent: no limit
 
     [server]                            # artifact-import serve / create_app()
+    auth-token-file = "/etc/artifact-import/token"   # or auth-token = "..."; or ARTIFACT_IMPORT_AUTH_TOKEN
     max-concurrent-imports = 2          # more requests wait, in state "queued"
+    max-queued-imports = 1000           # more requests are answered 429
     max-concurrent-files = 8            # per import
     staging = "scratch"                 # a storage above, for DOWNLOAD/VERIFY of vfolder imports
     webhooks = ["https://hooks.example/import"]   # POSTed when an import ends
+    max-connections = 1000              # and -per-client = 256; max-event-streams = 128, -per-client = 16
 
 A mistake is reported with the file, the line and the key, and never with
 the value of a secret.
@@ -108,9 +111,19 @@ class VerifySettings:
 
 @attrs.frozen
 class ServerSettings:
-    """Per deployment (``[server]``): imports and files at once, staging storage, completion webhooks."""
+    """Per deployment (``[server]``): who may call, imports and files at once, what clients may hold, staging
+    storage, completion webhooks."""
 
+    #: The secret every request presents (``Authorization: Bearer`` or ``X-BackendAI-Storage-Auth-Token``);
+    #: None: no check (``serve`` then listens on loopback only).
+    auth_token: str | None = attrs.field(default=None, repr=False)
     max_concurrent_imports: int = 2
+    #: Imports waiting for a slot beyond which a new one is answered 429 (in a fleet: waiting in the fleet).
+    max_queued_imports: int = 1000
+    max_connections: int = 1000
+    max_connections_per_client: int = 256
+    max_event_streams: int = 128
+    max_event_streams_per_client: int = 16
     max_concurrent_files: int = DEFAULT_CONCURRENT_FILES
     staging: str | None = None
     webhooks: tuple[str, ...] = ()
@@ -204,7 +217,14 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 
 def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, AbstractStorage]) -> ServerSettings:
     keys = {
+        "auth-token",
+        "auth-token-file",
         "max-concurrent-imports",
+        "max-queued-imports",
+        "max-connections",
+        "max-connections-per-client",
+        "max-event-streams",
+        "max-event-streams-per-client",
         "max-concurrent-files",
         "staging",
         "webhooks",
@@ -225,6 +245,18 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1000:
             raise reader.error("server", key, "must be a whole number from 1 to 1000")
         counts[key] = value
+    for key, default in (
+        ("max-queued-imports", 1000),
+        ("max-connections", 1000),
+        ("max-connections-per-client", 256),
+        ("max-event-streams", 128),
+        ("max-event-streams-per-client", 16),
+    ):
+        value = table.get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
+            raise reader.error("server", key, "must be a whole number from 1 to 1000000")
+        counts[key] = value
+    token = _auth_token(reader, table)
     backoff = table.get("webhook-backoff", 1.0)
     if not isinstance(backoff, int | float) or isinstance(backoff, bool) or backoff < 0:
         raise reader.error("server", "webhook-backoff", "must be a number of seconds")
@@ -248,7 +280,13 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
         # URLs may carry tokens: never quoted.
         raise reader.error("server", "webhooks", "must be a list of http:// or https:// URLs")
     return ServerSettings(
+        auth_token=token,
         max_concurrent_imports=counts["max-concurrent-imports"],
+        max_queued_imports=counts["max-queued-imports"],
+        max_connections=counts["max-connections"],
+        max_connections_per_client=counts["max-connections-per-client"],
+        max_event_streams=counts["max-event-streams"],
+        max_event_streams_per_client=counts["max-event-streams-per-client"],
         max_concurrent_files=counts["max-concurrent-files"],
         staging=staging,
         webhooks=tuple(hooks),
@@ -258,6 +296,47 @@ def _server(reader: _Reader, table: dict[str, Any], storages: Mapping[str, Abstr
         lease=seconds["lease"],
         finished_ttl=seconds["finished-ttl"],
     )
+
+
+#: Shorter secrets are refused: they can be guessed.
+MIN_TOKEN_LENGTH = 16
+
+
+def auth_token_problem(token: str) -> str | None:
+    """What makes ``token`` unfit to be the proxy's shared secret, or None."""
+    if len(token) < MIN_TOKEN_LENGTH:
+        return f"must be at least {MIN_TOKEN_LENGTH} characters long"
+    if not all(33 <= ord(c) <= 126 for c in token):
+        return "must be printable ASCII without spaces (it travels in an HTTP header)"
+    return None
+
+
+def _auth_token(reader: _Reader, table: Mapping[str, Any]) -> str | None:
+    """``auth-token``, or the secret in ``auth-token-file`` (relative to the config file); never quoted."""
+    inline = table.get("auth-token")
+    path = table.get("auth-token-file")
+    if inline is not None and path is not None:
+        raise reader.error("server", "auth-token-file", "give auth-token or auth-token-file, not both")
+    if inline is not None:
+        problem = "must be a string" if not isinstance(inline, str) else auth_token_problem(inline)
+        if problem:
+            raise reader.error("server", "auth-token", problem)
+        return str(inline)
+    if path is None:
+        return None
+    if not isinstance(path, str) or not path:
+        raise reader.error("server", "auth-token-file", "must be the path of a file holding the token")
+    where = reader.path.parent / Path(path).expanduser()
+    try:
+        # One line; the newline an editor adds is not part of it.
+        token = where.read_text(encoding="utf-8").strip("\r\n")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise reader.error("server", "auth-token-file", f"cannot read {where} ({reason})") from None
+    problem = auth_token_problem(token)
+    if problem:
+        raise reader.error("server", "auth-token-file", f"the token in {where} {problem}")
+    return token
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:

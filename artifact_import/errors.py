@@ -126,3 +126,26 @@ class InsufficientSpaceError(StorageError):
 
 class QuotaExceededError(StorageError):
     """The import does not fit in what is left of the quota scope; nothing was kept."""
+
+
+class DestinationConflictError(ArtifactImportError):
+    """Files at the destination that no earlier import wrote would be replaced, and the caller did not allow it
+    (an import through the proxy's API); nothing was written."""
+
+    def __init__(self, destination: str, files: Iterable[str]) -> None:
+        self.files = tuple(files)
+        listed = ", ".join(self.files[:_LISTED])
+        more = f" and {len(self.files) - _LISTED} more" if len(self.files) > _LISTED else ""
+        super().__init__(
+            f"{destination} already holds {len(self.files)} file(s) of the same name(s) that no earlier import "
+            f"wrote: {listed}{more}. Nothing was written; import again with replace_existing to replace them.",
+            path=self.files[0] if self.files else None,
+        )
+
+
+class ServiceBusyError(ArtifactImportError):
+    """The service holds as many unstarted imports as it may; try again after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, *, retry_after: float = 5.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

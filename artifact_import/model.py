@@ -249,6 +249,8 @@ class ImportResult:
     manifest_path: str
     #: Bytes received from the source by this import (files skipped or resumed from a local copy add none).
     fetched_bytes: int = 0
+    #: Files the destination held that no earlier import wrote (not in its manifest), replaced by this one.
+    replaced: tuple[str, ...] = ()
 
     @property
     def total_bytes(self) -> int:
@@ -287,5 +289,6 @@ class ImportResult:
             "resumed_count": self.resumed,
             "total_bytes": self.total_bytes,
             "fetched_bytes": self.fetched_bytes,
+            "replaced": list(self.replaced),
             "seconds": round(self.seconds, 3),
         }

@@ -22,7 +22,7 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ArtifactImportError, ConfigError, SourceError, VerificationError
+from .errors import ArtifactImportError, ConfigError, DestinationConflictError, SourceError, VerificationError
 from .journal import Adopted, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
@@ -125,6 +125,7 @@ class ImportPipeline:
         keep_partial: bool = False,
         lock_wait: float | None = None,
         on_lock_wait: Callable[[], None] | None = None,
+        replace_existing: bool = True,
     ) -> None:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
@@ -136,6 +137,12 @@ class ImportPipeline:
         the source failing), park the files already verified, so that the
         next import of the same revision finishes the rest (see
         :mod:`.journal.record`); otherwise everything is discarded.
+
+        ``replace_existing``: files at the destination that no earlier import
+        wrote (its manifest does not list them) are replaced, and the result
+        names them (:attr:`ImportResult.replaced`); if false, such files
+        fail the import with :class:`DestinationConflictError` before any
+        byte moves. :meth:`run` can say otherwise per import.
         """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
@@ -151,6 +158,7 @@ class ImportPipeline:
         #: and what to tell the user when waiting starts.
         self.lock_wait = lock_wait
         self.on_lock_wait = on_lock_wait
+        self.replace_existing = replace_existing
 
     def registry(self, name: str) -> AbstractRegistry:
         try:
@@ -159,8 +167,16 @@ class ImportPipeline:
             known = ", ".join(sorted(self.registries)) or "none"
             raise ConfigError(f"no registry named {name!r} (configured: {known})") from None
 
-    async def run(self, context: ImportStepContext, on_progress: ProgressCallback | None = None) -> ImportResult:
+    async def run(
+        self,
+        context: ImportStepContext,
+        on_progress: ProgressCallback | None = None,
+        *,
+        replace_existing: bool | None = None,
+    ) -> ImportResult:
+        """Import ``context.model``; ``replace_existing`` (None: the pipeline's) as in the constructor."""
         started = time.monotonic()
+        replace = self.replace_existing if replace_existing is None else replace_existing
         download = DownloadStep(self.registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
         passes = plan_passes(context)
         # Refused before anything is listed or downloaded.
@@ -177,7 +193,7 @@ class ImportPipeline:
         }
         destination = passes[-1].storage
         async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
-            return await self._run_locked(context, artifact, passes, download, on_progress, started)
+            return await self._run_locked(context, artifact, passes, download, on_progress, started, replace)
 
     async def _run_locked(
         self,
@@ -187,12 +203,17 @@ class ImportPipeline:
         download: DownloadStep,
         on_progress: ProgressCallback | None,
         started: float,
+        replace: bool,
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
         journal = Journal(destination)
         await journal.finish_interrupted_commit()
         await destination.check_paths([f.path for f in artifact.files])
+        # Someone else's files of the same names: replaced and reported, or refused before a byte moves.
+        replaced = await journal.unrecorded(artifact)
+        if replaced and not replace:
+            raise DestinationConflictError(destination.describe(), replaced)
         verifiers = self.verify_step.verifiers
         present = await journal.present(artifact, verifiers) if self.skip_present else {}
         todo = tuple(f for f in artifact.files if f.path not in present)
@@ -246,6 +267,7 @@ class ImportPipeline:
             seconds=time.monotonic() - started,
             manifest_path=manifest,
             fetched_bytes=run.fetched,
+            replaced=tuple(replaced),
         )
 
     async def _resume_incomplete(self, run: _Run, file: ArtifactFile) -> PendingWrite | None:

@@ -13,12 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import gzip
 import hashlib
 import itertools
 import json
 import os
 import random
 import re
+import ssl
 import struct
 import sys
 import threading
@@ -31,6 +33,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from aiohttp import web
+from yarl import URL
 
 #: Files at least this big are stored as LFS files (sha256 published), like weights on the Hub.
 DEFAULT_LFS_THRESHOLD = 10 * 1024
@@ -122,6 +125,14 @@ class Faults:
     redirect_to: str | None = None
     #: Answer every file request with bytes that are not an HTTP response.
     garbage_response: bool = False
+    #: Send the file one byte at a time, this many seconds apart (a source that trickles).
+    trickle: dict[str, float] = field(default_factory=dict)
+    #: Send the file compressed with this Content-Encoding (e.g. "gzip"), whatever the client accepts.
+    content_encoding: dict[str, str] = field(default_factory=dict)
+    #: Announce this many bytes more than the body has (Content-Length), then hold the connection open.
+    extra_length: dict[str, int] = field(default_factory=dict)
+    #: Link the next page of a tree listing on this origin (``scheme://host:port``) instead of the hub's.
+    next_link_origin: str | None = None
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -183,6 +194,8 @@ class LocalHub:
         #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
         #: files not here are listed as scanned and safe, as the Hub lists clean files.
         self.scans: dict[tuple[str, str], dict[str, Any]] = {}
+        #: (scheme, host:port, path) of every request that carried an Authorization header: where tokens went.
+        self.authorized: list[tuple[str, str, str]] = []
 
     # --- building repositories -------------------------------------------------
 
@@ -252,7 +265,14 @@ class LocalHub:
     # --- HTTP --------------------------------------------------------------------
 
     def app(self) -> web.Application:
-        app = web.Application()
+        @web.middleware
+        async def record_tokens(request: web.Request, handler: Any) -> web.StreamResponse:
+            if "Authorization" in request.headers:
+                self.authorized.append((request.scheme, request.host, request.path))
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app = web.Application(middlewares=[record_tokens])
         r = app.router
         r.add_get("/lfs/{sha256}", self._lfs)
         # Repository ids are ORG/NAME or NAME alone, under /api/{models,datasets,spaces}/ and (for content)
@@ -389,6 +409,8 @@ class LocalHub:
             query = {k: v for k, v in request.query.items() if k != "cursor"}
             query["cursor"] = str(start + self.tree_page_size)
             next_url = request.url.with_query(query)
+            if self.faults.next_link_origin is not None:
+                next_url = URL(self.faults.next_link_origin).with_path(next_url.path).with_query(query)
             headers["Link"] = f'<{next_url}>; rel="next"'
         return web.json_response(page, headers=headers)
 
@@ -466,8 +488,20 @@ class LocalHub:
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
         length = end - start + 1 if f.size else 0
+        encoding = self.faults.content_encoding.get(f.path)
+        if encoding is not None and request.method == "GET":
+            with open(f.disk, "rb") as src:
+                src.seek(start)
+                packed = gzip.compress(src.read(length))
+            return web.Response(
+                status=status,
+                body=packed,
+                headers={**headers, "Content-Encoding": encoding},
+                content_type="application/octet-stream",
+            )
+        extra = self.faults.extra_length.get(f.path, 0) if request.method == "GET" else 0
         resp = web.StreamResponse(status=status, headers=headers)
-        resp.content_length = length
+        resp.content_length = length + extra
         resp.content_type = "application/octet-stream"
         await resp.prepare(request)
         if request.method == "HEAD":
@@ -480,8 +514,17 @@ class LocalHub:
         block = 64 * 1024 if self.faults.slow_bps else _BLOCK
         sent = 0
         began = time.monotonic()
+        trickle = self.faults.trickle.get(f.path)
         with open(f.disk, "rb") as src:
             src.seek(start)
+            if trickle is not None:
+                for byte in src.read(length):
+                    if _peer_gone(request):
+                        return resp
+                    await resp.write(bytes([byte]))
+                    await asyncio.sleep(trickle)
+                await resp.write_eof()
+                return resp
             while sent < length:
                 data = src.read(min(block, length - sent))
                 if flip is not None and start + sent <= flip < start + sent + len(data):
@@ -507,6 +550,12 @@ class LocalHub:
                     ahead = began + sent / self.faults.slow_bps - time.monotonic()
                     if ahead > 0:
                         await asyncio.sleep(ahead)
+        if extra:
+            # Every byte sent, more promised: silent until the client gives up (or the stall ends).
+            until = time.monotonic() + self.faults.stall_seconds
+            while time.monotonic() < until and not _peer_gone(request):  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            return resp
         await resp.write_eof()
         return resp
 
@@ -524,6 +573,8 @@ class HubServer:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="local-hub", daemon=True)
         self._runner: web.AppRunner | None = None
+        #: Servers in front of the hub's sites (see tests.tlshub), closed with it.
+        self._fronts: list[asyncio.Server] = []
         self.url = ""
 
     def start(self) -> str:
@@ -538,16 +589,18 @@ class HubServer:
         self.hub.base_url = self.url
         self.hub.cdn_url = await self._site("127.0.0.2", 0)
 
-    async def _site(self, host: str, port: int) -> str:
+    async def _site(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> str:
         assert self._runner is not None
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         await site.start()
         server = site._server
         assert server is not None
         bound = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
-        return f"http://{host}:{bound}"
+        return f"{'https' if ssl_context else 'http'}://{host}:{bound}"
 
     def stop(self) -> None:
+        for front in self._fronts:
+            self._loop.call_soon_threadsafe(front.close)
         if self._runner is not None:
             asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=30)
         self._loop.call_soon_threadsafe(self._loop.stop)

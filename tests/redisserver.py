@@ -26,13 +26,13 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @classmethod
-    def start(cls, work_dir: Path) -> RedisServer:
+    def start(cls, work_dir: Path, port: int | None = None) -> RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             raise RuntimeError("redis-server is missing: apt-get install redis-server (scripts/test.sh does)")
-        port = _free_port()
+        port = port or _free_port()
         work_dir.mkdir(parents=True, exist_ok=True)
-        log = open(work_dir / "redis.log", "wb")  # noqa: SIM115 - lives as long as the server
+        log = open(work_dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
         process = subprocess.Popen(
             [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(work_dir), "--protected-mode", "yes"],
@@ -50,6 +50,13 @@ class RedisServer:
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not start: {(work_dir / 'redis.log').read_text()[-2000:]}")
             time.sleep(0.05)
+
+    def restart_empty(self) -> None:
+        """kill -9 and start again on the same port: without persistence (as the tests run it), with no data."""
+        self.process.kill()
+        self.process.wait()
+        again = RedisServer.start(self.work_dir, self.port)
+        self.process = again.process
 
     def stop(self) -> None:
         self.process.terminate()

@@ -103,10 +103,10 @@ class Proxy:
             self.proc.wait(timeout=60)
 
 
-def _config(tmp_path: Path, url: str, name: str, *, storage: str = "models") -> Path:
+def _config(tmp_path: Path, url: str, name: str, *, storage: str = "models", server: str = "") -> Path:
     config = tmp_path / f"{name}.toml"
     config.write_text(
-        f'[server]\ntask-store = "{url}"\nlease = {LEASE}\n'
+        f'[server]\ntask-store = "{url}"\nlease = {LEASE}\n{server}\n'
         f'[storage.{storage}]\nbackend = "vfs"\npath = "{tmp_path / storage}"\nfsync = false\n'
     )
     return config
@@ -302,3 +302,118 @@ def test_a_snapshot_lists_a_bounded_number_of_files_unfinished_first() -> None:
     bounded = _bounded({"models": [{"files": files}]})["models"][0]
     assert len(bounded["files"]) == _FILES_KEPT and bounded["files_omitted"] == 501
     assert bounded["files"][0] == {"path": "x", "state": "running"}
+
+
+# --- the fleet keeps going whatever the store holds (issue 23) ------------------------------------------------
+
+
+def _store(redis_url: str) -> Any:
+    import redis
+
+    return redis.Redis.from_url(redis_url, decode_responses=True)
+
+
+def test_a_record_that_cannot_be_read_is_set_aside_and_every_other_task_goes_on(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy], redis_url: str
+) -> None:
+    store = _store(redis_url)
+    early = time.time() - 60  # first in line for every claim
+    bad = {
+        "garbled": "{not json",
+        "no-request": json.dumps({"id": "no-request", "state": "queued", "error": None, "created": early,
+                                  "started": None, "finished": None, "owner": None, "models": []}),
+        "wrong-shape": json.dumps(["a", "list"]),
+    }  # fmt: skip
+    for task_id, raw in bad.items():
+        store.set(f"artifact-import:task:{task_id}", raw)
+        store.zadd("artifact-import:tasks", {task_id: early})
+        store.zadd("artifact-import:active", {task_id: early})
+    repo = repo_name("fleet")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    task_id = fleet[0].start(repo)
+    done = _until("the good task done", lambda: (t := fleet[1].task(task_id))["state"] in ("succeeded", "failed") and t)
+    assert done["state"] == "succeeded", done
+    for proxy, (bad_id, raw) in zip([fleet[0], fleet[1], fleet[0]], bad.items(), strict=True):
+        status, failed = proxy.call("GET", f"/import/{bad_id}")
+        assert status == 200 and failed["state"] == "failed", failed
+        assert failed["error"]["type"] == "TaskRecordError" and "cannot be read" in failed["error"]["message"]
+        assert store.get(f"artifact-import:unreadable:{bad_id}") == raw, "kept for whoever looks into it"
+        status, _ = proxy.call("DELETE", f"/import/{bad_id}")
+        assert status == 200
+    status, listing = fleet[1].call("GET", "/import")
+    assert status == 200 and {t["id"] for t in listing["tasks"]} == {task_id, *bad}
+    assert store.zrange("artifact-import:active", 0, -1) == []
+    store.close()
+
+
+def test_a_full_fleet_queue_is_a_429(hub: LocalHub, tmp_path: Path, redis_url: str) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, {"w.bin": 2 * 1024 * 1024})
+    hub.faults.slow_bps = 512 * 1024
+    config = _config(tmp_path, redis_url, "q", server="max-concurrent-imports = 1\nmax-queued-imports = 1")
+    proxy = Proxy(config, tmp_path / "q.log")
+    try:
+        first = proxy.start(repo)
+        _until("running", lambda: proxy.task(first)["state"] == "running")
+        proxy.start(repo, archive="models")  # waits for the slot
+        status, body = proxy.call("POST", "/import", {"models": [{"repo_id": repo}],
+                                                      "storage_step_mappings": {"archive": "models"}})  # fmt: skip
+        assert status == 429 and "waiting for a proxy of the fleet" in body["error"]["message"], body
+    finally:
+        proxy.stop()
+
+
+def test_an_import_goes_on_when_redis_restarts_without_its_data(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy], redis_server: RedisServer
+) -> None:
+    """Redis killed and started again empty (no persistence): the running import writes its record back and
+    finishes, answered by every proxy; it neither stops silently nor is run twice."""
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 1024 * 1024  # 3 s for the model
+    task_id = fleet[0].start(repo)
+    task = _until("bytes received", lambda: (t := fleet[1].task(task_id)) and _received(t, "model.safetensors")
+                  > 0 and t)  # fmt: skip
+    owner = _owner(task, fleet)
+    redis_server.restart_empty()
+    done = _until("the import's end", lambda: (t := _answer(fleet[1], task_id)) and t["state"] in
+                  ("succeeded", "failed", "cancelled") and t)  # fmt: skip
+    assert done["state"] == "succeeded", done
+    assert _owner(done, fleet) is owner, "not taken over: it never stopped"
+    got = {k: v for k, v in files_under(tmp_path / "models").items() if not k.startswith(".artifact-import/")}
+    assert got == _expected(hub, repo)
+    assert "the task store lost its data" in owner.log.read_text()
+    assert len([r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]) == 1, "fetched once"
+
+
+def test_a_task_whose_record_was_removed_stops_and_none_of_its_keys_come_back(
+    hub: LocalHub, tmp_path: Path, fleet: list[Proxy], redis_url: str
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 512 * 1024
+    task_id = fleet[0].start(repo)
+    _until("bytes received", lambda: _received(fleet[1].task(task_id), "model.safetensors") > 0)
+    store = _store(redis_url)
+    for key in store.keys(f"*{task_id}*"):  # an operator removes the task: record, events, lease
+        store.delete(key)
+    store.zrem("artifact-import:tasks", task_id)
+    store.zrem("artifact-import:active", task_id)
+    # Its lease is renewed (or found gone) every LEASE / 3 s; by then the import has stopped, and what a stray
+    # write of progress or state would have brought back, it has.
+    time.sleep(3 * LEASE)
+    assert store.keys(f"*{task_id}*") == [], "no key of it came back"
+    assert any("was removed from the task store; cancelling it" in p.log.read_text() for p in fleet)
+    assert fleet[0].call("GET", f"/import/{task_id}")[0] == 404
+    dest = tmp_path / "models"
+    assert not any(p.is_file() for p in dest.rglob("*")) if dest.exists() else True, files_under(dest)
+    store.close()
+
+
+def _answer(proxy: Proxy, task_id: str) -> dict[str, Any] | None:
+    """The task as ``proxy`` answers it, or None while it answers something else (the store is restarting)."""
+    try:
+        status, body = proxy.call("GET", f"/import/{task_id}")
+    except (OSError, ValueError):  # not even JSON: a 500 while the store is down
+        return None
+    return dict(body) if status == 200 else None

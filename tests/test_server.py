@@ -120,7 +120,8 @@ async def test_post_answers_202_at_once_and_the_task_can_be_followed_to_success(
         ([1, 2], "body"),
         ({}, "models"),
         ({"models": []}, "models"),
-        ({"models": [{"repo": "a/b"}]}, "models[0].repo_id"),
+        ({"models": [{"repo": "a/b"}]}, "models[0].repo"),
+        ({"models": [{"revision": "main"}]}, "models[0].repo_id"),
         ({"models": [{"repo_id": "not a repo"}]}, "models[0]"),
         ({"models": [{"repo_id": "a/b", "revision": 3}]}, "models[0].revision"),
         ({"models": [{"repo_id": "a/b"}], "registry_name": "nope"}, "registry_name"),
@@ -289,3 +290,177 @@ async def test_shutdown_cancels_running_imports_and_leaves_nothing_half_written(
     from artifact_import.proxy.routes import SERVICE
 
     assert proxy.app[SERVICE].get(task_id).state.value == "cancelled"
+
+
+# --- a security boundary: who may call, what a body may hold, what a client may hold (issue 23) -------------
+
+TOKEN = "s3cret-token-for-the-proxy-0123456789"
+
+
+async def test_every_route_needs_the_token_in_either_header_and_a_401_says_nothing_about_tasks(
+    hub: LocalHub, make_proxy: Any
+) -> None:
+    repo = repo_name("auth")
+    hub.create_repo(repo, {"w.bin": 4 * MiB})
+    hub.faults.slow_bps = 2 * MiB
+    proxy = await make_proxy(auth_token=TOKEN)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    resp = await proxy.client.post("/import", json=proxy.body(repo), headers=bearer)
+    assert resp.status == 202
+    task_id = (await resp.json())["task_id"]
+    wrong = [{}, {"Authorization": "Bearer nope"}, {"Authorization": f"Basic {TOKEN}"},
+             {"X-BackendAI-Storage-Auth-Token": TOKEN[:-1]}]  # fmt: skip
+    answers = set()
+    for headers in wrong:
+        for method, path in [
+            ("POST", "/import"),
+            ("GET", "/import"),
+            ("GET", f"/import/{task_id}"),
+            ("GET", "/import/no-such-task"),
+            ("DELETE", f"/import/{task_id}"),
+            ("GET", f"/import/{task_id}/events"),
+            ("GET", "/elsewhere"),
+        ]:
+            resp = await proxy.client.request(method, path, headers=headers, json=proxy.body(repo))
+            assert resp.status == 401, (method, path, headers, resp.status)
+            assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+            answers.add(await resp.text())
+    assert len(answers) == 1, "the same answer whether a task exists or not"
+    assert task_id not in answers.pop()
+    for headers in (bearer, {"X-BackendAI-Storage-Auth-Token": TOKEN}):
+        resp = await proxy.client.get(f"/import/{task_id}", headers=headers)
+        assert resp.status == 200 and (await resp.json())["state"] in ("queued", "running")
+    resp = await proxy.client.get("/import", headers=bearer)
+    assert [t["id"] for t in (await resp.json())["tasks"]] == [task_id], "the refused POSTs started nothing"
+
+
+async def test_an_app_mounted_behind_its_own_check_can_leave_the_token_out(make_proxy: Any) -> None:
+    registry = fast_registry()
+    app = create_app({registry.name: registry}, settings=ServerSettings(auth_token=TOKEN), authenticate=False)
+    async with TestClient(TestServer(app)) as client:
+        assert (await client.get("/import")).status == 200
+
+
+@pytest.mark.parametrize(
+    ("raw", "field"),
+    [
+        (b'{"models": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "body"),
+        (b'{"models": [{"repo_id": "a/b", "revision": ' + b"9" * 5000 + b'}], "vfolder_id": "x"}',
+         "models[0].revision"),
+        (b'{"request_id": ' + b"1" * 5000 + b', "models": [{"repo_id": "a/b"}], '
+         b'"storage_step_mappings": {"archive": "models"}}', "request_id"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": "models"}, "request_id": ".."}',
+         "request_id"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": "models"}, "request_id": "a/b"}',
+         "request_id"),
+        (b'{"models": [{"repo_id": "\\ud800/x"}], "storage_step_mappings": {"archive": "models"}}',
+         "models[0].repo_id"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": "models"}, "include": [1]}',
+         "include[0]"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": {"a": [1]}}}',
+         "storage_step_mappings.archive"),
+        (b'{"models": [{"repo_id": "a/b"}], "vfolder_id": {"volume": {"a": 1}, "quota_scope_id": "u", '
+         b'"folder_id": "f"}}', "vfolder_id.volume"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": "models"}, '
+         b'"replace_existing": "yes"}', "replace_existing"),
+        (b'{"models": [{"repo_id": "a/b"}], "storage_step_mappings": {"archive": "models"}, "include": "'
+         + b"x" * (300 * 1024) + b'"}', "body"),
+        (b"\xff\xfe{not utf-8", "body"),
+    ],
+    ids=["deep", "huge-int", "huge-int-top", "dot-dot-id", "slash-id", "surrogate", "int-pattern", "nested-name",
+         "nested-volume", "not-bool", "too-large", "not-utf8"],
+)  # fmt: skip
+async def test_a_hostile_body_is_a_400_naming_the_field_never_a_500(make_proxy: Any, raw: bytes, field: str) -> None:
+    proxy = await make_proxy()
+    resp = await proxy.client.post("/import", data=raw, headers={"Content-Type": "application/json"})
+    assert resp.status in (400, 413), (resp.status, await resp.text())
+    assert (await resp.json())["error"]["field"] == field
+    assert (await (await proxy.client.get("/import")).json())["tasks"] == [], "no task was started"
+
+
+@pytest.mark.parametrize("task_id", ["a.b", "x" * 200, "a%20b", "-x", "a..b"])
+async def test_a_task_id_that_is_not_one_is_a_400(make_proxy: Any, task_id: str) -> None:
+    proxy = await make_proxy()
+    for method in ("GET", "DELETE"):
+        resp = await proxy.client.request(method, f"/import/{task_id}")
+        assert resp.status == 400 and (await resp.json())["error"]["field"] == "task_id"
+
+
+async def test_a_full_queue_is_a_429_with_retry_after(hub: LocalHub, make_proxy: Any) -> None:
+    repos = [repo_name("queue") for _ in range(3)]
+    for repo in repos:
+        hub.create_repo(repo, {"w.bin": 4 * MiB})
+    hub.faults.slow_bps = 1 * MiB
+    proxy = await make_proxy(max_concurrent_imports=1, max_queued_imports=1)
+    running = await proxy.start(proxy.body(repos[0], request_id="running"))
+    await proxy.start({**proxy.body(repos[1]), "vfolder_id": f"local/{proxy.vfid}/second"})
+    resp = await proxy.client.post("/import", json={**proxy.body(repos[2]), "vfolder_id": f"local/{proxy.vfid}/x"})
+    assert resp.status == 429 and int(resp.headers["Retry-After"]) > 0
+    assert "waiting for a slot" in (await resp.json())["error"]["message"]
+    assert len((await (await proxy.client.get("/import")).json())["tasks"]) == 2
+    await proxy.client.delete(f"/import/{running}")  # the queued one starts: room again
+    for _ in range(100):
+        if (await proxy.client.get("/import")).status == 200 and not [
+            t for t in (await (await proxy.client.get("/import")).json())["tasks"] if t["state"] == "queued"
+        ]:
+            break
+        await asyncio.sleep(0.05)
+    await proxy.start({**proxy.body(repos[2]), "vfolder_id": f"local/{proxy.vfid}/x"})
+
+
+async def test_event_streams_are_bounded_per_client_and_in_all(hub: LocalHub, make_proxy: Any) -> None:
+    import aiohttp
+
+    repo = repo_name("streams")
+    hub.create_repo(repo, {"w.bin": 8 * MiB})
+    hub.faults.slow_bps = 1 * MiB
+    proxy = await make_proxy(max_event_streams=3, max_event_streams_per_client=2)
+    task_id = await proxy.start(proxy.body(repo))
+    url = str(proxy.client.make_url(f"/import/{task_id}/events"))
+    sessions = {
+        host: aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=(host, 0)))
+        for host in ("127.0.0.1", "127.0.0.2")
+    }
+    held: list[aiohttp.ClientResponse] = []
+    try:
+        for _ in range(2):
+            held.append(await sessions["127.0.0.1"].get(url))
+        assert [r.status for r in held] == [200, 200]
+        third = await sessions["127.0.0.1"].get(url)
+        assert third.status == 429 and int(third.headers["Retry-After"]) > 0, "over this client's share"
+        held.append(await sessions["127.0.0.2"].get(url))
+        assert held[-1].status == 200, "another client has its own share"
+        fourth = await sessions["127.0.0.2"].get(url)
+        assert fourth.status == 503 and int(fourth.headers["Retry-After"]) > 0, "over what the server holds"
+        held.pop(0).close()
+        for _ in range(100):  # the server sees the close when it next writes to that stream
+            again = await sessions["127.0.0.2"].get(url)
+            if again.status == 200:
+                held.append(again)
+                break
+            again.release()
+            await asyncio.sleep(0.05)
+        assert held[-1].status == 200 and len(held) == 3, "a closed stream's slot is free again"
+        assert (await proxy.status(task_id))["state"] in ("queued", "running"), "the import goes on"
+    finally:
+        for r in held:
+            r.close()
+        for session in sessions.values():
+            await session.close()
+
+
+async def test_through_the_api_a_users_own_file_is_not_replaced_unless_the_request_says_so(
+    hub: LocalHub, make_proxy: Any
+) -> None:
+    repo = repo_name("theirs")
+    hub.create_repo(repo, {"config.json": b'{"from": "hub"}', "w.bin": 4096})
+    proxy = await make_proxy()
+    (proxy.vfolder / "config.json").write_bytes(b'{"mine": true}')
+    failed = await proxy.finished(await proxy.start(proxy.body(repo)))
+    assert failed["state"] == "failed" and failed["error"]["type"] == "DestinationConflictError", failed
+    assert "config.json" in failed["error"]["message"]
+    assert files_under(proxy.vfolder) == {"config.json": b'{"mine": true}'}, "nothing written"
+    done = await proxy.finished(await proxy.start(proxy.body(repo, replace_existing=True)))
+    assert done["state"] == "succeeded", done
+    assert done["models"][0]["result"]["replaced"] == ["config.json"]
+    assert (proxy.vfolder / "config.json").read_bytes() == b'{"from": "hub"}'

@@ -124,6 +124,14 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "if set, else 30). HF_HUB_ETAG_TIMEOUT bounds each listing call (default 60).",
 )
 @click.option(
+    "--min-rate",
+    default=None,
+    type=click.FloatRange(0),
+    metavar="BYTES_PER_S",
+    help="A transfer averaging fewer bytes a second than this over 30 s is dropped and resumed; after --retries "
+    "such drops the file fails, so a source that trickles cannot hold the import (default 1024; 0: no minimum).",
+)
+@click.option(
     "--clamd",
     metavar="ADDRESS",
     envvar="ARTIFACT_IMPORT_CLAMD",
@@ -191,6 +199,7 @@ def import_cmd(
     connections: int,
     retries: int,
     stall_timeout: float | None,
+    min_rate: float | None,
     clamd: str | None,
     quarantine: str | None,
     pickle_policy: str | None,
@@ -255,7 +264,7 @@ def import_cmd(
 
     try:
         # Before huggingface_hub is imported: it reads these variables then, and fails on a malformed one.
-        timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout)
+        timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout, min_rate=min_rate)
         from ..config import VerifySettings, load_config
         from ..verifiers import build_verifiers
         from .locations import open_destination, open_source
@@ -472,7 +481,17 @@ def _summary(result: ImportResult, to: str) -> str:
         f"imported {len(result.files)} file(s), {human_bytes(result.total_bytes)}, from "
         f"{source} (commit {result.commit[:12]}) into {to} "
         f"in {result.seconds:.1f}s ({human_bytes(rate)}/s received){skipped}; {checked}; {scanned}"
+        f"{_replaced(result)}"
     )
+
+
+def _replaced(result: ImportResult, listed: int = 10) -> str:
+    """The files of the destination no earlier import wrote that this one replaced (as ``hf download`` does)."""
+    if not result.replaced:
+        return ""
+    names = ", ".join(result.replaced[:listed])
+    more = f" and {len(result.replaced) - listed} more" if len(result.replaced) > listed else ""
+    return f"; replaced {len(result.replaced)} existing file(s) no earlier import wrote: {names}{more}"
 
 
 main.add_command(ls_cmd)

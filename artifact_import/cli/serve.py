@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 from typing import TYPE_CHECKING
 
+import attrs
 import click
 
 from ..errors import ConfigError
@@ -13,7 +17,7 @@ from .common import guarded, verbosity
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from ..config import Config
+    from ..proxy.limits import LimitedRunner
     from ..registries.base import AbstractRegistry
 
 log = logging.getLogger(__name__)
@@ -52,28 +56,46 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     is set. SIGINT / SIGTERM cancel running imports, clean them up, and exit
     (in a fleet: hand them back to the other proxies).
 
+    Every request must present the shared secret ([server] auth-token-file or
+    auth-token, or ARTIFACT_IMPORT_AUTH_TOKEN) as "Authorization: Bearer
+    SECRET" or "X-BackendAI-Storage-Auth-Token: SECRET". Without one, serve
+    listens on a loopback address only. Connections and event streams per
+    client and in all, and queued imports, are bounded ([server] max-*);
+    the descriptor limit is raised to its hard limit at start.
+
     \b
     Example:
-      artifact-import --config proxy.toml serve --port 8080 &
-      curl -X POST localhost:8080/import -d '{"models": [{"repo_id": "org/model"}],
-           "vfolder_id": "local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41"}'
+      ARTIFACT_IMPORT_AUTH_TOKEN=$(cat /etc/artifact-import/token) \\
+        artifact-import --config proxy.toml serve --host 0.0.0.0 --port 8080 &
+      curl -X POST localhost:8080/import -H "Authorization: Bearer $(cat /etc/artifact-import/token)" \\
+           -d '{"models": [{"repo_id": "org/model"}],
+                "vfolder_id": "local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41"}'
     """
 
-    from aiohttp import web
-
-    from ..config import VerifySettings, load_config
-    from ..proxy.routes import create_app
+    from ..config import ServerSettings, VerifySettings, load_config
+    from ..proxy.auth import ENV_TOKEN, is_loopback, token_from_env
+    from ..proxy.limits import LimitedRunner, raise_fd_limit
+    from ..proxy.routes import create_app, limits_of
     from ..verifiers import build_verifiers
 
-    def build() -> tuple[web.Application, Config | None]:
+    def build() -> tuple[web.Application, ServerSettings]:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
+        settings = config.server if config else ServerSettings()
+        if settings.auth_token is None:
+            settings = attrs.evolve(settings, auth_token=token_from_env(os.environ))
+        if settings.auth_token is None and not is_loopback(host):
+            raise ConfigError(
+                f"refusing to listen on {host} without authentication: anyone who can connect could import into "
+                f"any vfolder and cancel any import. Set [server] auth-token-file in --config, or {ENV_TOKEN}; "
+                "or listen on 127.0.0.1"
+            )
         registries = _registries()
         app = create_app(
             registries,
             storage_pool=config.pool() if config else None,
             volume_pool=config.volume_pool() if config else None,
             verifiers=build_verifiers(config.verify if config else VerifySettings()),
-            settings=config.server if config else None,
+            settings=settings,
         )
 
         async def close(_: web.Application) -> None:
@@ -85,14 +107,42 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
                 await config.aclose()
 
         app.on_cleanup.append(close)
-        return app, config
+        return app, settings
 
-    app, _ = guarded(build, subject="serve", as_json=False, verbose=ctx.obj["verbose"])
-    click.echo(f"serving imports on http://{host}:{port}/import", err=True)
+    app, settings = guarded(build, subject="serve", as_json=False, verbose=ctx.obj["verbose"])
+    limits = limits_of(settings).within(raise_fd_limit())
+    guard = "token required" if settings.auth_token else "no token: loopback only"
+    click.echo(f"serving imports on http://{host}:{port}/import ({guard})", err=True)
+    runner = LimitedRunner(app, limits, handle_signals=True, shutdown_timeout=30, keepalive_timeout=15)
     # A task store that cannot be reached fails the start-up hook: one error line, not a traceback.
-    guarded(
-        lambda: web.run_app(app, host=host, port=port, print=None, shutdown_timeout=30, handle_signals=True),
-        subject="serve",
-        as_json=False,
-        verbose=ctx.obj["verbose"],
-    )
+    guarded(lambda: _run(runner, host, port), subject="serve", as_json=False, verbose=ctx.obj["verbose"])
+
+
+def _run(runner: LimitedRunner, host: str, port: int) -> None:
+    """Serve until SIGINT / SIGTERM, then shut down as ``aiohttp.web.run_app`` does (its runner cannot be
+    given: ours counts connections)."""
+    from aiohttp import web
+
+    async def serve() -> None:
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+            await asyncio.Event().wait()  # until a signal ends it
+        finally:
+            await runner.cleanup()
+
+    loop = asyncio.new_event_loop()
+    main = loop.create_task(serve())
+    try:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(main)
+    except (web.GracefulExit, KeyboardInterrupt):
+        pass
+    finally:
+        try:
+            main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(main)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()

@@ -34,7 +34,7 @@ class Journal:
     """What artifact-import keeps in ``storage`` about the imports into it.
 
     The verbs in the order an import uses them: :meth:`finish_interrupted_commit`,
-    :meth:`present`, :meth:`adopt_parked` (or :meth:`discard_parked`),
+    :meth:`unrecorded`, :meth:`present`, :meth:`adopt_parked` (or :meth:`discard_parked`),
     :meth:`sweep`, :meth:`record_start`; while files arrive,
     :meth:`resume_incomplete`, :meth:`read_incomplete` and
     :meth:`keep_incomplete`; at the end :meth:`commit`, or :meth:`park` when
@@ -57,6 +57,11 @@ class Journal:
     async def present(self, artifact: ResolvedArtifact, verifiers: Sequence[Verifier]) -> dict[str, FileResult]:
         """The files of ``artifact`` the destination already holds, verified as this run would verify them."""
         return await present.already_present(self.storage, artifact, verifiers, await self.manifest())
+
+    async def unrecorded(self, artifact: ResolvedArtifact) -> list[str]:
+        """The paths of ``artifact`` that exist at the destination but that no earlier import wrote (its
+        manifest does not list them): what importing ``artifact`` would replace of someone else's."""
+        return await present.unrecorded(self.storage, artifact, await self.manifest())
 
     async def adopt_parked(
         self, artifact: ResolvedArtifact, todo: Sequence[ArtifactFile], verifiers: Sequence[Verifier]

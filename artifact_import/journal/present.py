@@ -18,13 +18,14 @@ from typing import Any
 
 import attrs
 
-from ..errors import ArtifactImportError
+from ..errors import ArtifactImportError, StorageFileNotFoundError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage
 from ..verifiers.base import Verifier
 from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
+
 
 async def already_present(
     storage: AbstractStorage,
@@ -72,6 +73,27 @@ async def already_present(
 
     checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
     return {r.path: r for r in checked if r is not None}
+
+
+async def unrecorded(
+    storage: AbstractStorage, artifact: ResolvedArtifact, manifest: dict[str, Any] | None
+) -> list[str]:
+    """The paths of ``artifact`` that ``storage`` holds although its manifest does not list them: files no
+    earlier import of this destination wrote (a user's own, of the same names), which an import would replace."""
+    recorded = manifest_files(manifest) if manifest is not None else {}
+    candidates = [f.path for f in artifact.files if f.path not in recorded]
+    limit = asyncio.Semaphore(16)
+
+    async def exists(path: str) -> bool:
+        async with limit:
+            try:
+                await storage.get_file_info(path)
+            except StorageFileNotFoundError:
+                return False
+            return True
+
+    found = await asyncio.gather(*(exists(p) for p in candidates))
+    return sorted(p for p, there in zip(candidates, found, strict=True) if there)
 
 
 async def _sha256_of(storage: AbstractStorage, path: str) -> str:

@@ -24,6 +24,13 @@ replaces the in-process task table of :class:`~.service.ImportService`:
   which the event route of every proxy reads.
 - A proxy shutting down gracefully hands its running imports back (what they
   received is kept for the next owner) instead of cancelling them.
+- The fleet keeps going whatever the store holds: a task record that cannot
+  be read is set aside at ``PREFIX:unreadable:ID`` and its task failed with an
+  error saying so, while every other task is claimed, answered and cancelled
+  as before. An import whose lease vanished because the store lost its data
+  (Redis restarted without persistence: the marker ``PREFIX:store`` is gone)
+  writes its record back and goes on; one whose record alone was removed is
+  stopped without bringing any of its keys back.
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..context import StorageTarget
-from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, StorageNotFoundError
 from ..journal import Journal
 from ..model import ArtifactStorageImportStep, ImportResult, ModelTarget
 from ..volumes.base import VFolderRef
@@ -76,6 +83,24 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
+# Replace an unreadable record by a failed one, keeping it aside, unless someone changed it meanwhile.
+_SET_ASIDE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+return 1
+"""
+# Unfinished tasks nobody runs (no lease): the queue a new task joins. Lease keys are built here rather than
+# declared, which a single Redis or Valkey (not a cluster) allows.
+_WAITING = """
+local n = 0
+for _, id in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', ARGV[1] .. id) == 0 then n = n + 1 end
+end
+return n
+"""
+_STATES = frozenset(s.value for s in TaskState)
+_STEPS = frozenset(s.value for s in ArtifactStorageImportStep)
 
 
 @attrs.frozen
@@ -145,7 +170,14 @@ class FleetImportService(ImportService):
         self._redis: Redis | None = None
         self._loops: list[asyncio.Task[None]] = []
         self._running: dict[str, ImportTask] = {}
+        #: What a running task's record holds beyond its progress (id, created, request): enough to write the
+        #: record back if the store loses it.
+        self._claimed: dict[str, dict[str, Any]] = {}
         self._handing_back: set[str] = set()
+        #: Running tasks another proxy holds now: stopped here, and nothing of theirs written any more.
+        self._lost: set[str] = set()
+        #: The store's marker when this proxy started (see _lease_gone).
+        self._store_id: str | None = None
         self._closing = False
 
     # --- keys ------------------------------------------------------------------------------
@@ -172,6 +204,7 @@ class FleetImportService(ImportService):
                 f"task store {_display(self.redis_url)}: cannot reach it ({type(exc).__name__})"
             ) from None
         await self._announce()
+        self._store_id = await self._store_marker()
         self._loops = [
             asyncio.create_task(self._claim_loop(), name="fleet:claim"),
             asyncio.create_task(self._tick_loop(), name="fleet:tick"),
@@ -195,6 +228,11 @@ class FleetImportService(ImportService):
         if self._redis is not None:
             await self._redis.aclose()
             self._redis = None
+
+    async def _store_marker(self) -> str:
+        """The store's marker, made by the first proxy to start on it: a store that lost its data has none."""
+        await self.redis.set(self._key("store"), uuid.uuid4().hex, nx=True)
+        return str(await self.redis.get(self._key("store")))
 
     async def _announce(self) -> None:
         reach = {
@@ -224,10 +262,16 @@ class FleetImportService(ImportService):
         vfolder: VFolderRef | None = None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
+        replace_existing: bool = False,
     ) -> str:
         models = [models] if isinstance(models, ModelTarget) else list(models)
         if not models:
             raise ConfigError("no models to import")
+        waiting = int(await self.redis.eval(_WAITING, 1, self._key("active"), self._key("lease", "")))
+        if waiting >= self.max_queued_imports:
+            raise ServiceBusyError(
+                f"{waiting} imports are waiting for a proxy of the fleet already (max-queued-imports); try again later"
+            )
         mappings: dict[str, str] = {}
         for step, target in (storage_step_mappings or {}).items():
             name = target if isinstance(target, str) else target.value
@@ -250,6 +294,7 @@ class FleetImportService(ImportService):
             "registry_name": registry_name,
             "vfolder": str(vfolder) if vfolder is not None else None,
             "mappings": mappings,
+            "replace_existing": replace_existing,
         }
         now = time.time()
         snapshot = {
@@ -277,10 +322,58 @@ class FleetImportService(ImportService):
         raise TypeError("a fleet task is read with 'await service.fetch(task_id)'")
 
     async def fetch(self, task_id: str) -> RemoteTask:
+        snapshot = await self._load(task_id)
+        if snapshot is None:
+            raise ConfigError(f"no import task {task_id!r} (finished tasks are kept for a while only)")
+        return RemoteTask(snapshot, self)
+
+    async def _load(self, task_id: str) -> dict[str, Any] | None:
+        """The task's record, or None if there is none; one that cannot be read is set aside (the task fails)."""
         raw = await self.redis.get(self._key("task", task_id))
         if raw is None:
-            raise ConfigError(f"no import task {task_id!r} (finished tasks are kept for a while only)")
-        return RemoteTask(json.loads(raw), self)
+            return None
+        try:
+            snapshot = json.loads(raw)
+        except ValueError:
+            return await self._set_aside(task_id, raw, "it is not JSON")
+        problem = _record_problem(snapshot, task_id)
+        if problem is not None:
+            return await self._set_aside(task_id, raw, problem)
+        return cast(dict[str, Any], snapshot)
+
+    async def _set_aside(self, task_id: str, raw: str | bytes, problem: str) -> dict[str, Any]:
+        """Keep an unreadable record at ``PREFIX:unreadable:ID`` and fail its task in its place, so that it
+        holds nothing up: claims, GET, DELETE and the listing go on for every other task and answer this one."""
+        aside = self._key("unreadable", task_id)
+        now = time.time()
+        message = (
+            f"import {task_id}: its record in the task store cannot be read ({problem}); it was set aside at "
+            f"{aside} and the task failed. Start the import again."
+        )
+        failed = {
+            "id": task_id,
+            "state": TaskState.FAILED.value,
+            "error": {"type": "TaskRecordError", "message": message},
+            "created": now,
+            "started": None,
+            "finished": now,
+            "owner": None,
+            "models": [],
+        }
+        ttl = int(self.finished_ttl)
+        if await self.redis.eval(_SET_ASIDE, 2, self._key("task", task_id), aside, raw, json.dumps(failed), ttl):
+            log.error(
+                "import %s: its record in the task store cannot be read (%s); set aside at %s", task_id, problem, aside
+            )
+            await self.redis.zadd(self._key("tasks"), {task_id: now}, nx=True)
+            await self._event(task_id, "state", _summary(failed))
+            await self._ended(task_id)
+            # Said to the webhooks too: whoever started it learns that it will not run.
+            ended = ImportTask(task_id, [], created=now)
+            ended.set_state(TaskState.FAILED, ArtifactImportError(message))
+            self._announce_end(ended)
+            return failed
+        return await self._load(task_id) or failed
 
     async def fetch_all(self) -> list[RemoteTask]:
         await self.redis.zremrangebyscore(self._key("tasks"), 0, time.time() - self.finished_ttl)
@@ -336,11 +429,16 @@ class FleetImportService(ImportService):
                 continue
             if await self.redis.exists(self._key("lease", task_id)):
                 continue
-            raw = await self.redis.get(self._key("task", task_id))
-            if raw is None:
+            snapshot = await self._load(task_id)
+            if snapshot is None or snapshot["state"] in _FINAL:
                 await self.redis.zrem(self._key("active"), task_id)
                 continue
-            snapshot = json.loads(raw)
+            problem = _request_problem(snapshot.get("request"))
+            if problem is not None:
+                raw = await self.redis.get(self._key("task", task_id))
+                if raw is not None:
+                    await self._set_aside(task_id, raw, problem)
+                continue
             if not self._can_reach(snapshot["request"]):
                 continue
             if not await self.redis.set(self._key("lease", task_id), self.proxy_id, nx=True, px=int(self.lease * 1000)):
@@ -372,15 +470,17 @@ class FleetImportService(ImportService):
         taken_over = snapshot.get("owner") is not None
         task = ImportTask(task_id, [self._model_progress(c) for c in contexts], created=snapshot["created"])
         self._running[task_id] = task
+        self._claimed[task_id] = {"id": task_id, "created": snapshot["created"], "request": request}
         task._subscribers.append(_Mirror(self, task))  # type: ignore[arg-type]
         if taken_over:
             log.info("import %s: taken over from %s", task_id, snapshot["owner"])
-        task._task = asyncio.create_task(self._run_owned(task, contexts), name=f"import:{task_id}")
+        replace = bool(request.get("replace_existing", False))
+        task._task = asyncio.create_task(self._run_owned(task, contexts, replace), name=f"import:{task_id}")
         task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
 
-    async def _run_owned(self, task: ImportTask, contexts: list[Any]) -> list[ImportResult]:
+    async def _run_owned(self, task: ImportTask, contexts: list[Any], replace: bool) -> list[ImportResult]:
         try:
-            return await self._run(task, contexts)
+            return await self._run(task, contexts, replace_existing=replace)
         except asyncio.CancelledError:
             if task.id in self._handing_back:
                 return []
@@ -391,11 +491,16 @@ class FleetImportService(ImportService):
     async def _after(self, task: ImportTask, contexts: list[Any]) -> None:
         """Publish how the task ended; a user's cancel discards what was kept for a resume."""
         self._running.pop(task.id, None)
+        self._claimed.pop(task.id, None)
         try:
+            if task.id in self._lost:
+                self._lost.discard(task.id)
+                self._handing_back.discard(task.id)
+                return  # another proxy runs it now: its record is that proxy's to write
             if task.id in self._handing_back:
                 self._handing_back.discard(task.id)
-                await self._write(task, state=TaskState.QUEUED.value, owner=None)
-                await self._event(task.id, "state", {"id": task.id, "state": TaskState.QUEUED.value, "error": None})
+                if await self._write(task, state=TaskState.QUEUED.value, owner=None):
+                    await self._event(task.id, "state", {"id": task.id, "state": TaskState.QUEUED.value, "error": None})
                 await self._release(task.id)
                 return
             if task.state is TaskState.CANCELLED:
@@ -411,6 +516,9 @@ class FleetImportService(ImportService):
         if task.id in self._handing_back:
             return  # not finished: another proxy goes on with it
         task.set_state(state, error)
+        self._announce_end(task)
+
+    def _announce_end(self, task: ImportTask) -> None:
         for callback in self.on_finished:
             try:
                 callback(task)
@@ -426,12 +534,12 @@ class FleetImportService(ImportService):
                 renew = time.monotonic() - last_renew >= self.lease / 3
                 for task in list(self._running.values()):
                     lease = self._key("lease", task.id)
-                    if renew and not await self.redis.eval(_RENEW, 1, lease, self.proxy_id, int(self.lease * 1000)):
-                        # Another proxy holds it now (this one stalled past the lease): stop, keep nothing.
-                        log.warning("import %s: lost its lease to another proxy; stopping here", task.id)
-                        self._handing_back.add(task.id)
-                        if task._task is not None:
-                            task._task.cancel()
+                    if (
+                        renew
+                        and task.id not in self._lost
+                        and not await self.redis.eval(_RENEW, 1, lease, self.proxy_id, int(self.lease * 1000))
+                        and not await self._lease_gone(task)
+                    ):
                         continue
                     if await self.redis.exists(self._key("cancel", task.id)) and task._task is not None:
                         task._task.cancel()
@@ -445,23 +553,104 @@ class FleetImportService(ImportService):
             except Exception:
                 log.exception("fleet: renewing leases failed; trying again")
 
+    async def _lease_gone(self, task: ImportTask) -> bool:
+        """The lease of an import running here could not be renewed: go on if nobody else holds it (True), or
+        stop it. A store that lost its data (restarted without persistence) gets the task's record back."""
+        lease = self._key("lease", task.id)
+        holder = await self.redis.get(lease)
+        if holder == self.proxy_id:
+            return True  # claimed again meanwhile (see _recover_store)
+        if holder is not None:
+            return await self._lose(task, str(holder))
+        if await self.redis.get(self._key("store")) != self._store_id:
+            await self._recover_store()
+            return True
+        record = await self._load(task.id)
+        if record is None:
+            await self._record_missing(task)
+            return False
+        if record["state"] in _FINAL or record.get("owner") not in (None, self.proxy_id):
+            # Another proxy ran it while this one was held up (and may have finished it): its record stands.
+            return await self._lose(task, str(record.get("owner")))
+        if not await self.redis.set(lease, self.proxy_id, nx=True, px=int(self.lease * 1000)):
+            return await self._lease_gone(task)  # taken this very moment: as above
+        log.info("import %s: its lease had expired (this proxy was held up); claimed it again", task.id)
+        return True
+
+    async def _lose(self, task: ImportTask, holder: str) -> bool:
+        """Another proxy holds the task now (this one stalled past the lease): stop, keep nothing, write nothing."""
+        log.warning("import %s: lost its lease to proxy %s; stopping here", task.id, holder)
+        self._lost.add(task.id)
+        self._handing_back.add(task.id)
+        if task._task is not None:
+            task._task.cancel()
+        return False
+
+    async def _record_missing(self, task: ImportTask) -> None:
+        """The record of an import running here is gone: the store lost its data (write it back and go on),
+        or it was removed on purpose (stop as for a cancel; none of its keys come back)."""
+        if task.done or task.id in self._lost or task.id in self._handing_back:
+            return
+        if await self.redis.get(self._key("store")) != self._store_id:
+            await self._recover_store()
+            return
+        log.warning("import %s: its record was removed from the task store; cancelling it", task.id)
+        if task._task is not None:
+            task._task.cancel()
+
+    async def _recover_store(self) -> None:
+        """The store lost its data (its marker is gone or new: Redis restarted without persistence): claim
+        every import running here again and write its record back, so that it goes on and stays answerable."""
+        self._store_id = await self._store_marker()
+        for task in list(self._running.values()):
+            if task.id in self._lost or task.id in self._handing_back:
+                continue
+            lease = self._key("lease", task.id)
+            if not await self.redis.set(lease, self.proxy_id, nx=True, px=int(self.lease * 1000)):
+                continue  # someone holds it already: its next renewal finds out who (see _lease_gone)
+            await self._restore(task)
+            log.warning(
+                "import %s: the task store lost its data (restarted without persistence?); its record was written "
+                "back and the import goes on",
+                task.id,
+            )
+        await self._announce()
+
+    async def _restore(self, task: ImportTask) -> None:
+        """Write a running task's record back into a store that lost it, with what a GET and a take-over need."""
+        base = self._claimed.get(task.id)
+        if base is None:
+            return
+        snapshot = {**base, **_bounded(task.to_dict()), "owner": self.proxy_id}
+        await self.redis.set(self._key("task", task.id), json.dumps(snapshot), nx=True)
+        await self.redis.zadd(self._key("tasks"), {task.id: float(base["created"])}, nx=True)
+        await self.redis.zadd(self._key("active"), {task.id: float(base["created"])}, nx=True)
+        await self._event(task.id, "state", task.summary())
+
     # --- the store ----------------------------------------------------------------------------
 
-    async def _write(self, task: ImportTask, **override: Any) -> None:
-        raw = await self.redis.get(self._key("task", task.id))
-        if raw is None:
-            return
-        snapshot = {**json.loads(raw), **_bounded(task.to_dict()), "owner": self.proxy_id, **override}
-        ttl = int(self.finished_ttl) if snapshot["state"] in {s.value for s in FINAL_STATES} else None
-        await self.redis.set(self._key("task", task.id), json.dumps(snapshot), ex=ttl)
+    async def _write(self, task: ImportTask, **override: Any) -> bool:
+        """Write the task's record as this proxy knows it; False (and nothing written) if the record is gone."""
+        if task.id in self._lost:
+            return False
+        base = self._claimed.get(task.id)
+        if base is None:
+            return False
+        snapshot = {**base, **_bounded(task.to_dict()), "owner": self.proxy_id, **override}
+        ttl = int(self.finished_ttl) if snapshot["state"] in _FINAL else None
+        # XX: only over the record that is there; a task whose record was removed is not brought back.
+        return bool(await self.redis.set(self._key("task", task.id), json.dumps(snapshot), ex=ttl, xx=True))
 
     async def _finish_remote(self, task_id: str, state: TaskState, error: dict[str, str] | None) -> None:
-        raw = await self.redis.get(self._key("task", task_id))
-        if raw is None:
-            return
-        snapshot = {**json.loads(raw), "state": state.value, "error": error, "finished": time.time()}
-        await self.redis.set(self._key("task", task_id), json.dumps(snapshot), ex=int(self.finished_ttl))
-        await self._event(task_id, "state", _summary(snapshot))
+        """End a task this proxy claimed but does not run (cancelled before it started, or a request that
+        cannot be run); a record gone or already final stays as it is."""
+        found = await self._load(task_id)
+        if found is not None and found["state"] not in _FINAL:
+            snapshot = {**found, "state": state.value, "error": error, "finished": time.time()}
+            if await self.redis.set(
+                self._key("task", task_id), json.dumps(snapshot), ex=int(self.finished_ttl), xx=True
+            ):
+                await self._event(task_id, "state", _summary(snapshot))
         await self._ended(task_id)
 
     async def _ended(self, task_id: str) -> None:
@@ -528,8 +717,10 @@ class _Mirror:
         pending, self._pending = self._pending, {}
         self._state_changed = False
         with contextlib.suppress(Exception):
-            if self._task.id not in self._service._handing_back:
-                await self._service._write(self._task)
+            if self._task.id not in self._service._handing_back and not await self._service._write(self._task):
+                # The record is gone (removed, or lost with the store): no event for it, until it is written back.
+                await self._service._record_missing(self._task)
+                return
             for key, data in pending.items():
                 if key == "state" and self._task.id in self._service._handing_back:
                     continue
@@ -546,6 +737,58 @@ def _bounded(task: dict[str, Any]) -> dict[str, Any]:
             model["files_omitted"] = len(files) - _FILES_KEPT
             model["files"] = files[:_FILES_KEPT]
     return task
+
+
+_FINAL = frozenset(s.value for s in FINAL_STATES)
+
+
+def _record_problem(snapshot: Any, task_id: str) -> str | None:
+    """What keeps a task record from being answered (GET, DELETE, the listing), or None."""
+    if not isinstance(snapshot, dict):
+        return "it is not a JSON object"
+    if snapshot.get("id") != task_id:
+        return "its id is not the task's"
+    if snapshot.get("state") not in _STATES:
+        return "its state is not one of " + ", ".join(sorted(_STATES))
+    if not isinstance(snapshot.get("created"), int | float) or isinstance(snapshot.get("created"), bool):
+        return "it has no creation time"
+    if not isinstance(snapshot.get("models"), list):
+        return "it has no list of models"
+    return None
+
+
+def _request_problem(request: Any) -> str | None:
+    """What keeps an unfinished task's request from being run, or None."""
+    if not isinstance(request, dict):
+        return "it has no request"
+    if not isinstance(request.get("registry_name"), str):
+        return "its request names no registry"
+    models = request.get("models")
+    if not isinstance(models, list) or not models:
+        return "its request has no models"
+    for model in models:
+        if not isinstance(model, dict) or not all(
+            isinstance(model.get(k), str) for k in ("repo_id", "revision", "scheme")
+        ):
+            return "a model of its request has no repo_id, revision or scheme"
+        for key in ("include", "exclude", "files"):
+            value = model.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                return f"a model of its request has a malformed {key} list"
+    mappings = request.get("mappings")
+    if not isinstance(mappings, dict) or not all(k in _STEPS and isinstance(v, str) for k, v in mappings.items()):
+        return "its request's storage mappings are malformed"
+    vfolder = request.get("vfolder")
+    if vfolder is not None:
+        if not isinstance(vfolder, str):
+            return "its request's vfolder is malformed"
+        try:
+            VFolderRef.parse(vfolder)
+        except ConfigError:
+            return "its request's vfolder is malformed"
+    if vfolder is None and "archive" not in mappings:
+        return "its request has no destination"
+    return None
 
 
 def _cancelled(task_id: str) -> dict[str, str]:

@@ -14,26 +14,32 @@ step (``storage_step_mappings``) or a user's vfolder (``vfolder_id``)::
      "vfolder_id": "local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41",
      "include": ["*.safetensors", "*.json"]}
 
-A malformed body is answered ``400`` naming the field.
+A malformed body is answered ``400`` naming the field. With a secret
+configured, every route answers ``401`` to a request without it (see
+:mod:`.auth`); a full queue is ``429``, too many event streams ``429`` /
+``503`` (see :mod:`.limits`), each with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
 
 from ..config import ServerSettings, VerifySettings
-from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, StorageNotFoundError
 from ..model import ArtifactStorageImportStep, ModelTarget
 from ..registries.base import AbstractRegistry
 from ..storages.base import AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
 from ..volumes.base import VFolderID, VFolderRef, VolumePool
+from .auth import token_middleware
+from .limits import Busy, Limits, StreamSlots, busy_response, client_of
 from .service import ImportService, TaskView
 from .webhooks import WebhookNotifier
 
@@ -42,12 +48,28 @@ Step = ArtifactStorageImportStep
 
 SERVICE = web.AppKey("artifact_import.service", ImportService)
 
+#: Task ids (ours are uuid hex; a request may name its own): no path separators, dots or spaces to play with.
+TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
+#: A body is a few hundred bytes; this leaves room for long include lists, not for abuse.
+MAX_BODY = 256 * 1024
+_MAX_MODELS = 100
+_MAX_PATTERNS = 1000
+_MAX_TEXT = 1024
+
 
 class _BadRequest(Exception):
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.field = field
         self.message = message
+        self.status = status
+
+
+class _Oversized:
+    """A number in a body too large to be one we use: it fails the type check of its field, which names it."""
+
+    def __init__(self, digits: int) -> None:
+        self.digits = digits
 
 
 def create_app(
@@ -57,11 +79,18 @@ def create_app(
     volume_pool: VolumePool | None = None,
     verifiers: Sequence[Verifier] | None = None,
     settings: ServerSettings | None = None,
+    authenticate: bool = True,
 ) -> web.Application:
     """An application with the import routes; on shutdown, running imports are cancelled and cleaned up.
 
     ``verifiers`` default to those of a default ``[verify]`` section
     (safetensors headers, pickle scan failing on unsafe imports; no ClamAV).
+    With ``settings.auth_token``, every request must present it (see
+    :mod:`.auth`), unless ``authenticate`` is false: an application that
+    mounts these routes behind its own check (Backend.AI's storage proxy)
+    turns ours off. Event streams and queued imports are bounded by
+    ``settings``; connections are the server's to bound (``serve`` runs
+    :class:`.limits.LimitedRunner`).
     """
     settings = settings or ServerSettings()
     if verifiers is None:
@@ -78,6 +107,7 @@ def create_app(
         "staging": settings.staging,
         "max_concurrent_imports": settings.max_concurrent_imports,
         "max_concurrent_files": settings.max_concurrent_files,
+        "max_queued_imports": settings.max_queued_imports,
         "on_finished": [notifier] if notifier is not None else [],
     }
     service: ImportService
@@ -93,9 +123,10 @@ def create_app(
         )
     else:
         service = ImportService(registries, **common)
-    app = web.Application()
+    middlewares = [token_middleware(settings.auth_token)] if authenticate and settings.auth_token else []
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SERVICE] = service
-    app.add_routes(import_routes(service))
+    app.add_routes(import_routes(service, limits=limits_of(settings)))
 
     async def startup(_: web.Application) -> None:
         await service.start()
@@ -111,23 +142,40 @@ def create_app(
     return app
 
 
-def import_routes(service: ImportService) -> web.RouteTableDef:
+def limits_of(settings: ServerSettings) -> Limits:
+    """The connection and event-stream limits ``settings`` name."""
+    return Limits(
+        max_connections=settings.max_connections,
+        max_connections_per_client=settings.max_connections_per_client,
+        max_event_streams=settings.max_event_streams,
+        max_event_streams_per_client=settings.max_event_streams_per_client,
+    )
+
+
+def import_routes(service: ImportService, *, limits: Limits | None = None) -> web.RouteTableDef:
     """The routes alone, for a proxy that builds its own application and service."""
     routes = web.RouteTableDef()
+    limits = limits or Limits()
+    streams = StreamSlots(limits)
 
     @routes.post("/import")
     async def start(request: web.Request) -> web.Response:
         try:
-            body = await request.json()
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            return _error(400, "body", "the body must be a JSON object")
-        try:
-            models, registry, vfolder, mappings, request_id = _parse(service, body)
+            body = await _read_json(request)
+            models, registry, vfolder, mappings, request_id, replace = _parse(service, body)
             task_id = await service.start_import(
-                models, registry, vfolder=vfolder, storage_step_mappings=mappings, request_id=request_id
+                models,
+                registry,
+                vfolder=vfolder,
+                storage_step_mappings=mappings,
+                request_id=request_id,
+                replace_existing=replace,
             )
         except _BadRequest as exc:
-            return _error(400, exc.field, exc.message)
+            return _error(exc.status, exc.field, exc.message)
+        except ServiceBusyError as exc:
+            retry_after = str(round(exc.retry_after))
+            return _error(429, "body", exc.message, headers={"Retry-After": retry_after})
         except ArtifactImportError as exc:
             return _error(400, "body", exc.message)
         task = await service.fetch(task_id)
@@ -146,8 +194,14 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
         return web.json_response({"tasks": [{**t.summary(), "created": t.created} for t in tasks]})
 
     async def find(request: web.Request) -> TaskView:
+        task_id = request.match_info["task_id"]
+        if not TASK_ID.fullmatch(task_id):
+            raise web.HTTPBadRequest(
+                text=json.dumps({"error": {"field": "task_id", "message": "not a task id"}}),
+                content_type="application/json",
+            )
         try:
-            return await service.fetch(request.match_info["task_id"])
+            return await service.fetch(task_id)
         except ConfigError as exc:
             raise web.HTTPNotFound(
                 text=json.dumps({"error": {"field": "task_id", "message": exc.message}}),
@@ -166,33 +220,89 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
     @routes.get("/import/{task_id}/events")
     async def events(request: web.Request) -> web.StreamResponse:
         task = await find(request)
-        response = web.StreamResponse(
-            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-        await response.prepare(request)
-        stream = task.subscribe()
-        async with contextlib.aclosing(stream):
-            async for kind, data in stream:
-                await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
-        await response.write_eof()
-        return response
+        try:
+            # A stream holds its connection (and in a fleet a Redis read) for as long as the import runs.
+            with streams.hold(client_of(request)):
+                return await _stream_events(request, task)
+        except Busy as exc:
+            return busy_response(exc, limits.retry_after)
 
     return routes
 
 
-def _error(status: int, field: str, message: str) -> web.Response:
-    return web.json_response({"error": {"field": field, "message": message}}, status=status)
+async def _stream_events(request: web.Request, task: TaskView) -> web.StreamResponse:
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
+    await response.prepare(request)
+    stream = task.subscribe()
+    async with contextlib.aclosing(stream):
+        async for kind, data in stream:
+            await response.write(f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode())
+    await response.write_eof()
+    return response
+
+
+def _error(status: int, field: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": {"field": field, "message": message}}, status=status, headers=headers)
+
+
+async def _read_json(request: web.Request) -> Any:
+    """The body as JSON, or a 400 (413) naming what is wrong with it; never a 500, whatever the bytes."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _BadRequest("body", f"larger than {MAX_BODY // 1024} KiB", status=413) from None
+    try:
+        return json.loads(raw, parse_int=_integer, parse_constant=_no_constant)
+    except RecursionError:
+        raise _BadRequest("body", "nested deeper than any body of this API") from None
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, NaN / Infinity
+        raise _BadRequest("body", "the body must be a JSON object") from None
+
+
+def _integer(text: str) -> int | _Oversized:
+    # int() of a 5,000-digit number raises (and costs time quadratic in its length): no body needs one.
+    return _Oversized(len(text)) if len(text) > 20 else int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _text(value: Any, field: str, *, limit: int = _MAX_TEXT) -> str:
+    """``value`` if it is a string fit for a name: not too long, no NUL, valid Unicode."""
+    if not isinstance(value, str):
+        raise _BadRequest(field, "must be a string")
+    if len(value) > limit:
+        raise _BadRequest(field, f"must be at most {limit} characters")
+    if "\x00" in value:
+        raise _BadRequest(field, "must not contain NUL")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise _BadRequest(field, "must be valid Unicode (it holds a lone surrogate)") from None
+    return value
 
 
 def _parse(
     service: ImportService, body: Any
-) -> tuple[list[ModelTarget], str, VFolderRef | None, dict[Step, str] | None, str | None]:
+) -> tuple[list[ModelTarget], str, VFolderRef | None, dict[Step, str] | None, str | None, bool]:
     if not isinstance(body, dict):
         raise _BadRequest("body", "the body must be a JSON object")
-    known = {"models", "registry_name", "storage_step_mappings", "vfolder_id", "include", "exclude", "request_id"}
+    known = {
+        "models",
+        "registry_name",
+        "storage_step_mappings",
+        "vfolder_id",
+        "include",
+        "exclude",
+        "request_id",
+        "replace_existing",
+    }
     for key in body:
         if key not in known:
-            raise _BadRequest(key, f"unknown field (known: {', '.join(sorted(known))})")
+            raise _BadRequest(_text(key, "body", limit=64), f"unknown field (known: {', '.join(sorted(known))})")
     registry_name = body.get("registry_name")
     if registry_name is None and len(service.registries) == 1:
         registry_name = next(iter(service.registries))
@@ -205,15 +315,19 @@ def _parse(
     raw_models = body.get("models")
     if not isinstance(raw_models, list) or not raw_models:
         raise _BadRequest("models", 'must be a non-empty list of {"repo_id": ..., "revision": ...}')
+    if len(raw_models) > _MAX_MODELS:
+        raise _BadRequest("models", f"at most {_MAX_MODELS} models a request")
     models = []
     for i, raw in enumerate(raw_models):
-        if not isinstance(raw, dict) or not isinstance(raw.get("repo_id"), str):
-            raise _BadRequest(f"models[{i}].repo_id", "must be a string")
-        revision = raw.get("revision", "main" if registry.scheme == "hf" else "")
-        if not isinstance(revision, str):
-            raise _BadRequest(f"models[{i}].revision", "must be a string")
+        if not isinstance(raw, dict):
+            raise _BadRequest(f"models[{i}]", 'must be an object {"repo_id": ..., "revision": ...}')
+        for key in raw:
+            if key not in ("repo_id", "revision"):
+                raise _BadRequest(f"models[{i}].{_text(key, f'models[{i}]', limit=64)}", "unknown field")
+        repo_id = _text(raw.get("repo_id"), f"models[{i}].repo_id", limit=256)
+        revision = _text(raw.get("revision", "main" if registry.scheme == "hf" else ""), f"models[{i}].revision")
         try:
-            models.append(ModelTarget(raw["repo_id"], revision, include, exclude, scheme=registry.scheme))
+            models.append(ModelTarget(repo_id, revision, include, exclude, scheme=registry.scheme))
         except ConfigError as exc:
             raise _BadRequest(f"models[{i}]", exc.message) from None
     vfolder = _vfolder(service, body.get("vfolder_id"))
@@ -223,18 +337,21 @@ def _parse(
     if vfolder is not None and mappings is not None and Step.ARCHIVE in mappings:
         raise _BadRequest("storage_step_mappings.archive", "give a vfolder_id or an archive storage, not both")
     request_id = body.get("request_id")
-    if request_id is not None and (
-        not isinstance(request_id, str) or not request_id.isprintable() or "/" in request_id
-    ):
-        raise _BadRequest("request_id", "must be a printable string without /")
-    return models, registry_name, vfolder, mappings, request_id
+    if request_id is not None and (not isinstance(request_id, str) or not TASK_ID.fullmatch(request_id)):
+        raise _BadRequest("request_id", "must be 1 to 128 letters, digits, _ or -, starting with a letter or digit")
+    replace = body.get("replace_existing", False)
+    if not isinstance(replace, bool):
+        raise _BadRequest("replace_existing", "must be true or false")
+    return models, registry_name, vfolder, mappings, request_id, replace
 
 
 def _strings(body: dict[str, Any], key: str) -> tuple[str, ...]:
     value = body.get(key, [])
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+    if not isinstance(value, list):
         raise _BadRequest(key, "must be a list of glob strings")
-    return tuple(value)
+    if len(value) > _MAX_PATTERNS:
+        raise _BadRequest(key, f"at most {_MAX_PATTERNS} patterns")
+    return tuple(_text(v, f"{key}[{i}]") for i, v in enumerate(value))
 
 
 def _vfolder(service: ImportService, raw: Any) -> VFolderRef | None:
@@ -242,10 +359,17 @@ def _vfolder(service: ImportService, raw: Any) -> VFolderRef | None:
         return None
     try:
         if isinstance(raw, str):
-            ref = VFolderRef.parse(raw)
+            ref = VFolderRef.parse(_text(raw, "vfolder_id"))
         elif isinstance(raw, dict):
-            vfid = VFolderID(str(raw.get("quota_scope_id")), str(raw.get("folder_id")))
-            ref = VFolderRef(str(raw.get("volume")), vfid, str(raw.get("subpath", "")).strip("/"))
+            for key in raw:
+                if key not in ("volume", "quota_scope_id", "folder_id", "subpath"):
+                    raise _BadRequest(f"vfolder_id.{_text(key, 'vfolder_id', limit=64)}", "unknown field")
+            parts = {
+                key: _text(raw.get(key, ""), f"vfolder_id.{key}")
+                for key in ("volume", "quota_scope_id", "folder_id", "subpath")
+            }
+            vfid = VFolderID(parts["quota_scope_id"], parts["folder_id"])
+            ref = VFolderRef(parts["volume"], vfid, parts["subpath"].strip("/"))
             VFolderRef.parse(str(ref))  # the same checks as the string form
         else:
             raise ConfigError("must be VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] or an object")
@@ -267,10 +391,10 @@ def _mappings(service: ImportService, raw: Any) -> dict[Step, str] | None:
             step = Step(key)
         except ValueError:
             raise _BadRequest(
-                f"storage_step_mappings.{key}", "unknown step (known: download, verify, archive)"
+                f"storage_step_mappings.{_text(key, 'storage_step_mappings', limit=64)}",
+                "unknown step (known: download, verify, archive)",
             ) from None
-        if not isinstance(name, str):
-            raise _BadRequest(f"storage_step_mappings.{key}", "must be a storage name")
+        name = _text(name, f"storage_step_mappings.{key}", limit=256)
         try:
             if service.local_names:
                 service.storage_pool.get_storage(name)

@@ -25,7 +25,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..context import ImportStepContext, StorageTarget
-from ..errors import ArtifactImportError, ConfigError
+from ..errors import ArtifactImportError, ConfigError, ServiceBusyError
 from ..model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactStorageImportStep,
@@ -227,7 +227,9 @@ class ImportService:
     ``staging``: the name of a pool storage that DOWNLOAD and VERIFY use for
     vfolder imports; without it, vfolder imports stream straight into the
     vfolder (verified before anything there becomes visible). The last
-    ``keep_finished`` finished tasks are kept for polling.
+    ``keep_finished`` finished tasks are kept for polling. With
+    ``max_queued_imports`` imports waiting for a slot, another one is
+    refused (:class:`ServiceBusyError`).
     """
 
     #: Storage and volume names of a request are this process's (a fleet's are checked against every proxy).
@@ -243,6 +245,7 @@ class ImportService:
         staging: str | None = None,
         max_concurrent_imports: int = 2,
         max_concurrent_files: int = DEFAULT_CONCURRENT_FILES,
+        max_queued_imports: int = 1000,
         keep_finished: int = 1000,
         on_finished: Sequence[FinishedCallback] = (),
     ) -> None:
@@ -255,6 +258,7 @@ class ImportService:
         self.pipeline = ImportPipeline(self.registries, verifiers, max_concurrent_files=max_concurrent_files)
         self.on_finished = list(on_finished)
         self.max_concurrent_imports = max_concurrent_imports
+        self.max_queued_imports = max_queued_imports
         self._slots = asyncio.Semaphore(max_concurrent_imports)
         self._tasks: dict[str, ImportTask] = {}
         self._finished: collections.deque[str] = collections.deque()
@@ -278,6 +282,7 @@ class ImportService:
         vfolder: VFolderRef | None = None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
+        replace_existing: bool = False,
     ) -> str:
         """Start importing ``models`` (one after the other) and return the task id at once.
 
@@ -286,7 +291,10 @@ class ImportService:
         With several models, each lands in a folder named by its repository
         id. What can be checked without I/O (registry, volume and storage
         names) is checked here and raises :class:`ConfigError` /
-        :class:`StorageNotFoundError`.
+        :class:`StorageNotFoundError`; a full queue raises
+        :class:`ServiceBusyError`. Files at the destination that no earlier
+        import wrote fail the import (:class:`DestinationConflictError`)
+        unless ``replace_existing``.
         """
         models = [models] if isinstance(models, ModelTarget) else list(models)
         if not models:
@@ -294,9 +302,16 @@ class ImportService:
         request_id = request_id or uuid.uuid4().hex
         if request_id in self._tasks:
             raise ConfigError(f"an import with request id {request_id!r} already exists")
+        queued = sum(1 for t in self._tasks.values() if t.state is TaskState.QUEUED)
+        if queued >= self.max_queued_imports:
+            raise ServiceBusyError(
+                f"{queued} imports are waiting for a slot already (max-queued-imports); try again later"
+            )
         contexts = self._contexts(models, registry_name, vfolder, storage_step_mappings, request_id)
         task = ImportTask(request_id, [self._model_progress(c) for c in contexts])
-        task._task = asyncio.create_task(self._run(task, contexts), name=f"import:{request_id}")
+        task._task = asyncio.create_task(
+            self._run(task, contexts, replace_existing=replace_existing), name=f"import:{request_id}"
+        )
         # The outcome is kept on the task; nobody has to await it.
         task._task.add_done_callback(lambda t: t.cancelled() or t.exception())
         self._tasks[request_id] = task
@@ -345,12 +360,16 @@ class ImportService:
     def _model_progress(context: ImportStepContext) -> ModelProgress:
         return ModelProgress(context.model.uri, _archive(context).describe())
 
-    async def _run(self, task: ImportTask, contexts: list[ImportStepContext]) -> list[ImportResult]:
+    async def _run(
+        self, task: ImportTask, contexts: list[ImportStepContext], *, replace_existing: bool = False
+    ) -> list[ImportResult]:
         try:
             async with self._slots:
                 task.set_state(TaskState.RUNNING)
                 for index, context in enumerate(contexts):
-                    task.models[index].result = await self.pipeline.run(context, task.progress_callback(index))
+                    task.models[index].result = await self.pipeline.run(
+                        context, task.progress_callback(index), replace_existing=replace_existing
+                    )
         except asyncio.CancelledError:
             self._finish(task, TaskState.CANCELLED, ArtifactImportError(f"import {task.id} cancelled"))
             raise

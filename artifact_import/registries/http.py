@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import random
@@ -11,14 +12,18 @@ from collections.abc import AsyncIterator, Mapping
 
 import aiohttp
 import attrs
+from yarl import URL
 
 from ..errors import AccessDeniedError, ConfigError, DownloadError, IntegrityError
 from ..streams import closing, rechunk
+from ..units import human_bytes
 from .ranges import RangeIgnored, SameVersion
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+#: Seconds a body that announced more than the listed size is given to send it, once every listed byte is in.
+_MORE_GRACE = 1.0
 _TRANSIENT_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
 
 
@@ -51,12 +56,29 @@ class HttpTimeouts:
     read: float = 30.0
     #: A listing or revision call without an answer for this long is abandoned and tried again.
     listing: float = 60.0
+    #: A transfer averaging fewer bytes a second than this over ``rate_window`` seconds is dropped (0: never).
+    #: A source that trickles a byte every few seconds never trips the stall timeout; this bounds it. The
+    #: default is far below any real link, even shared by 16 connections (100 KB/s gives each 6 KB/s).
+    min_rate: float = 1024.0
+    rate_window: float = 30.0
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_rate < 0 or self.rate_window <= 0:
+            raise ConfigError("the minimum rate must be 0 or more, over a window of more than 0 seconds")
+
+    @property
+    def answer(self) -> float:
+        """Seconds a request may take to connect and receive the whole status line and headers."""
+        return self.connect + self.read
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], *, read: float | None = None) -> HttpTimeouts:
+    def from_env(
+        cls, env: Mapping[str, str], *, read: float | None = None, min_rate: float | None = None
+    ) -> HttpTimeouts:
         """Defaults, or what ``huggingface_hub``'s variables set: ``HF_HUB_DOWNLOAD_TIMEOUT`` (a download
         waiting for bytes: our stall timeout) and ``HF_HUB_ETAG_TIMEOUT`` (a metadata call: our listing
-        deadline). An explicit ``read`` (``--stall-timeout``) wins over the variable."""
+        deadline). An explicit ``read`` (``--stall-timeout``) wins over the variable; ``min_rate``
+        (``--min-rate``) replaces the default minimum rate."""
         values: dict[str, float] = {}
         for name, field in (("HF_HUB_DOWNLOAD_TIMEOUT", "read"), ("HF_HUB_ETAG_TIMEOUT", "listing")):
             raw = env.get(name)
@@ -67,6 +89,8 @@ class HttpTimeouts:
                 values[field] = float(int(raw))
         if read is not None:
             values["read"] = read
+        if min_rate is not None:
+            values["min_rate"] = min_rate
         return cls(**values)
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
@@ -96,6 +120,14 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
+def same_origin(a: str | URL, b: str | URL) -> bool:
+    """Whether two URLs share scheme, host and port (default ports spelled or not): where a token may go."""
+    try:
+        return URL(str(a)).origin() == URL(str(b)).origin()
+    except ValueError:
+        return False
+
+
 async def stream_url(
     session: aiohttp.ClientSession,
     url: str,
@@ -107,6 +139,7 @@ async def stream_url(
     expected_size: int | None,
     chunk_size: int,
     retry: RetryPolicy,
+    timeouts: HttpTimeouts | None = None,
     offset: int = 0,
     end: int | None = None,
     same_version: SameVersion | None = None,
@@ -124,9 +157,19 @@ async def stream_url(
     by the ranges of one file: every response must carry the same ETag.
     ``commit``: a response naming another one (the Hub's ``X-Repo-Commit``)
     is refused.
+
+    A source cannot hold the transfer: an answer must come within
+    ``timeouts.answer`` seconds, the body must average ``timeouts.min_rate``
+    bytes a second (transfers below it are dropped and resumed, and after
+    ``retry.max_attempts`` such drops the file fails), reading stops at the
+    listed size whatever ``Content-Length`` announced, and an encoded body
+    (``Content-Encoding``) is refused at once.
     """
+    timeouts = timeouts or HttpTimeouts()
     received = offset
     failures = 0
+    #: Attempts dropped for being too slow: never reset by the bytes they brought (a trickle brings some).
+    slow = 0
     same_version = same_version or SameVersion(name)
     stop = end if end is not None else expected_size
     partial = end is not None and (offset > 0 or end != expected_size)
@@ -138,7 +181,9 @@ async def stream_url(
             request_headers["Range"] = f"bytes={received}-"
         retry_after: float | None = None
         try:
-            async with session.get(url, headers=request_headers, allow_redirects=True, read_bufsize=chunk_size) as resp:
+            async with asyncio.timeout(timeouts.answer):
+                resp = await session.get(url, headers=request_headers, allow_redirects=True, read_bufsize=chunk_size)
+            async with resp:
                 if resp.status in RETRYABLE_STATUS:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     reason = f"HTTP {resp.status}"
@@ -154,6 +199,7 @@ async def stream_url(
                 elif resp.status == 200 and partial:
                     raise RangeIgnored(f"{name}: the source ignores Range", path=name)
                 else:
+                    _check_encoding(resp, name)
                     served = resp.headers.get("X-Repo-Commit")
                     if commit is not None and served is not None and served != commit:
                         raise IntegrityError(
@@ -172,7 +218,10 @@ async def stream_url(
                                 f"{name}: the source answered a resume at byte {received} with range start {start}",
                                 path=name,
                             )
-                    body = rechunk(_pieces(resp.content), chunk_size)
+                    # Bytes of this body we want: up to the listed size, however many its Content-Length claims.
+                    wanted = skip + stop - received if stop is not None else None
+                    meter = _RateMeter(timeouts.min_rate, timeouts.rate_window)
+                    body = rechunk(_pieces(resp.content, meter, wanted, resp.content_length), chunk_size)
                     async with closing(body):
                         async for chunk in body:
                             if skip:
@@ -194,6 +243,15 @@ async def stream_url(
                     if stop is None or received == stop:
                         return
                     reason = f"connection closed after {received} of {stop} bytes"
+        except _TooSlow as exc:
+            slow += 1
+            reason = exc.reason
+            if slow >= retry.max_attempts:
+                raise DownloadError(
+                    f"{name}: the source sent {exc.reason} ({slow} times); giving up on it. A link that slow "
+                    "needs a lower minimum rate (--min-rate)",
+                    path=name,
+                ) from None
         except _TRANSIENT_ERRORS as exc:
             reason = _describe(exc)
         except aiohttp.ClientError as exc:
@@ -211,16 +269,83 @@ async def stream_url(
         await asyncio.sleep(delay)
 
 
-async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The body as aiohttp buffered it, piece by piece.
+def _check_encoding(resp: aiohttp.ClientResponse, name: str) -> None:
+    """Refuse an encoded body at once: its bytes are not the file's, so sizes, digests and ``Range`` offsets
+    would all be wrong (we ask for ``Accept-Encoding: identity`` and never decompress)."""
+    encoding = resp.headers.get("Content-Encoding", "").strip()
+    if encoding.lower() not in ("", "identity"):
+        shown = "".join(c for c in encoding[:40] if c.isprintable())
+        raise DownloadError(
+            f"{name}: the source sent the file encoded (Content-Encoding: {shown}) although the bytes as stored "
+            "were asked for; refusing it, the source is misbehaving",
+            path=name,
+        )
+
+
+class _TooSlow(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _RateMeter:
+    """Raises :class:`_TooSlow` when a body averages under ``min_rate`` bytes a second over a window.
+
+    Checked as pieces arrive; a source sending nothing at all is the stall timeout's (``sock_read``), so the
+    longest a trickle lasts is about one window plus one stall timeout.
+    """
+
+    def __init__(self, min_rate: float, window: float) -> None:
+        self.min_rate = min_rate
+        self.window = window
+        self.start = time.monotonic()
+        self.bytes = 0
+
+    def add(self, count: int) -> None:
+        if not self.min_rate:
+            return
+        self.bytes += count
+        now = time.monotonic()
+        elapsed = now - self.start
+        if elapsed < self.window:
+            return
+        if self.bytes < self.min_rate * elapsed:
+            raise _TooSlow(
+                f"{self.bytes} bytes in {elapsed:.0f}s, under the minimum rate of {human_bytes(int(self.min_rate))}/s"
+            )
+        self.start, self.bytes = now, 0
+
+
+async def _pieces(
+    content: aiohttp.StreamReader, meter: _RateMeter, wanted: int | None, promised: int | None
+) -> AsyncIterator[bytes]:
+    """The body as aiohttp buffered it, piece by piece, until ``wanted`` bytes (None: its end).
 
     ``iter_chunked(n)`` joins pieces into a new ``n``-byte object on every
     read and :func:`rechunk` would join again: measured on loopback, the
     extra copy and its allocations cost more CPU than receiving the bytes
     (``benchmarks/README.md``). Here each byte is copied once, by rechunk.
+
+    Reading stops once ``wanted`` bytes are in, without waiting for the end
+    a larger ``Content-Length`` (``promised``) announces for more than
+    :data:`_MORE_GRACE` seconds; bytes beyond ``wanted`` that arrive by then
+    are handed on, for the caller to refuse.
     """
+    taken = 0
     async for piece, _ in content.iter_chunks():
+        meter.add(len(piece))
+        taken += len(piece)
         yield piece
+        if wanted is not None and taken >= wanted:
+            if taken == wanted and promised is not None and promised > wanted:
+                # More was announced: a listing that lies sends it at once (refused by the caller, with a clear
+                # message); a source that holds the connection open instead is not waited for past a moment.
+                with contextlib.suppress(TimeoutError, aiohttp.ClientPayloadError):
+                    async with asyncio.timeout(_MORE_GRACE):
+                        extra = await content.readany()
+                        if extra:
+                            yield extra
+            return
 
 
 def _hostile(exc: aiohttp.ClientError) -> str:

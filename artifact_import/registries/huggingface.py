@@ -43,7 +43,7 @@ from ..redact import safe_url
 from ..streams import DEFAULT_CHUNK_SIZE, closing
 from ..units import human_bytes
 from .base import AbstractRegistry
-from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, stream_url
+from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, same_origin, stream_url
 from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
 
 log = logging.getLogger(__name__)
@@ -187,6 +187,13 @@ class HuggingFaceRegistry(AbstractRegistry):
                             body = await _read_capped(resp.content, self.max_listing_bytes, where)
                             following = resp.links.get("next")
                             next_url = str(following["url"]) if following is not None else None
+                            if next_url is not None and not same_origin(next_url, self.endpoint):
+                                # The next request carries the token: it goes to the hub the user named, or
+                                # nowhere (a hub must not make us fetch, with our token, any URL it likes).
+                                raise SourceError(
+                                    f"{where}: the hub's file listing links its next page to another origin than "
+                                    f"{self.endpoint}; refusing to follow it"
+                                )
                             break
                         if resp.status in RETRYABLE_STATUS:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
@@ -322,6 +329,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                     expected_size=file.size,
                     chunk_size=self.chunk_size,
                     retry=self.retry,
+                    timeouts=self.timeouts,
                     offset=start + received,
                     end=end,
                     same_version=same_version,
@@ -347,9 +355,12 @@ class HuggingFaceRegistry(AbstractRegistry):
         return fetch(open_range, file.size, offset, self.budget, name=file.path)
 
     async def _follow_redirect(self, url: str, headers: dict[str, str], name: str) -> tuple[str, dict[str, str]]:
-        """Where ``url`` redirects to, and the headers to send there (no token to another host)."""
+        """Where ``url`` redirects to, and the headers to send there: the token only to the hub's own origin
+        (scheme, host and port: an https hub's token never goes over plain http, even to the same host)."""
         try:
-            async with self._client().head(url, headers=headers, allow_redirects=False) as resp:
+            async with asyncio.timeout(self.timeouts.answer):
+                resp = await self._client().head(url, headers=headers, allow_redirects=False)
+            async with resp:
                 location = resp.headers.get("Location") if resp.status in (301, 302, 303, 307, 308) else None
         except (TimeoutError, aiohttp.ClientError):
             return url, headers  # the ranges find out themselves, with their retries
@@ -360,7 +371,7 @@ class HuggingFaceRegistry(AbstractRegistry):
             raise DownloadError(
                 f"{name}: the hub redirected to a URL that is not http(s); the source is misbehaving", path=name
             )
-        if urlsplit(final).netloc != urlsplit(url).netloc:
+        if not same_origin(final, self.endpoint):
             headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
         return final, headers
 
