@@ -382,6 +382,7 @@ class _QuotaPendingWrite(PendingWrite):
         self._volume = volume
         self._vfid = vfid
         self._inner = inner
+        self.local_path = inner.local_path
         self._reservation = reservation
         self._charged = 0
         # A parked file's bytes are on the volume already, counted in its usage under their parked name.
@@ -398,6 +399,10 @@ class _QuotaPendingWrite(PendingWrite):
         self._charged += len(chunk)
         await self._inner.write(chunk)
         self.bytes_written += len(chunk)
+
+    async def flush(self) -> None:
+        # The storage's own flush: whatever it holds back fails this file, before any file is visible.
+        await self._inner.flush()
 
     async def commit(self) -> None:
         if self._ended:
