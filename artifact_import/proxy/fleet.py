@@ -224,6 +224,7 @@ class FleetImportService(ImportService):
         vfolder: VFolderRef | None = None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
+        subpaths: Sequence[str] | None = None,
     ) -> str:
         models = [models] if isinstance(models, ModelTarget) else list(models)
         if not models:
@@ -250,6 +251,7 @@ class FleetImportService(ImportService):
             "registry_name": registry_name,
             "vfolder": str(vfolder) if vfolder is not None else None,
             "mappings": mappings,
+            "subpaths": list(subpaths) if subpaths is not None else None,
         }
         now = time.time()
         snapshot = {
@@ -365,7 +367,9 @@ class FleetImportService(ImportService):
             models = [_model_from_dict(m) for m in request["models"]]
             vfolder = VFolderRef.parse(request["vfolder"]) if request["vfolder"] else None
             mappings = {Step(step): StorageTarget(name) for step, name in request["mappings"].items()}
-            contexts = self._contexts(models, request["registry_name"], vfolder, mappings, task_id)
+            contexts = self._contexts(
+                models, request["registry_name"], vfolder, mappings, task_id, request.get("subpaths")
+            )
         except ArtifactImportError as exc:
             await self._finish_remote(task_id, TaskState.FAILED, {"type": type(exc).__name__, "message": exc.message})
             return

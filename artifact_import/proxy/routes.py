@@ -5,6 +5,7 @@
     GET    /import/{task_id}        state, per-file progress, verdicts, results, error
     DELETE /import/{task_id}        cancel; cleans up as a failed import does
     GET    /import/{task_id}/events progress as Server-Sent Events until the task ends
+    POST   /v1/registries/huggingface/import   the Backend.AI manager's request (see .manager)
 
 A body names the models, the registry, and where they go: storage names per
 step (``storage_step_mappings``) or a user's vfolder (``vfolder_id``)::
@@ -34,6 +35,7 @@ from ..storages.base import AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
 from ..volumes.base import VFolderID, VFolderRef, VolumePool
+from .manager import manager_routes
 from .service import ImportService, TaskView
 from .webhooks import WebhookNotifier
 
@@ -96,6 +98,8 @@ def create_app(
     app = web.Application()
     app[SERVICE] = service
     app.add_routes(import_routes(service))
+    # What a Backend.AI manager sends its storage proxy, so that a manager can be pointed at this one.
+    app.add_routes(manager_routes(service))
 
     async def startup(_: web.Application) -> None:
         await service.start()
@@ -131,11 +135,13 @@ def import_routes(service: ImportService) -> web.RouteTableDef:
         except ArtifactImportError as exc:
             return _error(400, "body", exc.message)
         task = await service.fetch(task_id)
+        # Where this route is mounted (a storage proxy mounts these routes under a prefix of its own).
+        base = request.match_info.route.resource.canonical if request.match_info.route.resource else "/import"
         return web.json_response(
             {
                 "task_id": task_id,
                 "state": task.state.value,
-                "links": {"self": f"/import/{task_id}", "events": f"/import/{task_id}/events"},
+                "links": {"self": f"{base}/{task_id}", "events": f"{base}/{task_id}/events"},
             },
             status=202,
         )
