@@ -85,13 +85,18 @@ class StorageResolver:
             if found is None:
                 found = self._vfolders[key] = BridgedVFolderStorage(theirs.name, volume, vfid)
             return found
-        ours = _named.get(theirs)
-        if ours is None:
-            ours = _named[theirs] = _named_storage(theirs)
-        return ours
+        return named_storage(theirs)
 
 
-def _named_storage(theirs: TheirStorage) -> AbstractStorage:
+def named_storage(theirs: TheirStorage) -> AbstractStorage:
+    """Ours for a named storage of the proxy's pool, made once."""
+    ours = _named.get(theirs)
+    if ours is None:
+        ours = _named[theirs] = _make_named(theirs)
+    return ours
+
+
+def _make_named(theirs: TheirStorage) -> AbstractStorage:
     if isinstance(theirs, TheirVFSStorage):
         return VFSStorage(theirs.name, theirs.base_path)
     if isinstance(theirs, TheirObjectStorage):

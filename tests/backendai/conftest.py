@@ -298,3 +298,5 @@ def pytest_configure(config: pytest.Config) -> None:
     # Their Valkey client's dependency warns about its own imports whenever pytest inspects modules.
     config.addinivalue_line("filterwarnings", "ignore:Importing from 'glide:DeprecationWarning")
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:aiomonitor.*")
+    # Their server keeps its context under a string key (ai.backend.storage.server._init_subapp).
+    config.addinivalue_line("filterwarnings", "ignore::aiohttp.web_exceptions.NotAppKeyWarning")

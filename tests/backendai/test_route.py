@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import logging
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,12 @@ from ai.backend.storage.data.storage.types import ImportStepContext
 from ai.backend.storage.plugin import AbstractArtifactVerifierPlugin, VerifierPluginResult
 from ai.backend.storage.volumes.vfs import BaseVolume
 from aiohttp import web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 
 import artifact_import.backendai
 from tests.hub import SIGNATURE, LocalHub
 
-from .conftest import Proxy, files_of, folders_of, manager_body, new_vfolder
+from .conftest import Proxy, base_volume, files_of, folders_of, manager_body, new_vfolder
 
 MiB = 1 << 20
 FILES: dict[str, bytes | int] = {
@@ -86,8 +87,6 @@ async def post_import(client: Client, body: dict[str, Any]) -> Any:
 
 
 async def finish(proxy: Proxy, task_id: str) -> Any:
-    import uuid
-
     return await proxy.tasks.result(uuid.UUID(task_id))
 
 
@@ -195,4 +194,48 @@ async def test_a_403_mid_file_fails_in_bounded_time_with_no_partial_file_and_no_
     assert not ours.success
     shown = [repr(e) for e in proxy.events.anycast] + [repr(c) for c in proxy.tracker.calls] + caplog.messages
     assert not [line for line in shown if SIGNATURE.split("=")[1] in line]
-    assert proxy.tracker.last()["model.safetensors"]["success"] is False
+    failed = proxy.tracker.last()["model.safetensors"]
+    assert failed["success"] is False and "HTTP 403" in failed["error_message"]
+    assert hub.requests[0][1] == "model.safetensors" or any(r[1] == "model.safetensors" for r in hub.requests)
+
+
+async def test_cancel_ends_promptly_and_leaves_nothing(
+    proxy: Proxy, client: Client, volume: BaseVolume, hub: LocalHub, publish: Any
+) -> None:
+    repo, _ = publish(FILES)
+    hub.faults.slow_bps = 1 * MiB
+    vfid = await new_vfolder(volume)
+    task_id = await post_import(client, manager_body(repo, vfid))
+    root = volume.mangle_vfpath(vfid)
+    for _ in range(500):
+        if any(c["current_bytes"] > 0 for kind, c in proxy.tracker.calls if kind == "update"):
+            break
+        await asyncio.sleep(0.01)
+    else:
+        raise AssertionError("no byte arrived")
+    assert any(p.name.endswith(".artifact-import-part") for p in root.rglob("*")), "mid-import"
+    task = proxy.tasks.tasks[uuid.UUID(task_id)]
+    started = time.monotonic()
+    task.cancel()
+    await asyncio.wait({task}, timeout=10)
+    assert task.done() and time.monotonic() - started < 5
+    assert files_of(root) == {} and folders_of(root) == []
+
+
+async def test_a_quota_limit_below_the_models_size_is_refused_before_any_byte(
+    tmp_path: Path, hub: LocalHub, publish: Any, verifier_ctx: ArtifactVerifierContext
+) -> None:
+    from .test_volume import LimitedQuotaModel, LimitedVolume
+
+    repo, _ = publish(FILES)  # about 5 MiB; the quota model reports 3 MiB
+    volume = await base_volume(tmp_path / "vfroot", LimitedVolume)
+    proxy = Proxy(volume, hub.base_url, verifier_ctx)
+    vfid = await new_vfolder(volume)
+    async with TestClient(TestServer(proxy.app())) as client:
+        await finish(proxy, await post_import(client, manager_body(repo, vfid)))
+    assert hub.requests == [], "not one byte fetched"
+    root = volume.mangle_vfpath(vfid)
+    assert files_of(root) == {} and folders_of(root) == []
+    (done,) = proxy.events.of("ModelImportDoneEvent")
+    assert not done.success
+    assert LimitedQuotaModel.limit == 3 * MiB
