@@ -102,7 +102,7 @@ class Faults:
     stall_seconds: float = 30.0
     #: Flip the byte at this offset in every response for the file.
     flip_byte: dict[str, int] = field(default_factory=dict)
-    #: Answer with these statuses (and Retry-After values), one per request, before serving.
+    #: Answer with these statuses (and Retry-After values), one per request, before serving (0: serve that one).
     errors: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
     #: Bytes per second for every body (0: as fast as possible).
     slow_bps: int = 0
@@ -481,8 +481,8 @@ class LocalHub:
             ):
                 headers = {**headers, "ETag": '"changed-at-the-source"'}
             errors = self.faults.errors.get(f.path)
-            if errors:
-                status, retry_after = errors.pop(0)
+            status, retry_after = errors.pop(0) if errors else (0, None)
+            if status:
                 extra = {"Retry-After": retry_after} if retry_after is not None else {}
                 return web.Response(status=status, text="injected failure", headers=extra)
         start, end = 0, f.size - 1

@@ -39,7 +39,7 @@ from artifact_import.registries.huggingface import HuggingFaceRegistry
 from tests.hub import LocalHub
 from tests.modelfiles import Payload
 
-from .conftest import (
+from .theirs import (
     REGISTRY,
     VOLUME,
     RecordingEvents,

@@ -28,7 +28,7 @@ from artifact_import.backendai import BackendAIVolume, BridgedVFolderStorage
 from artifact_import.backendai.ids import our_vfid
 from artifact_import.storages.vfs import PART_SUFFIX
 
-from .conftest import base_volume, files_of, folders_of, new_vfolder
+from .theirs import base_volume, files_of, folders_of, new_vfolder
 
 MiB = 1 << 20
 
@@ -191,6 +191,3 @@ def _theirs(vfid: VFolderID) -> TheirVFolderID:
 
 async def _one(data: bytes) -> AsyncIterator[bytes]:
     yield data
-
-
-
