@@ -40,7 +40,8 @@ from ..errors import (
 )
 from ..paths import path_problem
 from ..storages.base import FileInfo, PendingWrite
-from ..storages.vfs import PART_SUFFIX, VFSStorage
+from ..storages.vfs import PART_SUFFIX, WRITEBACK_WINDOW, VFSStorage
+from ..storages.vfs import _start_writeback as _writeback
 from ..units import human_bytes
 from ..volumes.base import AbstractVolume, VFolderID
 from ..volumes.quota import QuotaLedger
@@ -248,6 +249,8 @@ class _AddFileWrite(PendingWrite):
         self._done = False
         #: Bytes known to be in the file (it is looked at only when the lead is used up).
         self._on_disk = 0
+        #: Bytes of the file whose writeback was started (see _start_writeback).
+        self._written_back = 0
         self._task = asyncio.ensure_future(volume.backend.add_file(self._theirs, temp, self._payload()))
 
     async def _payload(self) -> AsyncIterator[bytes]:
@@ -265,6 +268,8 @@ class _AddFileWrite(PendingWrite):
         await self._keep_lead(self.bytes_written + len(chunk))
         await self._put(chunk)
         self.bytes_written += len(chunk)
+        if self._volume.fsync and self.bytes_written - self._written_back >= WRITEBACK_WINDOW:
+            self._written_back = await asyncio.to_thread(_start_writeback, self.local_path, self._written_back)
 
     async def _put(self, item: bytes | None) -> None:
         """Queue ``item`` for their ``add_file``; raise its error if it stopped taking them."""
@@ -430,6 +435,24 @@ def _size(path: Path | None) -> int:
         return os.stat(path).st_size
     except FileNotFoundError:
         return 0
+
+
+def _start_writeback(path: Path | None, start: int) -> int:
+    """Start writing what their writer has put in the file since ``start`` to disk, so that the fsync before
+    the commit waits only for the tail (as our own directory storage does); the new start."""
+    if path is None:
+        return start
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return start
+    try:
+        end = os.fstat(fd).st_size
+        if end > start:
+            _writeback(fd, start, end - start)
+        return max(end, start)
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(folder: Path) -> int | None:
