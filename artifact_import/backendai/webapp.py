@@ -11,15 +11,21 @@ behind its token middleware (``X-BackendAI-Storage-Auth-Token``): ``POST
 and the manager's own request at ``/artifact-import/v1/registries/huggingface/
 import``. Vfolders are the proxy's volumes (by the names of its config),
 named storages its storage pool, registries its Hugging Face registries.
+
+With the plugin setting ``replace-huggingface-pipeline = true``, the plugin
+also makes the proxy's own Hugging Face route import through artifact-import
+when it starts (what the one-line change in its source does).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ai.backend.common.exception import BackendAIError
+from ai.backend.storage.api.v1.registries import huggingface as their_route
 from ai.backend.storage.plugin import StorageManagerWebappPlugin
 from aiohttp import web
 
@@ -31,11 +37,26 @@ from ..registries.huggingface import HuggingFaceRegistry
 from ..storages.base import AbstractStorage, AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..volumes.base import AbstractVolume, VolumePool
+from .pipeline import create_huggingface_import_pipeline
 from .settings import BridgeSettings, current
 from .storage import named_storage, volume_of
 
+log = logging.getLogger(__name__)
+
 #: Where the proxy mounts the routes (its ``_init_subapp`` reads ``app["prefix"]``).
 PREFIX = "artifact-import"
+#: The plugin setting (etcd ``config/plugins/storage_manager_webapp/artifact-import/``) that makes the
+#: proxy's own Hugging Face route import through artifact-import, as the one-line change does.
+REPLACE_SETTING = "replace-huggingface-pipeline"
+
+
+def replace_pipeline_factory() -> Any:
+    """Make the proxy's Hugging Face route build its pipelines with our factory; the factory it had."""
+    # Their route module imports the factory by name and calls it per request: the name is what to replace.
+    previous = their_route.create_huggingface_import_pipeline  # type: ignore[attr-defined]
+    their_route.create_huggingface_import_pipeline = create_huggingface_import_pipeline  # type: ignore[attr-defined]
+    log.info("the storage proxy's Hugging Face imports now run through artifact-import")
+    return previous
 
 RootContext = Any
 """The proxy's ``RootContext`` (``volume_pool``, ``storage_pool``, ``local_config``, …)."""
@@ -49,11 +70,16 @@ class ArtifactImportWebappPlugin(StorageManagerWebappPlugin):
     def __init__(self, plugin_config: Mapping[str, Any], local_config: Mapping[str, Any]) -> None:
         super().__init__(plugin_config, local_config)
         self._registries: dict[str, AbstractRegistry] = {}
+        self._replaced: Any = None
 
     async def init(self, context: Any | None = None) -> None:
-        pass
+        if str(self.plugin_config.get(REPLACE_SETTING, "")).lower() in ("1", "true", "yes", "on"):
+            self._replaced = replace_pipeline_factory()
 
     async def cleanup(self) -> None:
+        if self._replaced is not None:
+            their_route.create_huggingface_import_pipeline = self._replaced  # type: ignore[attr-defined]
+            self._replaced = None
         for registry in self._registries.values():
             await registry.aclose()
 

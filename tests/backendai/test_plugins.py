@@ -275,3 +275,27 @@ async def test_our_serve_answers_the_managers_exact_body_into_a_vfolder_their_vo
         hashlib.sha256(b"".join(chunks)).hexdigest()
         == hub.repos[repo].commits[hub.repos[repo].refs["main"]]["model.safetensors"].sha256
     )
+
+
+async def test_the_plugin_setting_makes_their_own_route_import_through_ours(
+    volume: BaseVolume, hub: LocalHub, publish: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Instead of the one-line change: ``replace-huggingface-pipeline = true`` in the plugin's etcd config."""
+    from ai.backend.storage.api.v1.registries import huggingface as their_route
+
+    from .theirs import Proxy
+
+    theirs = their_route.create_huggingface_import_pipeline
+    monkeypatch.setattr(their_route, "create_huggingface_import_pipeline", theirs)  # restored whatever happens
+    plugin = ArtifactImportWebappPlugin({"replace-huggingface-pipeline": "true"}, {})
+    await plugin.init()
+    repo, _ = publish({"config.json": b"{}", "w.bin": MiB})
+    vfid = await new_vfolder(volume)
+    proxy = Proxy(volume, hub.base_url, ArtifactVerifierContext())
+    async with TestClient(TestServer(proxy.app())) as client:
+        answer = await client.post("/v1/registries/huggingface/import", json=manager_body(repo, vfid))
+        await proxy.tasks.result(uuid.UUID((await answer.json())["task_id"]))
+    # Only ours writes a manifest, and theirs would have deleted nothing here but verified nothing either.
+    assert set(files_of(volume.mangle_vfpath(vfid))) == {"config.json", "w.bin", ".artifact-import/manifest.json"}
+    await plugin.cleanup()
+    assert their_route.create_huggingface_import_pipeline is theirs
