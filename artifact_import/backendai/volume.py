@@ -319,7 +319,7 @@ class _AddFileWrite(PendingWrite):
                     "the import was aborted and nothing of it was kept"
                 )
             await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.1)
+            delay = min(delay * 2, 0.02)
 
     async def _check_room(self, waiting: int) -> None:
         """A stalled writer with more bytes waiting than the filesystem has room for has stopped: disk or

@@ -243,3 +243,28 @@ async def test_a_quota_limit_below_the_models_size_is_refused_before_any_byte(
     (done,) = proxy.events.of("ModelImportDoneEvent")
     assert not done.success
     assert LimitedQuotaModel.limit == 3 * MiB
+
+
+async def test_steps_mapped_to_a_named_storage_of_their_pool_stage_there(
+    tmp_path: Path, volume: BaseVolume, hub: LocalHub, publish: Any, verifier_ctx: ArtifactVerifierContext
+) -> None:
+    """DOWNLOAD and VERIFY into their named VFS storage, ARCHIVE into the vfolder: staged, then nothing left."""
+    from ai.backend.storage.config.unified import VFSStorageConfig
+    from ai.backend.storage.storages.vfs_storage import VFSStorage as TheirVFSStorage
+
+    scratch = tmp_path / "scratch"
+    storage = TheirVFSStorage("scratch", VFSStorageConfig(base_path=scratch))
+    proxy = Proxy(volume, hub.base_url, verifier_ctx, {"scratch": storage})
+    repo, _ = publish(FILES)
+    vfid = await new_vfolder(volume)
+    body = manager_body(repo, vfid, prefix=None)
+    body["storage_step_target_mappings"]["download"] = {"storage_name": "scratch"}
+    body["storage_step_target_mappings"]["verify"] = {"storage_name": "scratch"}
+    async with TestClient(TestServer(proxy.app())) as client:
+        await finish(proxy, await post_import(client, body))
+    stored = files_of(volume.mangle_vfpath(vfid) / repo / "main")
+    stored.pop(".artifact-import/manifest.json")
+    assert {p: hashlib.sha256(b).hexdigest() for p, b in stored.items()} == published(hub, repo)
+    assert files_of(scratch) == {}, "staged copies removed"
+    (done,) = proxy.events.of("ModelImportDoneEvent")
+    assert done.success

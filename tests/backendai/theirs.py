@@ -144,7 +144,13 @@ class RecordingTasks:
 class Proxy:
     """Their Hugging Face route (handler, service, mapping resolver) over one real volume, on loopback."""
 
-    def __init__(self, volume: AbstractVolume, endpoint: str, verifiers: ArtifactVerifierContext) -> None:
+    def __init__(
+        self,
+        volume: AbstractVolume,
+        endpoint: str,
+        verifiers: ArtifactVerifierContext,
+        storages: dict[str, Any] | None = None,
+    ) -> None:
         self.volume = volume
         self.events = RecordingEvents()
         self.tracker = RecordingTracker()
@@ -154,7 +160,7 @@ class Proxy:
             HuggingFaceServiceArgs(
                 registry_configs={REGISTRY: HuggingfaceConfig(endpoint=endpoint, token=None)},
                 background_task_manager=self.tasks,  # type: ignore[arg-type]
-                storage_pool=StoragePool({}),
+                storage_pool=StoragePool(storages or {}),
                 event_producer=self.events,  # type: ignore[arg-type]
                 artifact_verifier_ctx=verifiers,
                 redis_client=self.tracker,  # type: ignore[arg-type]
