@@ -132,7 +132,6 @@ async def test_named_storages_and_the_deprecated_mappings(server: Server, hub: L
             "storage_step_target_mappings.upload",
         ),
         ({"storage_step_target_mappings": {}}, "storage_step_target_mappings"),
-        ({"extra": 1}, "extra"),
     ],
 )
 async def test_a_malformed_manager_request_is_refused_naming_the_field(
@@ -175,3 +174,12 @@ async def test_links_of_a_202_are_under_the_prefix_the_routes_are_mounted_at(tmp
             await asyncio.sleep(0.02)
         else:
             raise AssertionError("the import did not finish")
+
+
+async def test_fields_a_newer_manager_may_add_are_ignored_as_the_proxy_ignores_them(
+    server: Server, hub: LocalHub
+) -> None:
+    repo = repo_name("mgr")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    done = await server.run({**server.body(repo), "priority": 3})
+    assert done["state"] == "succeeded", done

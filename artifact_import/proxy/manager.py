@@ -19,7 +19,8 @@ deprecated ``storage_step_mappings`` for a step both name. The files land
 under ``storage_prefix`` in the destination: ``null`` means ``MODEL/REVISION``,
 ``"/"`` the root, anything else that folder, as the proxy itself lays them
 out. The task is then an import task of ours (``GET /import/{task_id}``).
-A malformed body is answered ``400`` naming the field.
+A malformed body is answered ``400`` naming the field; fields it does not
+know are ignored, as the proxy's own request model ignores them.
 """
 
 from __future__ import annotations
@@ -39,7 +40,6 @@ from .service import ImportService
 Step = ArtifactStorageImportStep
 #: Where the manager's storage proxy client posts an import.
 IMPORT_PATH = "/v1/registries/huggingface/import"
-_FIELDS = {"models", "registry_name", "storage_step_mappings", "storage_step_target_mappings", "storage_prefix"}
 
 
 class BadRequest(Exception):
@@ -98,9 +98,7 @@ class ManagerRequest:
 def parse_manager_request(service: ImportService, body: Any) -> ManagerRequest:
     if not isinstance(body, dict):
         raise BadRequest("body", "the body must be a JSON object")
-    for key in body:
-        if key not in _FIELDS:
-            raise BadRequest(key, f"unknown field (known: {', '.join(sorted(_FIELDS))})")
+    # Other fields are ignored, as the proxy's own request model ignores them: a newer manager may send more.
     registry_name = body.get("registry_name")
     if not isinstance(registry_name, str) or registry_name not in service.registries:
         known = ", ".join(sorted(service.registries)) or "none"
