@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .model import Verdict
 
 #: Longest run of non-blank characters a message keeps whole (a listing can name a file 5,000 characters long).
 _WORD_MAX = 160
@@ -86,6 +90,9 @@ class VerificationError(ArtifactImportError):
     """A file failed VERIFY; it was not archived."""
 
     exit_code = 3
+    #: Every verdict on the file that failed, the failing ones among them (set by the VERIFY step), so that a
+    #: caller can report them as well as the message.
+    verdicts: tuple[Verdict, ...] = ()
 
 
 class IntegrityError(VerificationError):

@@ -160,6 +160,17 @@ class ImportPipeline:
         self.on_lock_wait = on_lock_wait
         self.replace_existing = replace_existing
 
+    async def before_commit(
+        self,
+        context: ImportStepContext,
+        destination: AbstractStorage,
+        pending: Sequence[PendingWrite],
+        results: Sequence[FileResult],
+    ) -> None:
+        """Called once every file is received and verified, before any becomes visible; raising refuses the
+        import (nothing of it is kept). A subclass checks more here: the Backend.AI bridge runs the storage
+        proxy's verifier plugins on the pending files (:attr:`PendingWrite.local_path`)."""
+
     def registry(self, name: str) -> AbstractRegistry:
         try:
             return self.registries[name]
@@ -247,6 +258,7 @@ class ImportPipeline:
                 context.step_metadata[Step.VERIFY.value] = {
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
+                await self.before_commit(context, destination, run.pending, results)
                 manifest = await journal.commit(run.pending, artifact, results)
             except BaseException as exc:
                 await run_to_completion(self._end_failed(run, exc, had_parked))

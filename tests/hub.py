@@ -62,7 +62,8 @@ class HubFile:
 #: How the Hub's URLs name each kind of repository: ``/datasets/ORG/NAME/resolve/...``, ``/api/datasets/ORG/NAME``.
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 _API_PATH = re.compile(
-    r"^/api/(?P<kind>models|datasets|spaces)/(?P<repo>[^/]+(?:/[^/]+)?)(?:/(?P<op>revision|tree)/(?P<rest>.+))?$"
+    r"^/api/(?P<kind>models|datasets|spaces)/(?P<repo>[^/]+(?:/[^/]+)?)"
+    r"(?:/(?P<op>revision|tree|paths-info)/(?P<rest>.+))?$"
 )
 _RESOLVE_PATH = re.compile(
     r"^/(?P<kind>datasets/|spaces/)?(?P<repo>[^/]+(?:/[^/]+)?)/resolve/(?P<rev>[^/]+)/(?P<path>.+)$"
@@ -104,7 +105,7 @@ class Faults:
     stall_seconds: float = 30.0
     #: Flip the byte at this offset in every response for the file.
     flip_byte: dict[str, int] = field(default_factory=dict)
-    #: Answer with these statuses (and Retry-After values), one per request, before serving.
+    #: Answer with these statuses (and Retry-After values), one per request, before serving (0: serve that one).
     errors: dict[str, list[tuple[int, str | None]]] = field(default_factory=dict)
     #: Bytes per second for every body (0: as fast as possible).
     slow_bps: int = 0
@@ -184,6 +185,8 @@ class LocalHub:
         self.lfs_redirect = True
         #: (method, path in repo or URL path, Range header) of every content request.
         self.requests: list[tuple[str, str, str | None]] = []
+        #: The path of every API call (revision, tree, model info).
+        self.api_requests: list[str] = []
         self.base_url = ""
         #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
         self.cdn_url = ""
@@ -278,21 +281,27 @@ class LocalHub:
         # Repository ids are ORG/NAME or NAME alone, under /api/{models,datasets,spaces}/ and (for content)
         # behind a datasets/ or spaces/ prefix: parsed here rather than by one route per shape.
         r.add_get("/{tail:.+}", self._route)
+        r.add_post("/{tail:.+}", self._route)
         return app
 
     async def _route(self, request: web.Request) -> web.StreamResponse:
         raw = request.raw_path.split("?", 1)[0]
         api = _API_PATH.match(raw)
         if api is not None:
+            self.api_requests.append(raw)
             key = f"{_URL_PREFIX[api['kind'].removesuffix('s')]}{unquote(api['repo'])}"
             rev, _, path = (api["rest"] or "").partition("/")
+            if (request.method == "POST") != (api["op"] == "paths-info"):
+                return web.Response(status=405)
             if api["op"] is None:
                 return await self._model_info(request, key, "main")
             if api["op"] == "revision":
                 return await self._model_info(request, key, unquote(api["rest"]))
+            if api["op"] == "paths-info":
+                return await self._paths_info(request, key, unquote(api["rest"]))
             return await self._tree(request, key, unquote(rev), unquote(path))
         content = _RESOLVE_PATH.match(raw)
-        if content is not None:
+        if content is not None and request.method in ("GET", "HEAD"):
             key = f"{content['kind'] or ''}{unquote(content['repo'])}"
             return await self._resolve(request, key, unquote(content["rev"]), unquote(content["path"]))
         return web.Response(status=404)
@@ -366,6 +375,38 @@ class LocalHub:
             }
         )
 
+    def _file_entry(self, repo: HubRepo, f: HubFile, sha: str, *, expand: bool) -> dict[str, Any]:
+        """A file as tree and paths-info listings show it."""
+        size = self.faults.listed_size.get(f.path, f.size)
+        entry: dict[str, Any] = {"type": "file", "size": size, "path": f.path}
+        if f.lfs:
+            entry["oid"] = git_blob_sha1(len(f.pointer()), [f.pointer()])
+            entry["lfs"] = {"oid": f.sha256, "size": size, "pointerSize": len(f.pointer())}
+        else:
+            entry["oid"] = f.git_sha1
+        if expand:
+            entry["lastCommit"] = {"id": sha, "title": "Upload", "date": "2026-11-01T00:00:00.000Z"}
+            entry["securityFileStatus"] = self.scans.get((repo.repo_id, f.path), SAFE_SCAN)
+        return entry
+
+    async def _paths_info(self, request: web.Request, repo_id: str, rev: str) -> web.Response:
+        """``POST /api/models/REPO/paths-info/REV`` (``HfApi.get_paths_info``): the named paths; others ignored."""
+        found = self._lookup(request, repo_id, rev, content=False)
+        if isinstance(found, web.Response):
+            return found
+        repo, sha, files = found
+        form = await request.post()
+        expand = str(form.get("expand", "")).lower() == "true"
+        entries = []
+        for path in form.getall("paths", []):
+            path = str(path).strip("/")
+            if path in files:
+                entries.append(self._file_entry(repo, files[path], sha, expand=expand))
+            elif any(p.startswith(f"{path}/") for p in files):
+                oid = hashlib.sha1(path.encode()).hexdigest()
+                entries.append({"type": "directory", "oid": oid, "size": 0, "path": path})
+        return web.json_response(entries)
+
     async def _tree(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.Response:
         await self._maybe_stall()
         found = self._lookup(request, repo_id, rev, content=False)
@@ -387,17 +428,7 @@ class LocalHub:
                     oid = hashlib.sha1(folder.encode()).hexdigest()
                     entries.setdefault(folder, {"type": "directory", "oid": oid, "size": 0, "path": folder})
             if recursive or len(rest) == 1:
-                size = self.faults.listed_size.get(f.path, f.size)
-                entry: dict[str, Any] = {"type": "file", "size": size, "path": f.path}
-                if f.lfs:
-                    entry["oid"] = git_blob_sha1(len(f.pointer()), [f.pointer()])
-                    entry["lfs"] = {"oid": f.sha256, "size": size, "pointerSize": len(f.pointer())}
-                else:
-                    entry["oid"] = f.git_sha1
-                if expand:
-                    entry["lastCommit"] = {"id": sha, "title": "Upload", "date": "2026-11-01T00:00:00.000Z"}
-                    entry["securityFileStatus"] = self.scans.get((repo.repo_id, f.path), SAFE_SCAN)
-                entries[f.path] = entry
+                entries[f.path] = self._file_entry(repo, f, sha, expand=expand)
         if base and not entries:
             return self._error(404, "EntryNotFound", f"{base} does not exist")
         # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
@@ -472,8 +503,8 @@ class LocalHub:
             ):
                 headers = {**headers, "ETag": '"changed-at-the-source"'}
             errors = self.faults.errors.get(f.path)
-            if errors:
-                status, retry_after = errors.pop(0)
+            status, retry_after = errors.pop(0) if errors else (0, None)
+            if status:
                 extra = {"Retry-After": retry_after} if retry_after is not None else {}
                 return web.Response(status=status, text="injected failure", headers=extra)
         start, end = 0, f.size - 1

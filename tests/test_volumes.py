@@ -48,7 +48,9 @@ FILES: dict[str, bytes | int] = {
     "weights/shard-1.bin": 6 * MiB + 5,
 }
 TOTAL = sum(len(v) if isinstance(v, bytes) else v for v in FILES.values())
-SCOPE = "user-1"
+#: A Backend.AI quota scope (its ``QuotaScopeID``), whose folder on a volume is the UUID's hex.
+SCOPE_UUID = uuid.UUID("0d9c6b8e-3f4a-4c1e-9b7d-2a5e8f1c3b6d")
+SCOPE = f"user:{SCOPE_UUID}"
 
 VolumeFactory = Callable[..., AbstractVolume]
 
@@ -161,7 +163,7 @@ async def test_import_into_a_vfolder_lands_there_and_is_charged_to_its_scope(
     assert usage.in_flight == 0
     if isinstance(volume, VFSVolume):
         h = vfid.folder_id.hex
-        assert volume.vfolder_path(vfid) == volume.mount / SCOPE / h[:2] / h[2:4] / h[4:]
+        assert volume.vfolder_path(vfid) == volume.mount / SCOPE_UUID.hex / h[:2] / h[2:4] / h[4:]
     assert (await volume.reconcile_usage(SCOPE)).used == usage.used, "the record matches a full measurement"
     assert leftovers(volume) == []
 
@@ -212,7 +214,7 @@ async def test_writing_beyond_the_reservation_into_a_full_scope_aborts_and_keeps
         async with adapter.reserve(MiB):  # announced 1 MiB, sends 6 MiB in 1 MiB chunks
             await adapter.stream_upload("big.bin", _chunks(6 * MiB))
 
-    with pytest.raises(QuotaExceededError, match=r"big.bin: quota scope 'user-1'.* is full"):
+    with pytest.raises(QuotaExceededError, match=rf"big.bin: quota scope '{SCOPE}'.* is full"):
         await lying()
     assert set(await vfolder_files(volume, vfid)) == {"kept.bin"}
     assert leftovers(volume) == []
@@ -254,6 +256,26 @@ async def test_paths_that_escape_the_vfolder_are_refused(make_volume: VolumeFact
     with pytest.raises(UnsafePathError):
         await volume.sanitize_vfpath(vfid, path)
     assert await vfolder_files(volume, vfid) == {}
+
+
+def test_vfolder_ids_read_as_backend_ai_writes_them() -> None:
+    """``user:<uuid>/<hex>``, what the manager sends, names the same vfolder however the UUID is spelled; the
+    scope's folder is the UUID's hex (Backend.AI's ``QuotaScopeID.pathname``); names of our own stay as given."""
+    folder = uuid.uuid4()
+    vfid = VFolderID.parse(f"USER:{SCOPE_UUID.hex.upper()}/{folder.hex}")
+    assert vfid == VFolderID(SCOPE, folder)
+    assert str(vfid) == f"user:{SCOPE_UUID}/{folder.hex}"
+    assert vfid.scope_pathname == SCOPE_UUID.hex
+    assert VFolderID("team-a", folder).scope_pathname == "team-a"
+    volume = VFSVolume("local", "/mnt/vfroot")
+    h = folder.hex
+    assert volume.vfolder_path(vfid) == Path("/mnt/vfroot", SCOPE_UUID.hex, h[:2], h[2:4], h[4:])
+
+
+@pytest.mark.parametrize("scope", ["user:not-a-uuid", "project:", f"user:{SCOPE_UUID}/x", "user:../x"])
+def test_a_backend_ai_scope_without_a_uuid_is_refused(scope: str) -> None:
+    with pytest.raises(ConfigError, match="quota scope"):
+        VFolderID(scope, uuid.uuid4())
 
 
 @pytest.mark.parametrize("text", ["local/user-1/not-a-uuid", "local/../x/" + uuid.uuid4().hex, "local", "local/u"])
@@ -467,7 +489,7 @@ def test_cli_imports_into_a_vfolder_and_reports_quota_and_read_only(hub: LocalHu
 
     again = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", f"vfolder:local/{vfid}/n", env=env)
     assert again.returncode == 1
-    assert "quota scope 'user-1'" in again.stderr and "left" in again.stderr and "Traceback" not in again.stderr
+    assert f"quota scope '{SCOPE}'" in again.stderr and "left" in again.stderr and "Traceback" not in again.stderr
     # The vfolder is named as the user wrote it, not by an internal storage name.
     assert again.stderr.startswith(f"error: vfolder:local/{vfid}/n ") and "vfolder_storage_" not in again.stderr
     assert not (volume.vfolder_path(vfid) / "n").exists()
@@ -506,7 +528,7 @@ async def test_object_volume_usage_record_is_read_back_without_a_listing(s3: S3S
     await volume.aclose()
     # Another process: objects added behind its back are not seen until it reconciles.
     client = s3.endpoint.client(max_connections=1)
-    client.put_object(bucket, f"vfroot/{SCOPE}/{uuid.uuid4().hex}/extra", _bytes_io(1000), 1000)
+    client.put_object(bucket, f"vfroot/{SCOPE_UUID.hex}/{uuid.uuid4().hex}/extra", _bytes_io(1000), 1000)
     again = ObjectVolume("minio", s3.endpoint, bucket, "vfroot")
     try:
         assert (await again.get_quota(SCOPE)).used == used

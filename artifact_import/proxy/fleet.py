@@ -263,6 +263,7 @@ class FleetImportService(ImportService):
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
         replace_existing: bool = False,
+        subpaths: Sequence[str] | None = None,
     ) -> str:
         models = [models] if isinstance(models, ModelTarget) else list(models)
         if not models:
@@ -295,6 +296,7 @@ class FleetImportService(ImportService):
             "vfolder": str(vfolder) if vfolder is not None else None,
             "mappings": mappings,
             "replace_existing": replace_existing,
+            "subpaths": list(subpaths) if subpaths is not None else None,
         }
         now = time.time()
         snapshot = {
@@ -463,7 +465,9 @@ class FleetImportService(ImportService):
             models = [_model_from_dict(m) for m in request["models"]]
             vfolder = VFolderRef.parse(request["vfolder"]) if request["vfolder"] else None
             mappings = {Step(step): StorageTarget(name) for step, name in request["mappings"].items()}
-            contexts = self._contexts(models, request["registry_name"], vfolder, mappings, task_id)
+            contexts = self._contexts(
+                models, request["registry_name"], vfolder, mappings, task_id, request.get("subpaths")
+            )
         except ArtifactImportError as exc:
             await self._finish_remote(task_id, TaskState.FAILED, {"type": type(exc).__name__, "message": exc.message})
             return

@@ -5,6 +5,7 @@
     GET    /import/{task_id}        state, per-file progress, verdicts, results, error
     DELETE /import/{task_id}        cancel; cleans up as a failed import does
     GET    /import/{task_id}/events progress as Server-Sent Events until the task ends
+    POST   /v1/registries/huggingface/import   the Backend.AI manager's request (see .manager)
 
 A body names the models, the registry, and where they go: storage names per
 step (``storage_step_mappings``) or a user's vfolder (``vfolder_id``)::
@@ -39,7 +40,11 @@ from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
 from ..volumes.base import VFolderID, VFolderRef, VolumePool
 from .auth import token_middleware
+from .body import MAX_BODY
+from .body import BadRequest as _BadRequest
+from .body import read_json as _read_json
 from .limits import Busy, Limits, StreamSlots, busy_response, client_of
+from .manager import manager_routes
 from .service import ImportService, TaskView
 from .webhooks import WebhookNotifier
 
@@ -51,25 +56,9 @@ SERVICE = web.AppKey("artifact_import.service", ImportService)
 #: Task ids (ours are uuid hex; a request may name its own): no path separators, dots or spaces to play with.
 TASK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 #: A body is a few hundred bytes; this leaves room for long include lists, not for abuse.
-MAX_BODY = 256 * 1024
 _MAX_MODELS = 100
 _MAX_PATTERNS = 1000
 _MAX_TEXT = 1024
-
-
-class _BadRequest(Exception):
-    def __init__(self, field: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
-        self.status = status
-
-
-class _Oversized:
-    """A number in a body too large to be one we use: it fails the type check of its field, which names it."""
-
-    def __init__(self, digits: int) -> None:
-        self.digits = digits
 
 
 def create_app(
@@ -127,6 +116,8 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SERVICE] = service
     app.add_routes(import_routes(service, limits=limits_of(settings)))
+    # What a Backend.AI manager sends its storage proxy, so that a manager can be pointed at this one.
+    app.add_routes(manager_routes(service))
 
     async def startup(_: web.Application) -> None:
         await service.start()
@@ -179,11 +170,13 @@ def import_routes(service: ImportService, *, limits: Limits | None = None) -> we
         except ArtifactImportError as exc:
             return _error(400, "body", exc.message)
         task = await service.fetch(task_id)
+        # Where this route is mounted (a storage proxy mounts these routes under a prefix of its own).
+        base = request.match_info.route.resource.canonical if request.match_info.route.resource else "/import"
         return web.json_response(
             {
                 "task_id": task_id,
                 "state": task.state.value,
-                "links": {"self": f"/import/{task_id}", "events": f"/import/{task_id}/events"},
+                "links": {"self": f"{base}/{task_id}", "events": f"{base}/{task_id}/events"},
             },
             status=202,
         )
@@ -245,29 +238,6 @@ async def _stream_events(request: web.Request, task: TaskView) -> web.StreamResp
 
 def _error(status: int, field: str, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     return web.json_response({"error": {"field": field, "message": message}}, status=status, headers=headers)
-
-
-async def _read_json(request: web.Request) -> Any:
-    """The body as JSON, or a 400 (413) naming what is wrong with it; never a 500, whatever the bytes."""
-    try:
-        raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        raise _BadRequest("body", f"larger than {MAX_BODY // 1024} KiB", status=413) from None
-    try:
-        return json.loads(raw, parse_int=_integer, parse_constant=_no_constant)
-    except RecursionError:
-        raise _BadRequest("body", "nested deeper than any body of this API") from None
-    except ValueError:  # JSONDecodeError, UnicodeDecodeError, NaN / Infinity
-        raise _BadRequest("body", "the body must be a JSON object") from None
-
-
-def _integer(text: str) -> int | _Oversized:
-    # int() of a 5,000-digit number raises (and costs time quadratic in its length): no body needs one.
-    return _Oversized(len(text)) if len(text) > 20 else int(text)
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _text(value: Any, field: str, *, limit: int = _MAX_TEXT) -> str:

@@ -25,7 +25,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..context import ImportStepContext, StorageTarget
-from ..errors import ArtifactImportError, ConfigError, ServiceBusyError
+from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, UnsafePathError
 from ..model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactStorageImportStep,
@@ -34,6 +34,7 @@ from ..model import (
     ModelTarget,
     ProgressEvent,
 )
+from ..paths import path_problem
 from ..pipeline import ImportPipeline
 from ..registries.base import AbstractRegistry
 from ..storages.base import AbstractStorage, AbstractStoragePool, StoragePool
@@ -283,13 +284,16 @@ class ImportService:
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None = None,
         request_id: str | None = None,
         replace_existing: bool = False,
+        subpaths: Sequence[str] | None = None,
     ) -> str:
         """Start importing ``models`` (one after the other) and return the task id at once.
 
         The destination is ``vfolder``, or the ARCHIVE entry of
         ``storage_step_mappings`` (storage names of the pool, or storages).
-        With several models, each lands in a folder named by its repository
-        id. What can be checked without I/O (registry, volume and storage
+        Each model lands in its folder of ``subpaths`` (one per model, ""
+        for the destination itself); without them, one model lands in the
+        destination, several each in a folder named by its repository id.
+        What can be checked without I/O (registry, volume and storage
         names) is checked here and raises :class:`ConfigError` /
         :class:`StorageNotFoundError`; a full queue raises
         :class:`ServiceBusyError`. Files at the destination that no earlier
@@ -307,7 +311,7 @@ class ImportService:
             raise ServiceBusyError(
                 f"{queued} imports are waiting for a slot already (max-queued-imports); try again later"
             )
-        contexts = self._contexts(models, registry_name, vfolder, storage_step_mappings, request_id)
+        contexts = self._contexts(models, registry_name, vfolder, storage_step_mappings, request_id, subpaths)
         task = ImportTask(request_id, [self._model_progress(c) for c in contexts])
         task._task = asyncio.create_task(
             self._run(task, contexts, replace_existing=replace_existing), name=f"import:{request_id}"
@@ -324,9 +328,17 @@ class ImportService:
         vfolder: VFolderRef | None,
         storage_step_mappings: Mapping[Step, StorageTarget | str] | None,
         request_id: str,
+        subpaths: Sequence[str] | None = None,
     ) -> list[ImportStepContext]:
         """One context per model, its storages resolved; raises what can be checked without I/O."""
         self.pipeline.registry(registry_name)
+        if subpaths is None:
+            subpaths = [m.repo_id if len(models) > 1 else "" for m in models]
+        if len(subpaths) != len(models):
+            raise ConfigError(f"{len(subpaths)} subpaths for {len(models)} models: give one per model")
+        for subpath in subpaths:
+            if subpath.strip("/") and path_problem(subpath.strip("/")) is not None:
+                raise UnsafePathError([(subpath, f"as a destination folder: {path_problem(subpath.strip('/'))}")])
         mappings: dict[Step, StorageTarget] = {
             step: t if isinstance(t, StorageTarget) else StorageTarget(t)
             for step, t in (storage_step_mappings or {}).items()
@@ -340,9 +352,9 @@ class ImportService:
             raise ConfigError("no destination: give a vfolder or an ARCHIVE storage mapping")
         resolved = {step: target.resolve(self.storage_pool) for step, target in mappings.items()}
         contexts = []
-        for model in models:
+        for model, subpath in zip(models, subpaths, strict=True):
             per_model = {
-                step: StorageTarget(s.subpath(model.repo_id) if len(models) > 1 and step is Step.ARCHIVE else s)
+                step: StorageTarget(s.subpath(subpath) if subpath.strip("/") and step is Step.ARCHIVE else s)
                 for step, s in resolved.items()
             }
             contexts.append(

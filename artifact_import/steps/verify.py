@@ -72,4 +72,6 @@ class VerifyStep:
         if failed:
             reasons = "; ".join(f"{v.verifier}: {v.detail}" for v in failed)
             error = IntegrityError if all(v.verifier == ChecksumVerifier.name for v in failed) else VerificationError
-            raise error(f"{file.path}: verification failed ({reasons}); the file was not archived", path=file.path)
+            refused = error(f"{file.path}: verification failed ({reasons}); the file was not archived", path=file.path)
+            refused.verdicts = tuple(results)
+            raise refused

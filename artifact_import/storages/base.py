@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
+from pathlib import Path
 
 import attrs
 
@@ -37,6 +38,9 @@ class PendingWrite(abc.ABC):
         self.stamp: str | None = None
         #: Where the bytes wait, as a path in the storage, when commit is a move (see :mod:`..journal.intent`).
         self.journal: str | None = None
+        #: The file holding the bytes, where the storage keeps them on a local filesystem: for checks that
+        #: read whole files (a storage proxy's verifier plugins) before anything becomes visible.
+        self.local_path: Path | None = None
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...

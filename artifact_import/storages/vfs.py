@@ -362,6 +362,7 @@ class _VFSPendingWrite(PendingWrite):
         self._storage = storage
         self._target = target
         self._temp = temp
+        self.local_path = temp
         self._handle = handle
         self._ledger = storage._folders
         self._folders = folders
@@ -462,6 +463,7 @@ class _VFSParkedWrite(PendingWrite):
         super().__init__(path)
         self._storage = storage
         self._parked = parked
+        self.local_path = parked
         self._target = target
         self.bytes_written = size
         self._done = False

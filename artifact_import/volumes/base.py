@@ -24,6 +24,8 @@ from ..storages.base import AbstractStorage, FileInfo, PendingWrite
 from .quota import QuotaLedger, QuotaUsage, Reservation
 
 _SCOPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}$")
+#: Backend.AI's quota scopes (``QuotaScopeID``): a type and a UUID, e.g. ``user:0d9c…``.
+_TYPED_SCOPE = re.compile(r"^(?P<type>user|project):(?P<id>.*)$", re.IGNORECASE)
 
 
 def _folder_uuid(value: str | uuid.UUID) -> uuid.UUID:
@@ -36,23 +38,39 @@ def _folder_uuid(value: str | uuid.UUID) -> uuid.UUID:
 
 
 def check_scope(scope: str) -> str:
-    """``scope`` if it is a valid quota scope id (safe as a folder name and a key prefix)."""
+    """``scope`` in its canonical form if it is a valid quota scope id, else :class:`ConfigError`.
+
+    Backend.AI's scopes (``user:UUID``, ``project:UUID``) are written as its ``QuotaScopeID`` writes
+    them (lower-case type, the UUID with dashes); other names (``team-a``) are this library's own:
+    letters, digits and ``_ . : @ -``, starting with a letter or digit.
+    """
     if not isinstance(scope, str) or not _SCOPE.match(scope) or ".." in scope:
         raise ConfigError(
-            f"{scope!r} is not a quota scope id (letters, digits and _ . : @ -, starting with a letter or digit)"
+            f"{scope!r} is not a quota scope id (user:UUID, project:UUID, or letters, digits and _ . : @ -, "
+            "starting with a letter or digit)"
         )
-    return scope
+    typed = _TYPED_SCOPE.match(scope)
+    if typed is None:
+        return scope
+    try:
+        return f"{typed['type'].lower()}:{uuid.UUID(typed['id'])}"
+    except ValueError:
+        raise ConfigError(f"{scope!r} is not a quota scope id: after {typed['type']}: comes a UUID") from None
 
 
-def _check_scope(_: object, __: object, value: str) -> None:
-    check_scope(value)
+def scope_pathname(scope: str) -> str:
+    """The folder (or key prefix) of ``scope`` on a volume: the UUID's hex for Backend.AI's scopes, as its
+    ``QuotaScopeID.pathname``, so that a vfolder the storage proxy made is the one this library opens."""
+    scope = check_scope(scope)
+    typed = _TYPED_SCOPE.match(scope)
+    return uuid.UUID(typed["id"]).hex if typed is not None else scope
 
 
 @attrs.frozen
 class VFolderID:
     """A vfolder: the quota scope it is charged to, and its folder id."""
 
-    quota_scope_id: str = attrs.field(validator=_check_scope)
+    quota_scope_id: str = attrs.field(converter=check_scope)
     folder_id: uuid.UUID = attrs.field(converter=_folder_uuid)
 
     @classmethod
@@ -65,6 +83,11 @@ class VFolderID:
 
     def __str__(self) -> str:
         return f"{self.quota_scope_id}/{self.folder_id.hex}"
+
+    @property
+    def scope_pathname(self) -> str:
+        """The folder of its quota scope on a volume (see :func:`scope_pathname`)."""
+        return scope_pathname(self.quota_scope_id)
 
 
 @attrs.frozen
@@ -114,7 +137,7 @@ class AbstractVolume(abc.ABC):
         self.read_only_vfolders: set[VFolderID] = set(read_only_vfolders)
         self.quota = self._make_ledger()
         for scope, limit in (quotas or {}).items():
-            self.quota.set_limit(scope, limit)
+            self.quota.set_limit(check_scope(scope), limit)
 
     @abc.abstractmethod
     def _make_ledger(self) -> QuotaLedger: ...
@@ -193,7 +216,7 @@ class AbstractVolume(abc.ABC):
 
     async def reconcile_usage(self, scope: str) -> QuotaUsage:
         """Measure ``scope`` from the volume and make that its recorded usage."""
-        check_scope(scope)
+        scope = check_scope(scope)
         async with self.quota.lock(scope):
             await self.quota.set_used(scope, await self.measure_usage(scope))
         return await self.quota.usage(scope)
@@ -359,6 +382,7 @@ class _QuotaPendingWrite(PendingWrite):
         self._volume = volume
         self._vfid = vfid
         self._inner = inner
+        self.local_path = inner.local_path
         self._reservation = reservation
         self._charged = 0
         # A parked file's bytes are on the volume already, counted in its usage under their parked name.
@@ -375,6 +399,10 @@ class _QuotaPendingWrite(PendingWrite):
         self._charged += len(chunk)
         await self._inner.write(chunk)
         self.bytes_written += len(chunk)
+
+    async def flush(self) -> None:
+        # The storage's own flush: whatever it holds back fails this file, before any file is visible.
+        await self._inner.flush()
 
     async def commit(self) -> None:
         if self._ended:

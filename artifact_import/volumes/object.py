@@ -14,7 +14,7 @@ from ..s3 import S3Endpoint
 from ..storages.lease import LOCK_PATH
 from ..storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from ..streams import one_chunk
-from .base import StorageVolume, VFolderID, check_scope
+from .base import StorageVolume, VFolderID, scope_pathname
 from .quota import QuotaLedger
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class ObjectVolume(StorageVolume):
         return f"volume {self.name} ({self.root.endpoint.display}/{where})"
 
     def vfolder_prefix(self, vfid: VFolderID) -> str:
-        return f"{vfid.quota_scope_id}/{vfid.folder_id.hex}"
+        return f"{vfid.scope_pathname}/{vfid.folder_id.hex}"
 
     def _make_storage(self, vfid: VFolderID) -> ObjectStorage:
         storage = self.root.subpath(self.vfolder_prefix(vfid))
@@ -99,8 +99,7 @@ class ObjectVolume(StorageVolume):
 
     async def measure_usage(self, scope: str) -> int:
         """Sum the sizes of every object under the scope, page by page (never a full list in memory)."""
-        check_scope(scope)
-        start = self.root.key(scope) + "/"
+        start = self.root.key(scope_pathname(scope)) + "/"
 
         def listing() -> int:
             found = self.root.bridge.client.list_objects(self.root.bucket, prefix=start, recursive=True)
@@ -110,7 +109,7 @@ class ObjectVolume(StorageVolume):
         return await self.root.bridge.call(self.describe(), listing)
 
     def _record_path(self, scope: str) -> str:
-        return f"{RESERVED_DIR}/usage/{check_scope(scope)}.json"
+        return f"{RESERVED_DIR}/usage/{scope_pathname(scope)}.json"
 
     async def _load_usage(self, scope: str) -> int:
         try:

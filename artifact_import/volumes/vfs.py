@@ -9,12 +9,13 @@ from pathlib import Path
 
 from ..errors import StorageError, UnsafePathError
 from ..storages.vfs import PART_SUFFIX, VFSStorage
-from .base import StorageVolume, VFolderID, check_scope
+from .base import StorageVolume, VFolderID, scope_pathname
 from .quota import QuotaLedger
 
 
 class VFSVolume(StorageVolume):
-    """Vfolders at ``<mount>/<quota scope>/<id[0:2]>/<id[2:4]>/<id[4:]>``.
+    """Vfolders at ``<mount>/<quota scope>/<id[0:2]>/<id[2:4]>/<id[4:]>``, as the Backend.AI storage proxy
+    lays them out (a ``user:UUID`` scope's folder is the UUID's hex; see :func:`.base.scope_pathname`).
 
     Writes go through a :class:`VFSStorage` rooted at the vfolder (temp file
     and rename, symlinks resolved and refused if they lead out of the
@@ -45,7 +46,7 @@ class VFSVolume(StorageVolume):
 
     def vfolder_path(self, vfid: VFolderID) -> Path:
         h = vfid.folder_id.hex
-        return self.mount / vfid.quota_scope_id / h[0:2] / h[2:4] / h[4:]
+        return self.mount / vfid.scope_pathname / h[0:2] / h[2:4] / h[4:]
 
     def _make_storage(self, vfid: VFolderID) -> VFSStorage:
         # Read-only is the volume's to decide (check_writable), as flags can change.
@@ -91,8 +92,7 @@ class VFSVolume(StorageVolume):
         await asyncio.to_thread(self.vfolder_path(vfid).mkdir, parents=True, exist_ok=True)
 
     async def measure_usage(self, scope: str) -> int:
-        check_scope(scope)
-        return await asyncio.to_thread(_tree_size, self.mount / scope)
+        return await asyncio.to_thread(_tree_size, self.mount / scope_pathname(scope))
 
 
 def _tree_size(root: Path) -> int:
