@@ -58,6 +58,7 @@ if TYPE_CHECKING:
     from .registries.ranges import ParallelPolicy
     from .s3 import S3Credentials, S3Endpoint
     from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
+    from .storages.hfcache import HFCacheStorage
     from .storages.object import ObjectStorage
     from .storages.vfs import VFSStorage
     from .storages.volume import VolumeStorageAdapter
@@ -94,6 +95,7 @@ _LAZY: dict[str, str] = {
     "FileResult": ".model",
     "FileState": ".model",
     "GgufVerifier": ".verifiers.gguf",
+    "HFCacheStorage": ".storages.hfcache",
     "HttpTimeouts": ".registries.http",
     "HubScanVerifier": ".verifiers.hubscan",
     "HuggingFaceRegistry": ".registries.huggingface",
@@ -188,6 +190,7 @@ __all__ = [
     "FileState",
     "FleetImportService",
     "GgufVerifier",
+    "HFCacheStorage",
     "HttpTimeouts",
     "HubScanVerifier",
     "HuggingFaceRegistry",

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ..registries.base import AbstractRegistry
     from ..storages.base import AbstractStorage
     from ..verifiers.base import Verifier
+    from .locations import HubRepo
 
 log = logging.getLogger("artifact_import")
 
@@ -86,7 +87,20 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     required=True,
     metavar="DEST",
     help="A directory (created if missing), s3://BUCKET[/PREFIX], storage:NAME[/PATH] from --config, "
-    "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies).",
+    "vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies), "
+    "or hf-cache:[DIR] (the Hugging Face cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; "
+    "or the one at DIR).",
+)
+@click.option(
+    "--hf-repo",
+    metavar="REPO",
+    help="With --to hf-cache: and a source that is not the Hub (s3://...): the Hub repository its files are, "
+    "[hf://][datasets/|spaces/]ORG/NAME[@REVISION] (the ref REVISION, default main, then points at --hf-commit).",
+)
+@click.option(
+    "--hf-commit",
+    metavar="COMMIT",
+    help="With --hf-repo: the commit id (40 hex digits) the files are, which names their snapshot in the cache.",
 )
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
@@ -193,6 +207,8 @@ def import_cmd(
     lock_timeout: float | None,
     no_resume: bool,
     force: bool,
+    hf_repo: str | None,
+    hf_commit: str | None,
 ) -> None:
     """Import SOURCE (or only the FILEs of it named) into DEST.
 
@@ -269,7 +285,7 @@ def import_cmd(
                 "ADDRESS (or ARTIFACT_IMPORT_CLAMD, or clamd in the config's [verify.clamav])"
             )
         # The destination first: a mistyped --to is reported before the source is contacted.
-        storage = open_destination(to, config)
+        storage = open_destination(to, config, hub_repo=_hub_repo(source, to, hf_repo, hf_commit))
         kept = open_destination(quarantine_to, config) if quarantine_to else None
         model, registry = open_source(
             source,
@@ -336,6 +352,23 @@ def import_cmd(
         click.echo(json.dumps({**result.to_dict(), "destination": to}))
     elif not ctx.obj["quiet"]:
         click.echo(_summary(result, to))
+
+
+def _hub_repo(source: str, to: str, repo: str | None, commit: str | None) -> HubRepo | None:
+    """What --hf-repo and --hf-commit say, checked against the source and destination they go with."""
+    from .locations import HF_CACHE_PREFIX, HubRepo
+
+    if repo is None and commit is None:
+        return None
+    if repo is None or commit is None:
+        raise ConfigError("--hf-repo and --hf-commit go together: the repository and the commit its files are")
+    if not to.startswith(HF_CACHE_PREFIX):
+        raise ConfigError("--hf-repo and --hf-commit say where the Hugging Face cache files an import: --to hf-cache:")
+    if source.startswith("hf://"):
+        raise ConfigError(
+            f"{source} says its repository and commit itself: --hf-repo and --hf-commit are for other sources (s3://)"
+        )
+    return HubRepo.parse(repo, commit)
 
 
 class _Parked:

@@ -11,6 +11,7 @@ fetch again (:mod:`.present`), and checks a destination against its manifest
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ConfigError, StorageError
+from ..errors import ArtifactImportError, ConfigError, StorageError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..paths import incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
+from ..storages.hflocal import is_bookkeeping
 from ..streams import closing
 from ..verifiers.base import Verifier
 from . import fsck, intent, present, record
@@ -43,6 +45,8 @@ class Journal:
 
     def __init__(self, storage: AbstractStorage) -> None:
         self.storage = storage
+        #: Files whose bytes the destination already holds under another name (see :meth:`find_local`), by path.
+        self._local: dict[str, str] = {}
 
     # -- before the first byte -------------------------------------------------------------------------------------
 
@@ -68,6 +72,27 @@ class Journal:
         """Remove whatever an interrupted import parked (the partial folder and its record)."""
         await record.discard_parked(self.storage)
 
+    async def find_local(self, todo: Sequence[ArtifactFile]) -> dict[str, str]:
+        """The files of ``todo`` whose bytes the destination already holds under another name (a blob of the
+        Hugging Face cache another revision or ``huggingface_hub`` wrote), by path: they are then verified from
+        there like a file received whole by an interrupted import (:meth:`resume_incomplete`), not fetched."""
+        limit = asyncio.Semaphore(16)
+
+        async def where(file: ArtifactFile) -> tuple[str, str | None]:
+            async with limit:
+                try:
+                    return file.path, await self.storage.find_content(file)
+                except ArtifactImportError:
+                    return file.path, None
+
+        found = await asyncio.gather(*(where(f) for f in todo))
+        self._local = {path: at for path, at in found if at is not None}
+        return dict(self._local)
+
+    def forget_local(self, path: str) -> bool:
+        """Stop using the copy the destination holds of ``path`` (it did not verify); True if there was one."""
+        return self._local.pop(path, None) is not None
+
     async def sweep(self) -> list[str]:
         """Remove what imports that died before cleaning up left (part files); the paths removed."""
         return await self.storage.remove_leftovers()
@@ -88,7 +113,8 @@ class Journal:
         over (all of it, received by a process that died before it could
         commit: re-read for the verifiers, nothing fetched).
         """
-        pending = await self.storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
+        where = self._local.get(file.path) or incomplete_path(file.path)
+        pending = await self.storage.adopt(where, file.path, incomplete=True)
         if pending is None:
             return None
         if pending.bytes_written == 0 or pending.bytes_written > (file.size or 0):
@@ -100,7 +126,7 @@ class Journal:
     async def read_incomplete(self, file: ArtifactFile, length: int) -> AsyncIterator[bytes]:
         """The first ``length`` bytes of the half-done write of ``file``, read back for the verifiers."""
         left = length
-        chunks = self.storage.stream_download(incomplete_path(file.path))
+        chunks = self.storage.stream_download(self._local.get(file.path) or incomplete_path(file.path))
         async with closing(chunks):
             async for chunk in chunks:
                 if len(chunk) >= left:
@@ -120,10 +146,20 @@ class Journal:
     async def commit(
         self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
     ) -> str:
-        """Make every verified file visible, then the manifest that vouches for them; its path."""
+        """Make every verified file visible, then what the storage's layout needs besides
+        (:meth:`AbstractStorage.publish`), then the manifest that vouches for them; its path."""
         stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
         files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
-        await intent.commit(self.storage, pending, encode_manifest(build_manifest(artifact, files)))
+        digests = {f.path: f.sha256 for f in files}
+        for write in pending:
+            write.sha256 = digests.get(write.path, write.sha256)
+
+        async def publish() -> None:
+            await self.storage.publish(artifact, files)
+
+        await intent.commit(
+            self.storage, pending, encode_manifest(build_manifest(artifact, files)), before_manifest=publish
+        )
         return MANIFEST_PATH
 
     async def park(
@@ -169,7 +205,10 @@ class Journal:
             )
         entries = manifest_files(manifest)
         missing, changed = await fsck.compare(storage, entries, digests=digests, concurrency=concurrency)
-        extra = tuple(sorted([f.path async for f in storage.list_files() if f.path not in entries]))
+        # What `hf download --local-dir` keeps (and we write for it, see storages.hflocal) is not the artifact's.
+        extra = tuple(
+            sorted([f.path async for f in storage.list_files() if f.path not in entries and not is_bookkeeping(f.path)])
+        )
         return fsck.FsckReport(
             destination=storage.describe(),
             source=str(manifest.get("source", "")),
