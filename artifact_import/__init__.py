@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .api import import_artifact
+    from .api import import_artifact, plan_import
     from .context import ImportStepContext, StorageTarget
     from .errors import (
         AccessDeniedError,
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
         VerificationError,
         VFolderNotFoundError,
     )
-    from .journal import MANIFEST_PATH
+    from .journal import MANIFEST_PATH, ImportPlan, PlannedFile
     from .model import (
         ArtifactFile,
         ArtifactStorageImportStep,
@@ -100,6 +100,7 @@ _LAZY: dict[str, str] = {
     "HubScanVerifier": ".verifiers.hubscan",
     "HuggingFaceRegistry": ".registries.huggingface",
     "ImportPipeline": ".pipeline",
+    "ImportPlan": ".journal",
     "ImportResult": ".model",
     "ImportService": ".proxy.service",
     "FleetImportService": ".proxy.fleet",
@@ -117,6 +118,7 @@ _LAZY: dict[str, str] = {
     "ParallelPolicy": ".registries.ranges",
     "PendingWrite": ".storages.base",
     "PicklePolicy": ".verifiers.pickle",
+    "PlannedFile": ".journal",
     "PickleVerifier": ".verifiers.pickle",
     "Policy": ".verifiers.policy",
     "ProgressCallback": ".pipeline",
@@ -154,6 +156,7 @@ _LAZY: dict[str, str] = {
     "VolumeStorageAdapter": ".storages.volume",
     "build_verifiers": ".verifiers",
     "import_artifact": ".api",
+    "plan_import": ".api",
 }
 
 
@@ -195,6 +198,7 @@ __all__ = [
     "HubScanVerifier",
     "HuggingFaceRegistry",
     "ImportPipeline",
+    "ImportPlan",
     "ImportResult",
     "ImportService",
     "ImportStepContext",
@@ -210,6 +214,7 @@ __all__ = [
     "PendingWrite",
     "PicklePolicy",
     "PickleVerifier",
+    "PlannedFile",
     "Policy",
     "ProgressCallback",
     "ProgressEvent",
@@ -247,4 +252,5 @@ __all__ = [
     "__version__",
     "build_verifiers",
     "import_artifact",
+    "plan_import",
 ]

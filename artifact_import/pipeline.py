@@ -23,7 +23,7 @@ import attrs
 from ._aio import run_to_completion
 from .context import ImportStepContext
 from .errors import ArtifactImportError, ConfigError, IntegrityError, SourceError, VerificationError
-from .journal import Adopted, Journal
+from .journal import Adopted, ImportPlan, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactFile,
@@ -187,6 +187,22 @@ class ImportPipeline:
         destination = passes[-1].storage
         async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
             return await self._run_locked(context, artifact, passes, download, on_progress, started)
+
+    async def plan(self, context: ImportStepContext) -> ImportPlan:
+        """What :meth:`run` would do with each file (fetch, skip, resume, verify where it is), with sizes,
+        without writing anything anywhere: the source is listed, the destination only read (no lock, no
+        journal; see :meth:`Journal.plan`)."""
+        download = DownloadStep(self.registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
+        passes = plan_passes(context)
+        for p in passes:
+            p.storage.check_writable()
+        artifact = await download.resolve(context.model)
+        passes = bind_passes(passes, artifact)
+        destination = passes[-1].storage
+        await destination.check_paths([f.path for f in artifact.files])
+        return await Journal(destination).plan(
+            artifact, self.verify_step.verifiers, skip_present=self.skip_present, resume_bytes=len(passes) == 1
+        )
 
     async def _run_locked(
         self,

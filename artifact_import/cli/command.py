@@ -36,6 +36,7 @@ from .serve import serve_cmd
 if TYPE_CHECKING:
     # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
     from ..config import Config
+    from ..journal import ImportPlan
     from ..pipeline import ProgressCallback
     from ..registries.base import AbstractRegistry
     from ..storages.base import AbstractStorage
@@ -90,6 +91,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies), "
     "or hf-cache:[DIR] (the Hugging Face cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; "
     "or the one at DIR).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what the import would fetch, skip (already at DEST) or resume (kept by an interrupted import), "
+    "with sizes and the total, and write nothing (as hf download --dry-run); with --json, as one JSON object.",
 )
 @click.option(
     "--hf-repo",
@@ -207,6 +214,7 @@ def import_cmd(
     lock_timeout: float | None,
     no_resume: bool,
     force: bool,
+    dry_run: bool,
     hf_repo: str | None,
     hf_commit: str | None,
 ) -> None:
@@ -249,7 +257,7 @@ def import_cmd(
     from ..progress import BarProgress, LineProgress
     from ..registries.http import HttpTimeouts, RetryPolicy
 
-    quiet = ctx.obj["quiet"] or as_json
+    quiet = ctx.obj["quiet"] or as_json or dry_run
     progress: BarProgress | LineProgress | None = None
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
@@ -300,6 +308,10 @@ def import_cmd(
             files=files,
         )
         verifiers = build_verifiers(settings)
+        if dry_run:
+            plan = asyncio.run(_plan(model, storage, registry, verifiers, config, skip_present=not force))
+            click.echo(json.dumps({**plan.to_dict(), "destination": to}) if as_json else _plan_text(plan, to))
+            return
         result = asyncio.run(
             _run(
                 model,
@@ -445,6 +457,64 @@ async def _run(
             await quarantine.aclose()
         if config is not None:
             await config.aclose()
+
+
+async def _plan(
+    model: ModelTarget,
+    storage: AbstractStorage,
+    registry: AbstractRegistry,
+    verifiers: list[Verifier],
+    config: Config | None,
+    *,
+    skip_present: bool,
+) -> ImportPlan:
+    from ..context import ImportStepContext, StorageTarget
+    from ..model import ArtifactStorageImportStep
+    from ..pipeline import ImportPipeline
+    from ..storages.base import StoragePool
+
+    context = ImportStepContext(
+        model=model,
+        registry_name=registry.name,
+        storage_pool=StoragePool(),
+        storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
+    )
+    try:
+        return await ImportPipeline({registry.name: registry}, verifiers, skip_present=skip_present).plan(context)
+    finally:
+        await registry.aclose()
+        await storage.aclose()
+        if config is not None:
+            await config.aclose()
+
+
+#: What each action of a dry run means, after the file's path.
+_PLANNED = {
+    "fetch": "",
+    "skip": "already there, verified when it was imported",
+    "resume": "kept by an interrupted import",
+    "verify": "held by the destination: verified there, not fetched",
+}
+
+
+def _plan_text(plan: ImportPlan, to: str) -> str:
+    source = f"{plan.source}@{plan.revision}" if plan.revision else plan.source
+    fetching = plan.fetching
+    lines = [
+        f"[dry-run] would fetch {len(fetching)} of {len(plan.files)} file(s), {human_bytes(plan.fetch_bytes)} of "
+        f"{human_bytes(plan.total_bytes)}, from {source} (commit {plan.commit[:12]}) into {to}"
+    ]
+    if plan.completes_commit:
+        lines.append("first, the commit an interrupted import started would be completed (its files were verified)")
+    width = max((len(f.path) for f in plan.files), default=0)
+    for f in sorted(plan.files, key=lambda f: f.path):
+        size = human_bytes(f.fetch_bytes) if f.fetch_bytes or f.action == "fetch" else "-"
+        note = _PLANNED[f.action.value]
+        if f.action == "resume" and f.fetch_bytes:
+            note = f"{human_bytes(f.kept_bytes)} received by an interrupted import; the rest is fetched"
+        lines.append(f"  {f.action.value:<7} {size:>10}  {f.path:<{width}}  {note}".rstrip())
+    lines.append("nothing was written (--dry-run)")
+    return "\n".join(lines)
 
 
 def _handle_signals(received: list[int], *, journaled: bool) -> None:

@@ -12,6 +12,7 @@ fetch again (:mod:`.present`), and checks a destination against its manifest
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -28,6 +29,7 @@ from ..streams import closing
 from ..verifiers.base import Verifier
 from . import fsck, intent, present, record
 from .manifest import MANIFEST_PATH, build_manifest, encode_manifest, manifest_files, read_manifest
+from .plan import Action, ImportPlan, PlannedFile
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +78,10 @@ class Journal:
         """The files of ``todo`` whose bytes the destination already holds under another name (a blob of the
         Hugging Face cache another revision or ``huggingface_hub`` wrote), by path: they are then verified from
         there like a file received whole by an interrupted import (:meth:`resume_incomplete`), not fetched."""
+        self._local = await self._held_elsewhere(todo)
+        return dict(self._local)
+
+    async def _held_elsewhere(self, todo: Sequence[ArtifactFile]) -> dict[str, str]:
         limit = asyncio.Semaphore(16)
 
         async def where(file: ArtifactFile) -> tuple[str, str | None]:
@@ -86,8 +92,7 @@ class Journal:
                     return file.path, None
 
         found = await asyncio.gather(*(where(f) for f in todo))
-        self._local = {path: at for path, at in found if at is not None}
-        return dict(self._local)
+        return {path: at for path, at in found if at is not None}
 
     def forget_local(self, path: str) -> bool:
         """Stop using the copy the destination holds of ``path`` (it did not verify); True if there was one."""
@@ -176,6 +181,66 @@ class Journal:
     async def parked_summary(self) -> record.ParkedSummary | None:
         """What an interrupted import left in the partial folder for the next import, as its record says."""
         return await record.parked_summary(self.storage)
+
+    async def plan(
+        self,
+        artifact: ResolvedArtifact,
+        verifiers: Sequence[Verifier],
+        *,
+        skip_present: bool = True,
+        resume_bytes: bool = True,
+    ) -> ImportPlan:
+        """What an import of ``artifact`` would do with each file, decided as :meth:`present`,
+        :meth:`adopt_parked`, :meth:`find_local` and :meth:`resume_incomplete` decide it for the import, but
+        without changing anything (nor taking the lock: an import running meanwhile may change the answer).
+
+        ``skip_present``: as the import's (False: every file is fetched). ``resume_bytes``: whether the
+        import can go on from the bytes of a file received in part (it cannot when a staging storage splits
+        the passes).
+        """
+        completes = await intent.read_intent(self.storage) is not None
+        present_files = await self.present(artifact, verifiers) if skip_present else {}
+        todo = [f for f in artifact.files if f.path not in present_files]
+        offered = await record.adoptable(self.storage, artifact, todo, verifiers) if skip_present else None
+        whole: dict[str, FileResult] = {}
+        incomplete: frozenset[str] = frozenset()
+        if offered is not None and offered.same_version:
+            for path, entry in offered.complete.items():
+                with contextlib.suppress(ArtifactImportError):
+                    await self.storage.get_file_info(record.parked_path(path))
+                    whole[path] = entry
+            incomplete = offered.incomplete - whole.keys() if resume_bytes else frozenset()
+        todo = [f for f in todo if f.path not in whole]
+        local = await self._held_elsewhere(todo) if skip_present and resume_bytes else {}
+        planned: list[PlannedFile] = []
+        for file in artifact.files:
+            size = file.size or 0
+            if file.path in present_files:
+                planned.append(PlannedFile(file.path, file.size, Action.SKIP, 0, size))
+            elif file.path in whole:
+                planned.append(PlannedFile(file.path, file.size, Action.RESUME, 0, size))
+            elif file.path in local:
+                planned.append(PlannedFile(file.path, file.size, Action.VERIFY, 0, size))
+            elif file.path in incomplete and (have := await self._received(file)):
+                planned.append(PlannedFile(file.path, file.size, Action.RESUME, size - have, have))
+            else:
+                planned.append(PlannedFile(file.path, file.size, Action.FETCH, size))
+        return ImportPlan(
+            source=artifact.source,
+            revision=artifact.revision,
+            commit=artifact.commit,
+            destination=self.storage.describe(),
+            files=tuple(planned),
+            completes_commit=completes,
+        )
+
+    async def _received(self, file: ArtifactFile) -> int:
+        """Bytes of ``file`` an interrupted import received and :meth:`resume_incomplete` would go on from."""
+        try:
+            have = (await self.storage.get_file_info(incomplete_path(file.path))).size
+        except ArtifactImportError:
+            return 0
+        return have if 0 < have <= (file.size or 0) else 0
 
     async def check(self, *, digests: bool = True, concurrency: int = 4) -> fsck.FsckReport:
         """Re-read the destination and compare it with its manifest (``verify``): every listed file present

@@ -26,6 +26,7 @@ from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
 
+
 async def already_present(
     storage: AbstractStorage,
     artifact: ResolvedArtifact,
