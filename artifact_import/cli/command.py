@@ -239,7 +239,12 @@ def import_cmd(
     DEST until every file has been verified. Importing again into the same
     DEST fetches only what is missing or changed (--force: everything). If
     interrupted (Ctrl-C, the source failing), the files already verified are
-    kept aside and the same command finishes the rest.
+    kept aside and the same command finishes the rest. Into hf-cache: the
+    files land as huggingface_hub lays them out (blobs, a snapshot of the
+    commit appearing whole, refs/REV), found offline by transformers, vLLM
+    and snapshot_download; a directory gets the metadata hf download
+    --local-dir keeps, so that it takes the files for downloaded.
+    --dry-run says what would be fetched, skipped or resumed, and does nothing.
 
     \b
     Examples:
@@ -251,6 +256,10 @@ def import_cmd(
       artifact-import import hf://org/model --to s3://models/hub/model --json
       artifact-import --config storage.toml import hf://org/model --to storage:models/org/model
       artifact-import import s3://datasets/llama --to ./llama
+      artifact-import import hf://org/model --to hf-cache:          # HF_HUB_CACHE / HF_HOME
+      artifact-import import s3://mirror/org/model --to hf-cache: \\
+          --hf-repo org/model@main --hf-commit 0123...cdef
+      artifact-import import hf://org/model --to ./m --dry-run
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
