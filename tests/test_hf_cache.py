@@ -408,6 +408,23 @@ def test_killed_mid_file_nothing_is_visible_and_the_next_run_goes_on(hub: LocalH
     assert left == ["hf-cache.json", "manifest.json"], "nothing in flight is left"
 
 
+def test_an_import_the_source_cut_short_keeps_its_verified_files_for_the_next(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("cut")
+    commit = hub.create_repo(repo, {**FILES, "big.safetensors": safetensors(1 << 20)})
+    hub.faults.drop_after["big.safetensors"] = [300 * KiB]
+    cache = tmp_path / "cache"
+    cut = run_cli("import", f"hf://{repo}", "--to", f"hf-cache:{cache}", "--retries", "1", "--connections", "1")
+    assert cut.returncode == 1 and "kept aside" in cut.stderr, cut.stderr
+    assert not (folder(cache, repo) / "snapshots" / commit).exists()
+    assert scan_cache_dir(cache).warnings == []
+    hub.requests.clear()
+    again = run_cli("import", f"hf://{repo}", "--to", f"hf-cache:{cache}", "--json")
+    assert again.returncode == 0, again.stderr
+    assert fetched(hub) == ["big.safetensors"], "what was received is kept: only the rest of the cut file"
+    assert json.loads(again.stdout)["resumed_count"] >= 1
+    assert tree(folder(cache, repo) / "snapshots" / commit) == published(hub, repo)
+
+
 def test_killed_while_committing_the_snapshot_is_whole_or_absent(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("crash")
     files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
