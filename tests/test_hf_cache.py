@@ -139,10 +139,10 @@ async def test_huggingface_hub_finds_every_file_offline_and_its_own_checks_pass(
 
     listed = hf_cli("cache", "ls", "--format", "json", env={"HF_HUB_CACHE": str(cache)})
     assert listed.returncode == 0, listed.stderr
-    assert repo in listed.stdout
+    assert [(r["repo_id"], r["repo_type"], r["refs"]) for r in json.loads(listed.stdout)] == [(repo, "model", ["main"])]
     checked = hf_cli("cache", "verify", repo, "--cache-dir", str(cache), "--fail-on-missing-files", env={})
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "4" in checked.stdout and "FAIL" not in checked.stdout.upper()
+    assert "Verified 4 file(s)" in checked.stdout and "All checksums match" in checked.stdout
     assert fetched(hub) == sorted(expected), "hf cache verify reads the cache, it fetches nothing"
 
 
