@@ -172,9 +172,13 @@ class HFCacheStorage(AbstractStorage):
         """The commit of the snapshot this view reads: the import's, or the one the last import published."""
         if self.commit is not None:
             return self.commit
+        body = b""
         try:
-            body = b"".join([chunk async for chunk in self._files().stream_download(PUBLISHED_PATH)])
-            published = json.loads(body[:65536])
+            async for chunk in self._files().stream_download(PUBLISHED_PATH):
+                body += chunk
+                if len(body) > 65536:
+                    return None  # not what publish writes: not trusted, nor read on
+            published = json.loads(body)
         except (StorageError, ValueError):
             return None
         commit = published.get("commit") if isinstance(published, dict) else None
