@@ -17,7 +17,7 @@ import aiofiles.os
 from ...errors import ConfigError, StorageError, StorageFileNotFoundError, UnsafePathError
 from ...model import REPO_TYPES, ArtifactFile, FileResult, ResolvedArtifact
 from ...paths import RESERVED_DIR, is_reserved
-from ...streams import DEFAULT_CHUNK_SIZE, one_chunk
+from ...streams import DEFAULT_CHUNK_SIZE, closing, one_chunk
 from ..base import AbstractStorage, FileInfo, PendingWrite
 from ..vfs import VFSStorage, stamp_of
 from . import snapshot
@@ -174,10 +174,12 @@ class HFCacheStorage(AbstractStorage):
             return self.commit
         body = b""
         try:
-            async for chunk in self._files().stream_download(PUBLISHED_PATH):
-                body += chunk
-                if len(body) > 65536:
-                    return None  # not what publish writes: not trusted, nor read on
+            chunks = self._files().stream_download(PUBLISHED_PATH)
+            async with closing(chunks):
+                async for chunk in chunks:
+                    body += chunk
+                    if len(body) > 65536:
+                        return None  # not what publish writes: not trusted, nor read on
             published = json.loads(body)
         except (StorageError, ValueError):
             return None
