@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .api import import_artifact
+    from .api import import_artifact, plan_import
     from .context import ImportStepContext, StorageTarget
     from .errors import (
         AccessDeniedError,
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         VerificationError,
         VFolderNotFoundError,
     )
-    from .journal import MANIFEST_PATH
+    from .journal import MANIFEST_PATH, ImportPlan, PlannedFile
     from .model import (
         ArtifactFile,
         ArtifactStorageImportStep,
@@ -60,6 +60,7 @@ if TYPE_CHECKING:
     from .registries.ranges import ParallelPolicy
     from .s3 import S3Credentials, S3Endpoint
     from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
+    from .storages.hfcache import HFCacheStorage
     from .storages.object import ObjectStorage
     from .storages.vfs import VFSStorage
     from .storages.volume import VolumeStorageAdapter
@@ -98,10 +99,12 @@ _LAZY: dict[str, str] = {
     "FileResult": ".model",
     "FileState": ".model",
     "GgufVerifier": ".verifiers.gguf",
+    "HFCacheStorage": ".storages.hfcache",
     "HttpTimeouts": ".registries.http",
     "HubScanVerifier": ".verifiers.hubscan",
     "HuggingFaceRegistry": ".registries.huggingface",
     "ImportPipeline": ".pipeline",
+    "ImportPlan": ".journal",
     "ImportResult": ".model",
     "ImportService": ".proxy.service",
     "FleetImportService": ".proxy.fleet",
@@ -120,6 +123,7 @@ _LAZY: dict[str, str] = {
     "ParallelPolicy": ".registries.ranges",
     "PendingWrite": ".storages.base",
     "PicklePolicy": ".verifiers.pickle",
+    "PlannedFile": ".journal",
     "PickleVerifier": ".verifiers.pickle",
     "Policy": ".verifiers.policy",
     "ProgressCallback": ".pipeline",
@@ -158,6 +162,7 @@ _LAZY: dict[str, str] = {
     "VolumeStorageAdapter": ".storages.volume",
     "build_verifiers": ".verifiers",
     "import_artifact": ".api",
+    "plan_import": ".api",
 }
 
 
@@ -195,10 +200,12 @@ __all__ = [
     "FileState",
     "FleetImportService",
     "GgufVerifier",
+    "HFCacheStorage",
     "HttpTimeouts",
     "HubScanVerifier",
     "HuggingFaceRegistry",
     "ImportPipeline",
+    "ImportPlan",
     "ImportResult",
     "ImportService",
     "ImportStepContext",
@@ -215,6 +222,7 @@ __all__ = [
     "PendingWrite",
     "PicklePolicy",
     "PickleVerifier",
+    "PlannedFile",
     "Policy",
     "ProgressCallback",
     "ProgressEvent",
@@ -253,4 +261,5 @@ __all__ = [
     "__version__",
     "build_verifiers",
     "import_artifact",
+    "plan_import",
 ]

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Sequence
 
 from .context import ImportStepContext, StorageTarget
+from .journal import ImportPlan
 from .model import DEFAULT_CONCURRENT_FILES, ArtifactStorageImportStep, ImportResult, ModelTarget
 from .pipeline import ImportPipeline, ProgressCallback
 from .registries.base import AbstractRegistry
@@ -47,20 +48,9 @@ async def import_artifact(
     with ``replace_existing=False`` they fail the import
     (:class:`DestinationConflictError`) before any byte moves.
     """
-    model = (
-        source
-        if isinstance(source, ModelTarget)
-        else ModelTarget.from_uri(source, include=tuple(include), exclude=tuple(exclude))
-    )
-    storage = destination if isinstance(destination, AbstractStorage) else VFSStorage("destination", destination)
     own_registry = registry is None
     reg = registry if registry is not None else HuggingFaceRegistry()
-    context = ImportStepContext(
-        model=model,
-        registry_name=reg.name,
-        storage_pool=StoragePool(),
-        storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
-    )
+    context = _context(source, destination, include, exclude, reg)
     pipeline = ImportPipeline(
         {reg.name: reg},
         verifiers,
@@ -77,3 +67,46 @@ async def import_artifact(
     finally:
         if own_registry:
             await reg.aclose()
+
+
+async def plan_import(
+    source: str | ModelTarget,
+    destination: str | os.PathLike[str] | AbstractStorage,
+    *,
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+    registry: AbstractRegistry | None = None,
+    verifiers: Sequence[Verifier] = (),
+    skip_present: bool = True,
+) -> ImportPlan:
+    """What :func:`import_artifact` with the same arguments would fetch, skip or resume, with sizes (a dry
+    run): the source is listed, the destination only read; nothing is written anywhere."""
+    own_registry = registry is None
+    reg = registry if registry is not None else HuggingFaceRegistry()
+    pipeline = ImportPipeline({reg.name: reg}, verifiers, skip_present=skip_present)
+    try:
+        return await pipeline.plan(_context(source, destination, include, exclude, reg))
+    finally:
+        if own_registry:
+            await reg.aclose()
+
+
+def _context(
+    source: str | ModelTarget,
+    destination: str | os.PathLike[str] | AbstractStorage,
+    include: Sequence[str],
+    exclude: Sequence[str],
+    registry: AbstractRegistry,
+) -> ImportStepContext:
+    model = (
+        source
+        if isinstance(source, ModelTarget)
+        else ModelTarget.from_uri(source, include=tuple(include), exclude=tuple(exclude))
+    )
+    storage = destination if isinstance(destination, AbstractStorage) else VFSStorage("destination", destination)
+    return ImportStepContext(
+        model=model,
+        registry_name=registry.name,
+        storage_pool=StoragePool(),
+        storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
+    )

@@ -22,8 +22,15 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ArtifactImportError, ConfigError, DestinationConflictError, SourceError, VerificationError
-from .journal import Adopted, Journal
+from .errors import (
+    ArtifactImportError,
+    ConfigError,
+    DestinationConflictError,
+    IntegrityError,
+    SourceError,
+    VerificationError,
+)
+from .journal import Adopted, ImportPlan, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactFile,
@@ -60,6 +67,14 @@ class _Pass:
 
     storage: AbstractStorage
     steps: tuple[Step, ...]
+
+
+def bind_passes(passes: list[_Pass], artifact: ResolvedArtifact) -> list[_Pass]:
+    """The passes writing into the storages bound to ``artifact`` (see :meth:`AbstractStorage.bind`)."""
+    bound: dict[int, AbstractStorage] = {}
+    for p in passes:
+        bound.setdefault(id(p.storage), p.storage.bind(artifact))
+    return [_Pass(bound[id(p.storage)], p.steps) for p in passes]
 
 
 def plan_passes(context: ImportStepContext) -> list[_Pass]:
@@ -197,6 +212,7 @@ class ImportPipeline:
         for storage in targets:
             await storage.preflight()
         artifact = await download.resolve(context.model)
+        passes = bind_passes(passes, artifact)
         context.step_metadata[Step.DOWNLOAD.value] = {
             "commit": artifact.commit,
             "files": len(artifact.files),
@@ -205,6 +221,22 @@ class ImportPipeline:
         destination = passes[-1].storage
         async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
             return await self._run_locked(context, artifact, passes, download, on_progress, started, replace)
+
+    async def plan(self, context: ImportStepContext) -> ImportPlan:
+        """What :meth:`run` would do with each file (fetch, skip, resume, verify where it is), with sizes,
+        without writing anything anywhere: the source is listed, the destination only read (no lock, no
+        journal; see :meth:`Journal.plan`)."""
+        download = DownloadStep(self.registry(context.registry_name), read_ahead_depth=self.read_ahead_depth)
+        passes = plan_passes(context)
+        for p in passes:
+            p.storage.check_writable()
+        artifact = await download.resolve(context.model)
+        passes = bind_passes(passes, artifact)
+        destination = passes[-1].storage
+        await destination.check_paths([f.path for f in artifact.files])
+        return await Journal(destination).plan(
+            artifact, self.verify_step.verifiers, skip_present=self.skip_present, resume_bytes=len(passes) == 1
+        )
 
     async def _run_locked(
         self,
@@ -235,11 +267,14 @@ class ImportPipeline:
             await journal.discard_parked()
         had_parked, resumed = adopted.found, adopted.results
         todo = tuple(f for f in todo if f.path not in resumed)
+        # Resuming a file's bytes, or verifying a copy the destination holds, needs the single pass (verify
+        # while writing into the destination).
+        single = len(passes) == 1
+        local = await journal.find_local(todo) if self.skip_present and single else {}
         run = _Run(context, artifact, passes, journal, on_progress, todo)
         run.pending.extend(adopted.writes)
         run.verified.update(resumed)
-        # Resuming a file's bytes needs the single pass (verify while writing into the destination).
-        run.incomplete_parked = set(adopted.incomplete) if len(passes) == 1 else set()
+        run.incomplete_parked = set(adopted.incomplete) | set(local) if single else set()
         for file in artifact.files:
             if file.path in present:
                 run.emit(file, FileState.SKIPPED, None, file.size or 0)
@@ -365,6 +400,20 @@ class ImportPipeline:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _import_file(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
+        try:
+            return await self._import_file_once(run, download, file)
+        except IntegrityError:
+            if not run.journal.forget_local(file.path):
+                raise
+            # A blob someone else wrote (or that rotted): the source's bytes replace it.
+            log.warning(
+                "%s: the copy %s already holds does not match the source's digest; fetching it",
+                file.path,
+                run.journal.storage.describe(),
+            )
+            return await self._import_file_once(run, download, file)
+
+    async def _import_file_once(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
         verdicts: list[Verdict] = []
         source: tuple[AbstractStorage, str] | None = None
         for index, p in enumerate(run.passes):

@@ -7,6 +7,7 @@ tools so that neither always gets the warmer page cache.
 
     .venv/bin/python -m benchmarks.bench_hf_import                 # 1 GiB + 40 small files, 3 rounds
     .venv/bin/python -m benchmarks.bench_hf_import --large 2G --rounds 1 --only ours   # RSS check
+    .venv/bin/python -m benchmarks.bench_hf_import --into cache    # into the HF cache (hf-cache: vs cache_dir=)
 """
 
 from __future__ import annotations
@@ -31,6 +32,11 @@ SNAPSHOT = """
 import sys
 from huggingface_hub import snapshot_download
 snapshot_download(sys.argv[1], local_dir=sys.argv[2])
+"""
+SNAPSHOT_CACHE = """
+import sys
+from huggingface_hub import snapshot_download
+snapshot_download(sys.argv[1], cache_dir=sys.argv[2])
 """
 
 
@@ -99,6 +105,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", choices=["ours", "snapshot_download"], default=None)
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
+    parser.add_argument(
+        "--into",
+        choices=["dir", "cache"],
+        default="dir",
+        help="a directory (local_dir=), or the Hugging Face cache (ours: --to hf-cache:DIR; theirs: cache_dir=)",
+    )
     args = parser.parse_args()
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -107,9 +119,17 @@ def main() -> None:
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)
     bin_dir = Path(sys.executable).parent
+    cache = args.into == "cache"
     tools = {
-        "ours": lambda dest: [str(bin_dir / "artifact-import"), "-q", "import", f"hf://{REPO}", "--to", dest],
-        "snapshot_download": lambda dest: [sys.executable, "-c", SNAPSHOT, REPO, dest],
+        "ours": lambda dest: [
+            str(bin_dir / "artifact-import"),
+            "-q",
+            "import",
+            f"hf://{REPO}",
+            "--to",
+            f"hf-cache:{dest}" if cache else dest,
+        ],
+        "snapshot_download": lambda dest: [sys.executable, "-c", SNAPSHOT_CACHE if cache else SNAPSHOT, REPO, dest],
     }
     if args.only:
         tools = {args.only: tools[args.only]}
@@ -134,7 +154,11 @@ def main() -> None:
         hub.wait()
         shutil.rmtree(args.work / "hub", ignore_errors=True)
 
-    print(f"\n{args.large / 2**30:.2f} GiB file + {args.small} small files, {args.rounds} round(s), median:\n")
+    where = "the HF cache" if cache else "a directory"
+    print(
+        f"\n{args.large / 2**30:.2f} GiB file + {args.small} small files into {where}, {args.rounds} round(s), "
+        "median:\n"
+    )
     print("| tool | seconds | MiB/s | peak RSS (MiB) |")
     print("|---|---:|---:|---:|")
     medians = {}

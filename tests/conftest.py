@@ -12,6 +12,7 @@ import pytest
 from artifact_import import ArtifactFile, HuggingFaceRegistry, RetryPolicy, Verdict, Verifier
 from artifact_import.registries.http import HttpTimeouts
 from artifact_import.registries.ranges import ParallelPolicy
+from artifact_import.storages.hflocal import is_bookkeeping
 from artifact_import.storages.vfs import PART_SUFFIX
 
 from .clamd import Clamd
@@ -138,8 +139,12 @@ def in_flight_files(root: Path) -> list[Path]:
     return journal + list(root.rglob(f"*{PART_SUFFIX}"))
 
 
-def files_under(root: Path) -> dict[str, bytes]:
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+def files_under(root: Path, *, bookkeeping: bool = False) -> dict[str, bytes]:
+    """Every file under ``root`` and its bytes; without ``bookkeeping``, not what ``hf download --local-dir``
+    keeps in ``.cache/huggingface/`` (written by every import from the Hub into a directory; see
+    test_hf_local_dir.py)."""
+    found = {p.relative_to(root).as_posix(): p for p in sorted(root.rglob("*")) if p.is_file()}
+    return {rel: p.read_bytes() for rel, p in found.items() if bookkeeping or not is_bookkeeping(rel)}
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:

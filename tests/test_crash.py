@@ -167,8 +167,7 @@ def test_part_files_a_killed_import_left_in_the_old_layout_are_removed(hub: Loca
         (dest / name).write_bytes(os.urandom(1000))
     proc = run_cli("import", f"hf://{repo}", "--to", str(dest))
     assert proc.returncode == 0, proc.stderr
-    left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
-    assert left == sorted([MANIFEST_PATH, *FILES]), left
+    assert sorted(files_under(dest)) == sorted([MANIFEST_PATH, *FILES])
 
 
 _seen: dict[int, str] = {}

@@ -36,10 +36,12 @@ from .serve import serve_cmd
 if TYPE_CHECKING:
     # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
     from ..config import Config
+    from ..journal import ImportPlan
     from ..pipeline import ProgressCallback
     from ..registries.base import AbstractRegistry
     from ..storages.base import AbstractStorage
     from ..verifiers.base import Verifier
+    from .locations import HubRepo
 
 log = logging.getLogger("artifact_import")
 
@@ -86,7 +88,26 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     required=True,
     metavar="DEST",
     help="A directory (created if missing), s3://BUCKET[/PREFIX], storage:NAME[/PATH] from --config, "
-    "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies).",
+    "vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] (a vfolder of a --config volume; its quota applies), "
+    "or hf-cache:[DIR] (the Hugging Face cache: HF_HUB_CACHE, else HF_HOME/hub, else ~/.cache/huggingface/hub; "
+    "or the one at DIR).",
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Say what the import would fetch, skip (already at DEST) or resume (kept by an interrupted import), "
+    "with sizes and the total, and write nothing (as hf download --dry-run); with --json, as one JSON object.",
+)
+@click.option(
+    "--hf-repo",
+    metavar="REPO",
+    help="With --to hf-cache: and a source that is not the Hub (s3://...): the Hub repository its files are, "
+    "[hf://][datasets/|spaces/]ORG/NAME[@REVISION] (the ref REVISION, default main, then points at --hf-commit).",
+)
+@click.option(
+    "--hf-commit",
+    metavar="COMMIT",
+    help="With --hf-repo: the commit id (40 hex digits) the files are, which names their snapshot in the cache.",
 )
 @click.option("--include", multiple=True, metavar="GLOB", help="Only files matching GLOB (repeatable).")
 @click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching GLOB (repeatable).")
@@ -209,6 +230,9 @@ def import_cmd(
     lock_timeout: float | None,
     no_resume: bool,
     force: bool,
+    dry_run: bool,
+    hf_repo: str | None,
+    hf_commit: str | None,
 ) -> None:
     """Import SOURCE (or only the FILEs of it named) into DEST.
 
@@ -231,7 +255,12 @@ def import_cmd(
     DEST until every file has been verified. Importing again into the same
     DEST fetches only what is missing or changed (--force: everything). If
     interrupted (Ctrl-C, the source failing), the files already verified are
-    kept aside and the same command finishes the rest.
+    kept aside and the same command finishes the rest. Into hf-cache: the
+    files land as huggingface_hub lays them out (blobs, a snapshot of the
+    commit appearing whole, refs/REV), found offline by transformers, vLLM
+    and snapshot_download; a directory gets the metadata hf download
+    --local-dir keeps, so that it takes the files for downloaded.
+    --dry-run says what would be fetched, skipped or resumed, and does nothing.
 
     \b
     Examples:
@@ -243,13 +272,17 @@ def import_cmd(
       artifact-import import hf://org/model --to s3://models/hub/model --json
       artifact-import --config storage.toml import hf://org/model --to storage:models/org/model
       artifact-import import s3://datasets/llama --to ./llama
+      artifact-import import hf://org/model --to hf-cache:          # HF_HUB_CACHE / HF_HOME
+      artifact-import import s3://mirror/org/model --to hf-cache: \\
+          --hf-repo org/model@main --hf-commit 0123...cdef
+      artifact-import import hf://org/model --to ./m --dry-run
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
     from ..progress import BarProgress, LineProgress
     from ..registries.http import HttpTimeouts, RetryPolicy
 
-    quiet = ctx.obj["quiet"] or as_json
+    quiet = ctx.obj["quiet"] or as_json or dry_run
     progress: BarProgress | LineProgress | None = None
     if not quiet:
         progress = BarProgress() if sys.stderr.isatty() else LineProgress()
@@ -286,7 +319,7 @@ def import_cmd(
                 "ADDRESS (or ARTIFACT_IMPORT_CLAMD, or clamd in the config's [verify.clamav])"
             )
         # The destination first: a mistyped --to is reported before the source is contacted.
-        storage = open_destination(to, config)
+        storage = open_destination(to, config, hub_repo=_hub_repo(source, to, hf_repo, hf_commit))
         kept = open_destination(quarantine_to, config) if quarantine_to else None
         model, registry = open_source(
             source,
@@ -301,6 +334,10 @@ def import_cmd(
             files=files,
         )
         verifiers = build_verifiers(settings)
+        if dry_run:
+            plan = asyncio.run(_plan(model, storage, registry, verifiers, config, skip_present=not force))
+            click.echo(json.dumps({**plan.to_dict(), "destination": to}) if as_json else _plan_text(plan, to))
+            return
         result = asyncio.run(
             _run(
                 model,
@@ -353,6 +390,23 @@ def import_cmd(
         click.echo(json.dumps({**result.to_dict(), "destination": to}))
     elif not ctx.obj["quiet"]:
         click.echo(_summary(result, to))
+
+
+def _hub_repo(source: str, to: str, repo: str | None, commit: str | None) -> HubRepo | None:
+    """What --hf-repo and --hf-commit say, checked against the source and destination they go with."""
+    from .locations import HF_CACHE_PREFIX, HubRepo
+
+    if repo is None and commit is None:
+        return None
+    if repo is None or commit is None:
+        raise ConfigError("--hf-repo and --hf-commit go together: the repository and the commit its files are")
+    if not to.startswith(HF_CACHE_PREFIX):
+        raise ConfigError("--hf-repo and --hf-commit say where the Hugging Face cache files an import: --to hf-cache:")
+    if source.startswith("hf://"):
+        raise ConfigError(
+            f"{source} says its repository and commit itself: --hf-repo and --hf-commit are for other sources (s3://)"
+        )
+    return HubRepo.parse(repo, commit)
 
 
 class _Parked:
@@ -429,6 +483,69 @@ async def _run(
             await quarantine.aclose()
         if config is not None:
             await config.aclose()
+
+
+async def _plan(
+    model: ModelTarget,
+    storage: AbstractStorage,
+    registry: AbstractRegistry,
+    verifiers: list[Verifier],
+    config: Config | None,
+    *,
+    skip_present: bool,
+) -> ImportPlan:
+    from ..context import ImportStepContext, StorageTarget
+    from ..model import ArtifactStorageImportStep
+    from ..pipeline import ImportPipeline
+    from ..storages.base import StoragePool
+
+    context = ImportStepContext(
+        model=model,
+        registry_name=registry.name,
+        storage_pool=StoragePool(),
+        storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
+    )
+    try:
+        return await ImportPipeline({registry.name: registry}, verifiers, skip_present=skip_present).plan(context)
+    finally:
+        await registry.aclose()
+        await storage.aclose()
+        if config is not None:
+            await config.aclose()
+
+
+#: What each action of a dry run means, after the file's path.
+_PLANNED = {
+    "fetch": "",
+    "skip": "already there, verified when it was imported",
+    "resume": "kept by an interrupted import",
+    "verify": "held by the destination: verified there, not fetched",
+}
+
+
+def _plan_text(plan: ImportPlan, to: str) -> str:
+    source = f"{plan.source}@{plan.revision}" if plan.revision else plan.source
+    fetching = plan.fetching
+    lines = [
+        f"[dry-run] would fetch {len(fetching)} of {len(plan.files)} file(s), {human_bytes(plan.fetch_bytes)} of "
+        f"{human_bytes(plan.total_bytes)}, from {source} (commit {plan.commit[:12]}) into {to}"
+    ]
+    if plan.completes_commit:
+        lines.append("first, the commit an interrupted import started would be completed (its files were verified)")
+    if plan.replaces:
+        names = ", ".join(plan.replaces[:10]) + (
+            f" and {len(plan.replaces) - 10} more" if len(plan.replaces) > 10 else ""
+        )
+        lines.append(f"would replace {len(plan.replaces)} existing file(s) no earlier import wrote: {names}")
+    width = max((len(f.path) for f in plan.files), default=0)
+    for f in sorted(plan.files, key=lambda f: f.path):
+        size = human_bytes(f.fetch_bytes) if f.fetch_bytes or f.action == "fetch" else "-"
+        note = _PLANNED[f.action.value]
+        if f.action == "resume" and f.fetch_bytes:
+            note = f"{human_bytes(f.kept_bytes)} received by an interrupted import; the rest is fetched"
+        lines.append(f"  {f.action.value:<7} {size:>10}  {f.path:<{width}}  {note}".rstrip())
+    lines.append("nothing was written (--dry-run)")
+    return "\n".join(lines)
 
 
 def _handle_signals(received: list[int], *, journaled: bool) -> None:

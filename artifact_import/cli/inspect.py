@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..errors import ConfigError
 from ..units import human_bytes
 from .common import EXIT_VERIFY, guarded, repo_type_option, verbosity
 
@@ -96,14 +97,21 @@ def ls_cmd(
 @click.option("--quick", is_flag=True, help="Compare sizes only; do not read the files back.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.option("--concurrency", type=click.IntRange(1, 64), default=4, show_default=True, help="Files read at once.")
+@click.option(
+    "--repo",
+    metavar="REPO",
+    help="With DEST hf-cache:[DIR]: the repository of the cache to check, [hf://][datasets/|spaces/]ORG/NAME "
+    "(its snapshot the last import published).",
+)
 @click.pass_context
-def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concurrency: int) -> None:
+def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concurrency: int, repo: str | None) -> None:
     """Check that DEST still holds exactly what its manifest lists.
 
     Every file of DEST/.artifact-import/manifest.json is read back and its
     sha256 compared (--quick: sizes only); files missing, changed, or not in
     the manifest are listed. DEST is a directory, s3://BUCKET[/PREFIX],
-    storage:NAME[/PATH] or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH].
+    storage:NAME[/PATH], vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] or
+    hf-cache:[DIR] with --repo (the snapshot the last import of it published).
 
     \b
     Exit codes: 0 intact, 3 something is missing, changed or extra,
@@ -113,14 +121,19 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
     Examples:
       artifact-import verify ./gpt2
       artifact-import --config proxy.toml verify storage:models/org/model --json
+      artifact-import verify hf-cache: --repo openai-community/gpt2
     """
 
     from ..journal import Journal
-    from .locations import open_destination
+    from .locations import HF_CACHE_PREFIX, HubRepo, open_destination
 
     async def check() -> FsckReport:
+        if repo is not None and not dest.startswith(HF_CACHE_PREFIX):
+            raise ConfigError("--repo names a repository of the Hugging Face cache: DEST must be hf-cache:[DIR]")
+        if repo is None and dest.startswith(HF_CACHE_PREFIX):
+            raise ConfigError(f"{dest} holds many repositories: name the one to check with --repo ORG/NAME")
         config = _config(ctx)
-        storage = open_destination(dest, config)
+        storage = open_destination(dest, config, hub_repo=HubRepo.parse(repo) if repo else None)
         try:
             return await Journal(storage).check(digests=not quick, concurrency=concurrency)
         finally:

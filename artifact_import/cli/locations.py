@@ -4,14 +4,18 @@ Sources: ``hf://ORG/NAME[@REV]``, ``s3://BUCKET[/PREFIX]`` (endpoint and keys
 from the standard AWS variables), ``storage:NAME[/PATH]`` (an object storage
 of the config file). Destinations: a directory, ``s3://BUCKET[/PREFIX]``,
 ``storage:NAME[/PATH]``, ``vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH]``
-(a vfolder of a volume of the config file).
+(a vfolder of a volume of the config file), ``hf-cache:[DIR]`` (the Hugging
+Face cache huggingface_hub uses, or the one at DIR).
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
+
+import attrs
 
 from ..config import Config
 from ..errors import ConfigError, StorageNotFoundError
@@ -24,6 +28,7 @@ from ..registries.ranges import ParallelPolicy
 from ..registries.s3 import S3Registry
 from ..s3 import S3Endpoint
 from ..storages.base import AbstractStorage
+from ..storages.hfcache import HFCacheStorage
 from ..storages.object import ObjectStorage
 from ..storages.vfs import VFSStorage
 from ..storages.volume import VolumeStorageAdapter
@@ -31,6 +36,54 @@ from ..volumes.base import VFolderRef
 
 STORAGE_PREFIX = "storage:"
 VFOLDER_PREFIX = "vfolder:"
+HF_CACHE_PREFIX = "hf-cache:"
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+DESTINATIONS = (
+    "a directory, s3://BUCKET[/PREFIX], storage:NAME[/PATH], vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH] "
+    "or hf-cache:[DIR]"
+)
+
+
+@attrs.frozen
+class HubRepo:
+    """Which Hub repository (and commit) the files of another source are (``--hf-repo``, ``--hf-commit``), for
+    ``hf-cache:``, which files them under it; ``verify`` needs the repository alone."""
+
+    repo_id: str
+    repo_type: str
+    commit: str | None = None
+    revision: str | None = None
+
+    @classmethod
+    def parse(cls, repo: str, commit: str | None = None) -> HubRepo:
+        """``[hf://][datasets/|spaces/]ORG/NAME[@REVISION]`` (revision: main) and a commit id."""
+        uri = repo if repo.startswith("hf://") else f"hf://{repo}"
+        try:
+            target = ModelTarget.from_uri(uri)
+        except ConfigError:
+            raise ConfigError(
+                f"{repo!r} is not a Hub repository: expected ORG/NAME, hf://datasets/ORG/NAME or ORG/NAME@REVISION"
+            ) from None
+        if commit is not None and not _COMMIT.fullmatch(commit):
+            raise ConfigError(f"--hf-commit {commit!r}: expected the 40 hexadecimal digits of a commit id")
+        return cls(target.repo_id, target.repo_type, commit, target.revision)
+
+
+def _hf_cache(to: str, hub_repo: HubRepo | None) -> HFCacheStorage:
+    folder = to[len(HF_CACHE_PREFIX) :]
+    if folder:
+        _check_directory(folder, what=to)
+    cache = HFCacheStorage(
+        "hf-cache",
+        folder or None,
+        repo_id=hub_repo.repo_id if hub_repo else None,
+        repo_type=hub_repo.repo_type if hub_repo else "model",
+        commit=hub_repo.commit if hub_repo else None,
+        revision=hub_repo.revision if hub_repo and hub_repo.commit else None,
+    )
+    if not folder:
+        _check_directory(str(cache.cache_dir), what=f"{to} ({cache.cache_dir})")
+    return cache
 
 
 def _configured(spec: str, config: Config | None) -> AbstractStorage:
@@ -55,9 +108,10 @@ def _bucket_and_prefix(uri: str) -> tuple[str, str]:
     return bucket, prefix
 
 
-def _check_directory(to: str) -> None:
+def _check_directory(to: str, *, what: str | None = None) -> None:
     """Refuse, before anything is fetched, a destination directory that cannot be one."""
     path = Path(to)
+    to = what or to
     for candidate in (path, *path.parents):
         if candidate.exists() or candidate.is_symlink():
             break
@@ -71,12 +125,17 @@ def _check_directory(to: str) -> None:
     raise ConfigError(f"the destination {to!r} cannot be created: {str(candidate)!r} is {what}, not a directory")
 
 
-def open_destination(to: str, config: Config | None, env: Mapping[str, str] | None = None) -> AbstractStorage:
+def open_destination(
+    to: str, config: Config | None, env: Mapping[str, str] | None = None, *, hub_repo: HubRepo | None = None
+) -> AbstractStorage:
+    """The storage ``to`` names. ``hub_repo``: which Hub repository and commit a non-Hub source is, for
+    ``hf-cache:`` (which files it under them); refused for any other destination."""
     if not to.strip():
-        raise ConfigError(
-            'the destination is empty (an unset variable in --to "$DEST"?): give a directory, '
-            "s3://BUCKET[/PREFIX], storage:NAME[/PATH] or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID"
-        )
+        raise ConfigError(f'the destination is empty (an unset variable in --to "$DEST"?): give {DESTINATIONS}')
+    if to.startswith(HF_CACHE_PREFIX):
+        return _hf_cache(to, hub_repo)
+    if hub_repo is not None:
+        raise ConfigError(f"a Hub repository is named for hf-cache: destinations only; {to!r} is not one")
     if to.startswith(STORAGE_PREFIX):
         return _configured(to, config)
     if to.startswith(VFOLDER_PREFIX):
@@ -93,10 +152,7 @@ def open_destination(to: str, config: Config | None, env: Mapping[str, str] | No
         bucket, prefix = _bucket_and_prefix(to)
         return ObjectStorage("s3", S3Endpoint.from_env(dict(env) if env is not None else None), bucket, prefix)
     if "://" in to:
-        raise ConfigError(
-            f"unknown destination {to!r}: expected a directory, s3://BUCKET[/PREFIX], storage:NAME[/PATH] "
-            "or vfolder:VOLUME/QUOTA_SCOPE/FOLDER_ID[/SUBPATH]"
-        )
+        raise ConfigError(f"unknown destination {to!r}: expected {DESTINATIONS}")
     _check_directory(to)
     return VFSStorage("destination", to)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError
@@ -34,7 +34,12 @@ INTENT_PATH = f"{RESERVED_DIR}/commit.json"
 COMMIT_CONCURRENCY = 8
 
 
-async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], manifest: bytes) -> None:
+async def commit(
+    storage: AbstractStorage,
+    pending: Sequence[PendingWrite],
+    manifest: bytes,
+    before_manifest: Callable[[], Awaitable[None]] | None = None,
+) -> None:
     """Make every pending write visible, then ``manifest`` (the manifest's bytes) that vouches for them.
 
     The manifest's bytes are written first, so that a destination that
@@ -42,7 +47,8 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
     visible; it is committed last, so that a destination with a manifest
     holds every file it lists. Where a commit is a series of moves, the moves
     and the manifest are recorded first: a process killed among them is
-    completed by whoever comes next, never left half visible.
+    completed by whoever comes next, never left half visible. ``before_manifest`` runs once every file is
+    committed (:meth:`AbstractStorage.publish`); if it fails, the manifest is not committed.
     """
     written = await storage.open_write(MANIFEST_PATH, size_hint=len(manifest))
     try:
@@ -58,6 +64,8 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
         if journaled:
             await record_intent(storage, [(str(j), w.path) for j, w in zip(journals, pending, strict=True)], manifest)
         await _commit_each(pending)
+        if before_manifest is not None:
+            await before_manifest()
         await written.commit()
     except BaseException:
         await run_to_completion(written.abort())

@@ -11,6 +11,8 @@ fetch again (:mod:`.present`), and checks a destination against its manifest
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -18,14 +20,16 @@ from typing import Any
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ConfigError, StorageError
+from ..errors import ArtifactImportError, ConfigError, StorageError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..paths import incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
+from ..storages.hflocal import is_bookkeeping
 from ..streams import closing
 from ..verifiers.base import Verifier
 from . import fsck, intent, present, record
 from .manifest import MANIFEST_PATH, build_manifest, encode_manifest, manifest_files, read_manifest
+from .plan import Action, ImportPlan, PlannedFile
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +47,8 @@ class Journal:
 
     def __init__(self, storage: AbstractStorage) -> None:
         self.storage = storage
+        #: Files whose bytes the destination already holds under another name (see :meth:`find_local`), by path.
+        self._local: dict[str, str] = {}
 
     # -- before the first byte -------------------------------------------------------------------------------------
 
@@ -73,6 +79,30 @@ class Journal:
         """Remove whatever an interrupted import parked (the partial folder and its record)."""
         await record.discard_parked(self.storage)
 
+    async def find_local(self, todo: Sequence[ArtifactFile]) -> dict[str, str]:
+        """The files of ``todo`` whose bytes the destination already holds under another name (a blob of the
+        Hugging Face cache another revision or ``huggingface_hub`` wrote), by path: they are then verified from
+        there like a file received whole by an interrupted import (:meth:`resume_incomplete`), not fetched."""
+        self._local = await self._held_elsewhere(todo)
+        return dict(self._local)
+
+    async def _held_elsewhere(self, todo: Sequence[ArtifactFile]) -> dict[str, str]:
+        limit = asyncio.Semaphore(16)
+
+        async def where(file: ArtifactFile) -> tuple[str, str | None]:
+            async with limit:
+                try:
+                    return file.path, await self.storage.find_content(file)
+                except ArtifactImportError:
+                    return file.path, None
+
+        found = await asyncio.gather(*(where(f) for f in todo))
+        return {path: at for path, at in found if at is not None}
+
+    def forget_local(self, path: str) -> bool:
+        """Stop using the copy the destination holds of ``path`` (it did not verify); True if there was one."""
+        return self._local.pop(path, None) is not None
+
     async def sweep(self) -> list[str]:
         """Remove what imports that died before cleaning up left (part files); the paths removed."""
         return await self.storage.remove_leftovers()
@@ -93,7 +123,8 @@ class Journal:
         over (all of it, received by a process that died before it could
         commit: re-read for the verifiers, nothing fetched).
         """
-        pending = await self.storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
+        where = self._local.get(file.path) or incomplete_path(file.path)
+        pending = await self.storage.adopt(where, file.path, incomplete=True)
         if pending is None:
             return None
         if pending.bytes_written == 0 or pending.bytes_written > (file.size or 0):
@@ -105,7 +136,7 @@ class Journal:
     async def read_incomplete(self, file: ArtifactFile, length: int) -> AsyncIterator[bytes]:
         """The first ``length`` bytes of the half-done write of ``file``, read back for the verifiers."""
         left = length
-        chunks = self.storage.stream_download(incomplete_path(file.path))
+        chunks = self.storage.stream_download(self._local.get(file.path) or incomplete_path(file.path))
         async with closing(chunks):
             async for chunk in chunks:
                 if len(chunk) >= left:
@@ -125,10 +156,20 @@ class Journal:
     async def commit(
         self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
     ) -> str:
-        """Make every verified file visible, then the manifest that vouches for them; its path."""
+        """Make every verified file visible, then what the storage's layout needs besides
+        (:meth:`AbstractStorage.publish`), then the manifest that vouches for them; its path."""
         stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
         files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
-        await intent.commit(self.storage, pending, encode_manifest(build_manifest(artifact, files)))
+        digests = {f.path: f.sha256 for f in files}
+        for write in pending:
+            write.sha256 = digests.get(write.path, write.sha256)
+
+        async def publish() -> None:
+            await self.storage.publish(artifact, files)
+
+        await intent.commit(
+            self.storage, pending, encode_manifest(build_manifest(artifact, files)), before_manifest=publish
+        )
         return MANIFEST_PATH
 
     async def park(
@@ -145,6 +186,67 @@ class Journal:
     async def parked_summary(self) -> record.ParkedSummary | None:
         """What an interrupted import left in the partial folder for the next import, as its record says."""
         return await record.parked_summary(self.storage)
+
+    async def plan(
+        self,
+        artifact: ResolvedArtifact,
+        verifiers: Sequence[Verifier],
+        *,
+        skip_present: bool = True,
+        resume_bytes: bool = True,
+    ) -> ImportPlan:
+        """What an import of ``artifact`` would do with each file, decided as :meth:`present`,
+        :meth:`adopt_parked`, :meth:`find_local` and :meth:`resume_incomplete` decide it for the import, but
+        without changing anything (nor taking the lock: an import running meanwhile may change the answer).
+
+        ``skip_present``: as the import's (False: every file is fetched). ``resume_bytes``: whether the
+        import can go on from the bytes of a file received in part (it cannot when a staging storage splits
+        the passes).
+        """
+        completes = await intent.read_intent(self.storage) is not None
+        present_files = await self.present(artifact, verifiers) if skip_present else {}
+        todo = [f for f in artifact.files if f.path not in present_files]
+        offered = await record.adoptable(self.storage, artifact, todo, verifiers) if skip_present else None
+        whole: dict[str, FileResult] = {}
+        incomplete: frozenset[str] = frozenset()
+        if offered is not None and offered.same_version:
+            for path, entry in offered.complete.items():
+                with contextlib.suppress(ArtifactImportError):
+                    await self.storage.get_file_info(record.parked_path(path))
+                    whole[path] = entry
+            incomplete = offered.incomplete - whole.keys() if resume_bytes else frozenset()
+        todo = [f for f in todo if f.path not in whole]
+        local = await self._held_elsewhere(todo) if skip_present and resume_bytes else {}
+        planned: list[PlannedFile] = []
+        for file in artifact.files:
+            size = file.size or 0
+            if file.path in present_files:
+                planned.append(PlannedFile(file.path, file.size, Action.SKIP, 0, size))
+            elif file.path in whole:
+                planned.append(PlannedFile(file.path, file.size, Action.RESUME, 0, size))
+            elif file.path in local:
+                planned.append(PlannedFile(file.path, file.size, Action.VERIFY, 0, size))
+            elif file.path in incomplete and (have := await self._received(file)):
+                planned.append(PlannedFile(file.path, file.size, Action.RESUME, size - have, have))
+            else:
+                planned.append(PlannedFile(file.path, file.size, Action.FETCH, size))
+        return ImportPlan(
+            source=artifact.source,
+            revision=artifact.revision,
+            commit=artifact.commit,
+            destination=self.storage.describe(),
+            files=tuple(planned),
+            completes_commit=completes,
+            replaces=tuple(await self.unrecorded(artifact)),
+        )
+
+    async def _received(self, file: ArtifactFile) -> int:
+        """Bytes of ``file`` an interrupted import received and :meth:`resume_incomplete` would go on from."""
+        try:
+            have = (await self.storage.get_file_info(incomplete_path(file.path))).size
+        except ArtifactImportError:
+            return 0
+        return have if 0 < have <= (file.size or 0) else 0
 
     async def check(self, *, digests: bool = True, concurrency: int = 4) -> fsck.FsckReport:
         """Re-read the destination and compare it with its manifest (``verify``): every listed file present
@@ -174,7 +276,10 @@ class Journal:
             )
         entries = manifest_files(manifest)
         missing, changed = await fsck.compare(storage, entries, digests=digests, concurrency=concurrency)
-        extra = tuple(sorted([f.path async for f in storage.list_files() if f.path not in entries]))
+        # What `hf download --local-dir` keeps (and we write for it, see storages.hflocal) is not the artifact's.
+        extra = tuple(
+            sorted([f.path async for f in storage.list_files() if f.path not in entries and not is_bookkeeping(f.path)])
+        )
         return fsck.FsckReport(
             destination=storage.describe(),
             source=str(manifest.get("source", "")),

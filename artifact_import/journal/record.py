@@ -110,45 +110,73 @@ async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+@attrs.frozen
+class Adoptable:
+    """What the record of an interrupted import offers an import of ``artifact`` (nothing changed yet)."""
+
+    #: Whether there is a record at all, and whether it is of the same source and commit (else it is discarded).
+    found: bool = False
+    same_version: bool = False
+    #: Verified files kept whole that this import can take as they are, by path.
+    complete: Mapping[str, FileResult] = attrs.field(factory=dict)
+    #: Files the record says were being received (in part, or about to be: it is written first), to go on from
+    #: unless taken whole.
+    incomplete: frozenset[str] = frozenset()
+
+
+async def adoptable(
+    storage: AbstractStorage,
+    artifact: ResolvedArtifact,
+    todo: Sequence[ArtifactFile],
+    verifiers: Sequence[Verifier],
+) -> Adoptable:
+    """What an earlier, interrupted import of the same commit parked for ``todo``, as its record says: a parked
+    file is taken only if its record has an ok verdict from every verifier of this run and the listed size."""
+    record = await _read_record(storage)
+    if record is None:
+        return Adoptable()
+    if record.get("source") != artifact.source or record.get("commit") != artifact.commit:
+        return Adoptable(found=True)
+    entries = manifest_files(record)
+    complete: dict[str, FileResult] = {}
+    for file in todo:
+        entry = entries.get(file.path)
+        if entry is None or entry.size != file.size:
+            continue
+        required = {v.name for v in verifiers if v.applies_to(file)}
+        if required <= {v.verifier for v in entry.verdicts if v.ok}:
+            complete[file.path] = entry
+    listed = record.get("incomplete")
+    wanted = {str(p) for p in listed} if isinstance(listed, list) else set()
+    return Adoptable(True, True, complete, frozenset(f.path for f in todo if f.path in wanted))
+
+
 async def adopt_parked(
     storage: AbstractStorage,
     artifact: ResolvedArtifact,
     todo: Sequence[ArtifactFile],
     verifiers: Sequence[Verifier],
 ) -> Adopted:
-    """What an earlier, interrupted import of the same commit parked, ready for this one.
-
-    A parked file is adopted only if its record has an ok verdict from every
-    verifier of this run and its size is the listed one; parked files of
-    another commit are discarded.
-    """
-    record = await _read_record(storage)
-    if record is None:
+    """What an earlier, interrupted import of the same commit parked, ready for this one (see
+    :func:`adoptable`); parked files of another commit are discarded."""
+    offered = await adoptable(storage, artifact, todo, verifiers)
+    if not offered.found:
         return Adopted()
-    if record.get("source") != artifact.source or record.get("commit") != artifact.commit:
+    if not offered.same_version:
         await discard_parked(storage)
         return Adopted()
-    entries = manifest_files(record)
     adopted: list[PendingWrite] = []
     results: dict[str, FileResult] = {}
-    for file in todo:
-        entry = entries.get(file.path)
-        if entry is None or entry.size != file.size:
-            continue
-        required = {v.name for v in verifiers if v.applies_to(file)}
-        if not required <= {v.verifier for v in entry.verdicts if v.ok}:
-            continue
-        write = await storage.adopt(parked_path(file.path), file.path)
-        if write is None or write.bytes_written != file.size:
+    sizes = {f.path: f.size for f in todo}
+    for path, entry in offered.complete.items():
+        write = await storage.adopt(parked_path(path), path)
+        if write is None or write.bytes_written != sizes[path]:
             if write is not None:
-                await write.park(parked_path(file.path))
+                await write.park(parked_path(path))
             continue
         adopted.append(write)
-        results[file.path] = attrs.evolve(entry, resumed=True)
-    listed = record.get("incomplete")
-    wanted = {str(p) for p in listed} if isinstance(listed, list) else set()
-    incomplete = frozenset(f.path for f in todo if f.path in wanted and f.path not in results)
-    return Adopted(tuple(adopted), results, incomplete, True)
+        results[path] = attrs.evolve(entry, resumed=True)
+    return Adopted(tuple(adopted), results, offered.incomplete - results.keys(), True)
 
 
 @attrs.frozen

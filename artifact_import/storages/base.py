@@ -6,11 +6,15 @@ import abc
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
 from .._aio import run_to_completion
 from ..errors import ReadOnlyStorageError, StorageError, StorageNotFoundError
+
+if TYPE_CHECKING:
+    from ..model import ArtifactFile, FileResult, ResolvedArtifact
 
 
 @attrs.frozen
@@ -41,6 +45,9 @@ class PendingWrite(abc.ABC):
         #: The file holding the bytes, where the storage keeps them on a local filesystem: for checks that
         #: read whole files (a storage proxy's verifier plugins) before anything becomes visible.
         self.local_path: Path | None = None
+        #: The sha256 the verifiers found the bytes to have, told by the journal before :meth:`commit`
+        #: (storages that name what they store by its content use it: the Hugging Face cache).
+        self.sha256: str | None = None
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...
@@ -92,6 +99,25 @@ class AbstractStorage(abc.ABC):
 
     async def preflight(self) -> None:  # noqa: B027 - optional hook
         """Fail early (before any download) if this storage cannot take writes."""
+
+    def bind(self, artifact: ResolvedArtifact) -> AbstractStorage:
+        """The storage to import ``artifact`` into: this one, or (where the layout depends on what is imported,
+        as the Hugging Face cache's folder per repository and snapshot per commit) a view of it for that artifact.
+
+        Called once the source is resolved, before anything is read or written.
+        """
+        return self
+
+    async def find_content(self, file: ArtifactFile) -> str | None:
+        """Where this storage already holds the bytes the source lists for ``file`` under another name (a blob
+        of the Hugging Face cache, named by its digest), as a path :meth:`adopt` and :meth:`stream_download`
+        take; None if nowhere. The import verifies that copy instead of fetching the file."""
+        return None
+
+    async def publish(self, artifact: ResolvedArtifact, files: Sequence[FileResult]) -> None:  # noqa: B027
+        """Once every file of an import is committed, before its manifest: what else makes the import usable
+        as a whole (the Hugging Face cache's snapshot and ref, the download metadata ``hf download`` keeps
+        in a directory). ``files`` are all the files of the import, fetched or already there."""
 
     async def check_paths(self, paths: Sequence[str]) -> None:  # noqa: B027 - optional hook
         """Refuse (:class:`UnsafePathError`) before any download the paths that would leave this storage.

@@ -20,10 +20,18 @@ import aiofiles.os
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
-from ..errors import InsufficientSpaceError, StorageError, StorageFileNotFoundError, UnsafePathError
+from ..errors import (
+    ArtifactImportError,
+    InsufficientSpaceError,
+    StorageError,
+    StorageFileNotFoundError,
+    UnsafePathError,
+)
+from ..model import FileResult, ResolvedArtifact
 from ..paths import RESERVED_DIR, incomplete_path, is_reserved, path_problem
-from ..streams import DEFAULT_CHUNK_SIZE
+from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from ..units import human_bytes
+from . import hflocal
 from .base import AbstractStorage, FileInfo, PendingWrite
 
 log = logging.getLogger(__name__)
@@ -53,11 +61,15 @@ class VFSStorage(AbstractStorage):
         read_only: bool = False,
         fsync: bool = True,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
+        hf_metadata: bool = True,
     ) -> None:
+        """``hf_metadata``: at the end of an import from the Hub, write what ``hf download --local-dir``
+        keeps (see :mod:`.hflocal`), so that it takes the files for downloaded."""
         super().__init__(name, read_only=read_only)
         self.root = Path(root)
         self.fsync = fsync
         self.chunk_size = chunk_size
+        self.hf_metadata = hf_metadata
         self._folders = _FolderLedger(self.root)
         self.journals_writes = True
 
@@ -122,7 +134,45 @@ class VFSStorage(AbstractStorage):
             read_only=self.read_only,
             fsync=self.fsync,
             chunk_size=self.chunk_size,
+            hf_metadata=self.hf_metadata,
         )
+
+    async def publish(self, artifact: ResolvedArtifact, files: Sequence[FileResult]) -> None:
+        """Write the metadata ``hf download --local-dir`` keeps for each file (see :mod:`.hflocal`).
+
+        Best effort: without it huggingface_hub only checks the files again, so a failure here is a warning,
+        never a failed import. Not synced to disk one by one: losing it costs a re-check, nothing else.
+        """
+        written = hflocal.download_metadata(artifact, files) if self.hf_metadata else {}
+        if not written:
+            return
+        plain = VFSStorage(self.name, self.root, fsync=False, chunk_size=self.chunk_size, hf_metadata=False)
+        limit = asyncio.Semaphore(16)
+        skipped = {hflocal.metadata_path(f.path) for f in files if f.skipped}
+
+        async def put(path: str, body: bytes) -> None:
+            async with limit:
+                if path in skipped:
+                    # A file the import did not touch: its metadata stays if it already says the same.
+                    with contextlib.suppress(ArtifactImportError):
+                        old = b"".join([chunk async for chunk in plain.stream_download(path)])
+                        if hflocal.says_the_same(old, body):
+                            return
+                await plain.stream_upload(path, one_chunk(body))
+
+        try:
+            await asyncio.gather(*(put(path, body) for path, body in written.items()))
+            path, body = hflocal.GITIGNORE
+            if not await asyncio.to_thread(os.path.lexists, self.root / path):
+                await put(path, body)
+        except (ArtifactImportError, OSError) as exc:
+            log.warning(
+                "%s: could not write the download metadata hf download keeps in %s/ (%s); it will check the files "
+                "again instead of taking them as downloaded",
+                self.describe(),
+                hflocal.BOOKKEEPING_DIR,
+                exc,
+            )
 
     async def open_write(
         self, filepath: str, *, size_hint: int | None = None, sha256: str | None = None
