@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         RepositoryNotFoundError,
         RevisionNotFoundError,
         ScannerError,
+        SignatureError,
         SourceError,
         StorageError,
         StorageFileNotFoundError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
         ModelTarget,
         ProgressEvent,
         ResolvedArtifact,
+        SignatureVerdict,
         Verdict,
     )
     from .pipeline import ImportPipeline, ProgressCallback
@@ -57,6 +59,7 @@ if TYPE_CHECKING:
     from .registries.huggingface import HuggingFaceRegistry
     from .registries.ranges import ParallelPolicy
     from .s3 import S3Credentials, S3Endpoint
+    from .signing import SignatureSettings
     from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
     from .storages.object import ObjectStorage
     from .storages.vfs import VFSStorage
@@ -130,6 +133,9 @@ _LAZY: dict[str, str] = {
     "S3Endpoint": ".s3",
     "SafetensorsVerifier": ".verifiers.safetensors",
     "ScannerError": ".errors",
+    "SignatureError": ".errors",
+    "SignatureSettings": ".signing",
+    "SignatureVerdict": ".model",
     "SourceError": ".errors",
     "StorageError": ".errors",
     "StorageFileNotFoundError": ".errors",
@@ -221,6 +227,9 @@ __all__ = [
     "S3Endpoint",
     "SafetensorsVerifier",
     "ScannerError",
+    "SignatureError",
+    "SignatureSettings",
+    "SignatureVerdict",
     "SourceError",
     "StorageError",
     "StorageFileNotFoundError",

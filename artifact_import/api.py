@@ -10,6 +10,7 @@ from .model import DEFAULT_CONCURRENT_FILES, ArtifactStorageImportStep, ImportRe
 from .pipeline import ImportPipeline, ProgressCallback
 from .registries.base import AbstractRegistry
 from .registries.huggingface import HuggingFaceRegistry
+from .signing import SignatureSettings
 from .storages.base import AbstractStorage, StoragePool
 from .storages.vfs import VFSStorage
 from .verifiers.base import Verifier
@@ -30,6 +31,7 @@ async def import_artifact(
     keep_partial: bool = False,
     lock_wait: float | None = None,
     on_lock_wait: Callable[[], None] | None = None,
+    signature: SignatureSettings | None = None,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
@@ -41,6 +43,8 @@ async def import_artifact(
     call finishes the rest. One import per destination at a time: another
     one into the same destination waits up to ``lock_wait`` seconds (None:
     as long as it takes; ``on_lock_wait`` is called when waiting starts).
+    ``signature`` requires or checks the model's signature (``model.sig``)
+    and holds every file to it (see :mod:`artifact_import.signing`).
     """
     model = (
         source
@@ -65,6 +69,7 @@ async def import_artifact(
         keep_partial=keep_partial,
         lock_wait=lock_wait,
         on_lock_wait=on_lock_wait,
+        signature=signature,
     )
     try:
         return await pipeline.run(context, on_progress)

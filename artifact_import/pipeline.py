@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -26,23 +27,30 @@ from .errors import ArtifactImportError, ConfigError, SourceError, VerificationE
 from .journal import Adopted, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
+    NOT_CHECKED,
     ArtifactFile,
     ArtifactStorageImportStep,
     FileResult,
     FileState,
     ImportResult,
+    ModelTarget,
     ProgressEvent,
     ResolvedArtifact,
+    SignatureVerdict,
     Verdict,
 )
 from .paths import PARTIAL_DIR, RESERVED_DIR
 from .registries.base import AbstractRegistry
+from .signing import SignatureSettings
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
 from .storages.base import AbstractStorage, PendingWrite
 from .streams import closing, one_chunk, read_ahead
 from .verifiers.base import Verifier
+
+if TYPE_CHECKING:
+    from .signing.gate import SignatureGate
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +105,8 @@ class _Run:
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
     #: Bytes received from the source by this run (not those re-read from a resumed file's start).
     fetched: int = 0
+    #: The model's verified signature, every file is held to (None: unsigned, or not checked).
+    gate: SignatureGate | None = None
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -125,6 +135,7 @@ class ImportPipeline:
         keep_partial: bool = False,
         lock_wait: float | None = None,
         on_lock_wait: Callable[[], None] | None = None,
+        signature: SignatureSettings | None = None,
     ) -> None:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
@@ -136,6 +147,10 @@ class ImportPipeline:
         the source failing), park the files already verified, so that the
         next import of the same revision finishes the rest (see
         :mod:`.journal.record`); otherwise everything is discarded.
+
+        ``signature``: the model's signature to require or check (see
+        :mod:`.signing`): verified before any other file is fetched, and
+        every file held to its signed sha256 before the commit.
         """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
@@ -151,6 +166,7 @@ class ImportPipeline:
         #: and what to tell the user when waiting starts.
         self.lock_wait = lock_wait
         self.on_lock_wait = on_lock_wait
+        self.signature = signature if signature is not None and signature.active else None
 
     def registry(self, name: str) -> AbstractRegistry:
         try:
@@ -169,7 +185,13 @@ class ImportPipeline:
             storage.check_writable()
         for storage in targets:
             await storage.preflight()
-        artifact = await download.resolve(context.model)
+        model = context.model
+        if self.signature is not None:
+            self.signature.check()
+            # The signature travels with the files it vouches for, whatever the filters say.
+            model = attrs.evolve(model, also=(*model.also, self.signature.file))
+        artifact = await download.resolve(model)
+        gate = await self._signature_gate(model, artifact, download)
         context.step_metadata[Step.DOWNLOAD.value] = {
             "commit": artifact.commit,
             "files": len(artifact.files),
@@ -177,7 +199,24 @@ class ImportPipeline:
         }
         destination = passes[-1].storage
         async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
-            return await self._run_locked(context, artifact, passes, download, on_progress, started)
+            return await self._run_locked(context, artifact, passes, download, on_progress, started, gate)
+
+    async def _signature_gate(
+        self, model: ModelTarget, artifact: ResolvedArtifact, download: DownloadStep
+    ) -> SignatureGate | None:
+        """The verified signature, before any other file is fetched (None: not checked, or none and allowed)."""
+        if self.signature is None:
+            return None
+        from .signing.gate import open_gate
+
+        return await open_gate(self.signature, model, artifact.files, lambda f: download.stream(artifact, f))
+
+    def _signature_verdict(self, gate: SignatureGate | None, results: Sequence[FileResult]) -> SignatureVerdict:
+        if gate is not None:
+            return gate.verdict(results)
+        if self.signature is None:
+            return NOT_CHECKED
+        return SignatureVerdict(status="unsigned", policy=self.signature.effective_policy)
 
     async def _run_locked(
         self,
@@ -187,6 +226,7 @@ class ImportPipeline:
         download: DownloadStep,
         on_progress: ProgressCallback | None,
         started: float,
+        gate: SignatureGate | None,
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
@@ -203,7 +243,7 @@ class ImportPipeline:
             await journal.discard_parked()
         had_parked, resumed = adopted.found, adopted.results
         todo = tuple(f for f in todo if f.path not in resumed)
-        run = _Run(context, artifact, passes, journal, on_progress, todo)
+        run = _Run(context, artifact, passes, journal, on_progress, todo, gate=gate)
         run.pending.extend(adopted.writes)
         run.verified.update(resumed)
         # Resuming a file's bytes needs the single pass (verify while writing into the destination).
@@ -226,7 +266,9 @@ class ImportPipeline:
                 context.step_metadata[Step.VERIFY.value] = {
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
-                manifest = await journal.commit(run.pending, artifact, results)
+                # The last gate: every file the commit makes visible, fetched, kept or already there.
+                signature = self._signature_verdict(gate, results)
+                manifest = await journal.commit(run.pending, artifact, results, signature=signature)
             except BaseException as exc:
                 await run_to_completion(self._end_failed(run, exc, had_parked))
                 raise
@@ -246,6 +288,7 @@ class ImportPipeline:
             seconds=time.monotonic() - started,
             manifest_path=manifest,
             fetched_bytes=run.fetched,
+            signature=signature,
         )
 
     async def _resume_incomplete(self, run: _Run, file: ArtifactFile) -> PendingWrite | None:
@@ -363,6 +406,8 @@ class ImportPipeline:
         checksum = next(v for v in verdicts if v.verifier == "checksum")
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        if run.gate is not None:
+            run.gate.check_file(result)  # refused now, not after the other files have arrived
         run.verified[file.path] = result
         return result
 

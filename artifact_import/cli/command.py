@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -32,12 +32,14 @@ from .common import (
 )
 from .inspect import ls_cmd, verify_cmd
 from .serve import serve_cmd
+from .signature import signature_options, signature_settings
 
 if TYPE_CHECKING:
     # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
     from ..config import Config
     from ..pipeline import ProgressCallback
     from ..registries.base import AbstractRegistry
+    from ..signing import SignatureSettings
     from ..storages.base import AbstractStorage
     from ..verifiers.base import Verifier
 
@@ -152,6 +154,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "Files the Hub's own scan flags (a virus, dangerous pickle imports): fail (default), warn, or do not "
     "ask the Hub for its scan.",
 )
+@signature_options
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(0),
@@ -190,6 +193,7 @@ def import_cmd(
     pickle_policy: str | None,
     format_policy: str | None,
     hub_scan_policy: str | None,
+    signature: dict[str, Any],
     lock_timeout: float | None,
     no_resume: bool,
     force: bool,
@@ -262,6 +266,7 @@ def import_cmd(
             format_policy=format_policy or configured.format_policy,
             hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
         )
+        signed = signature_settings(settings.signature, signature)
         quarantine_to = quarantine or settings.quarantine
         if quarantine_to and not settings.clamd:
             raise ConfigError(
@@ -292,6 +297,7 @@ def import_cmd(
                 verifiers,
                 kept,
                 config,
+                signed,
                 on_progress,
                 concurrency,
                 skip_present=not force,
@@ -379,6 +385,7 @@ async def _run(
     verifiers: list[Verifier],
     quarantine: AbstractStorage | None,
     config: Config | None,
+    signature: SignatureSettings,
     progress: ProgressCallback | None,
     concurrency: int,
     *,
@@ -404,6 +411,7 @@ async def _run(
             keep_partial=keep_partial,
             lock_wait=lock_wait,
             on_lock_wait=on_lock_wait,
+            signature=signature,
         )
     finally:
         await registry.aclose()
@@ -457,6 +465,7 @@ def _summary(result: ImportResult, to: str) -> str:
     )
     scan = result.malware_scan()
     scanned = f"malware scan: {scan['engine']}, all clean" if scan["ran"] else "malware scan: not run (no --clamd)"
+    scanned += _signed(result)
     skipped = f", {result.skipped} already present and skipped" if result.skipped else ""
     if result.resumed:
         skipped += f", {result.resumed} kept from an interrupted import"
@@ -465,6 +474,19 @@ def _summary(result: ImportResult, to: str) -> str:
         f"{source} (commit {result.commit[:12]}) into {to} "
         f"in {result.seconds:.1f}s ({human_bytes(rate)}/s received){skipped}; {checked}; {scanned}"
     )
+
+
+def _signed(result: ImportResult) -> str:
+    """The summary's word on the model's signature, when one was looked for."""
+    verdict = result.signature
+    if verdict.status == "verified":
+        return (
+            f"; signature {verdict.file}: verified, by {verdict.signer}, {verdict.files_signed} file(s) match their "
+            "signed sha256"
+        )
+    if verdict.status == "unsigned":
+        return f"; signature: none in the source (--signature-policy {verdict.policy})"
+    return ""
 
 
 main.add_command(ls_cmd)

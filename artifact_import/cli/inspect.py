@@ -139,6 +139,7 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
         for path in report.extra:
             click.echo(f"extra:   {path} (not in the manifest)")
         _print_leftovers(report)
+        _print_signature(report)
         how = "sha256 and size" if report.digests_checked else "size only"
         if report.intact:
             click.echo(
@@ -177,6 +178,20 @@ def _repairs(report: FsckReport, dest: str) -> list[str]:
             "belong (imports never delete what they did not write)"
         )
     return hints
+
+
+def _print_signature(report: FsckReport) -> None:
+    """What the import that wrote DEST found of the model's signature (verify reads files, not signatures)."""
+    verdict = report.signature
+    if verdict is None or verdict.status == "not checked":
+        return
+    if verdict.status == "unsigned":
+        click.echo(f"signed: no, the source had no signature (imported under --signature-policy {verdict.policy})")
+        return
+    click.echo(
+        f"signed: {verdict.file} verified at import, by {verdict.signer} ({verdict.method}); {verdict.files_signed} "
+        "file(s) held to their signed sha256, which this check holds them to in turn"
+    )
 
 
 def _print_leftovers(report: FsckReport) -> None:

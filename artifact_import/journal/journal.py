@@ -19,7 +19,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..errors import ConfigError, StorageError
-from ..model import ArtifactFile, FileResult, ResolvedArtifact
+from ..model import ArtifactFile, FileResult, ResolvedArtifact, SignatureVerdict
 from ..paths import incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
 from ..streams import closing
@@ -118,12 +118,18 @@ class Journal:
     # -- the end ---------------------------------------------------------------------------------------------------
 
     async def commit(
-        self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
+        self,
+        pending: Sequence[PendingWrite],
+        artifact: ResolvedArtifact,
+        files: Sequence[FileResult],
+        *,
+        signature: SignatureVerdict | None = None,
     ) -> str:
         """Make every verified file visible, then the manifest that vouches for them; its path."""
         stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
         files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
-        await intent.commit(self.storage, pending, encode_manifest(build_manifest(artifact, files)))
+        manifest = build_manifest(artifact, files, signature=signature)
+        await intent.commit(self.storage, pending, encode_manifest(manifest))
         return MANIFEST_PATH
 
     async def park(
@@ -183,4 +189,7 @@ class Journal:
             removed_leftovers=tuple(removed),
             completed_commit=completed,
             parked=await self.parked_summary(),
+            signature=SignatureVerdict.from_dict(signed)
+            if isinstance(signed := manifest.get("signature"), dict)
+            else None,
         )
