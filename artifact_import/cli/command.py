@@ -22,6 +22,7 @@ from ..registries.ranges import ParallelPolicy
 from ..units import human_bytes
 from .common import (
     EXIT_INTERRUPTED,
+    Context,
     fail,
     log_level,
     policy_option,
@@ -68,7 +69,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 
     \b
     Exit codes: 0 ok, 1 import failed, 2 usage or config error,
-    3 verification failed, 130 interrupted.
+    3 verification failed (or the signature), 130 interrupted (Ctrl-C),
+    143 ended by SIGTERM (docker stop, Kubernetes, timeout), 129 by SIGHUP.
     """
     handler = logging.StreamHandler(sys.stderr)
     # -vv shows tracebacks: a redirect URL in one would carry its CDN signature.
@@ -108,8 +110,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     default=ParallelPolicy().connections,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Connections shared by the files of the import: a large file is fetched as byte ranges over several "
-    "at once (1: one connection per file).",
+    help="Connections for the whole import, shared by all its files: a large file is fetched as byte ranges "
+    "over several at once (1: one connection for the whole import, one file at a time, no ranges).",
 )
 @click.option(
     "--retries",
@@ -492,3 +494,5 @@ def _signed(result: ImportResult) -> str:
 main.add_command(ls_cmd)
 main.add_command(verify_cmd)
 main.add_command(serve_cmd)
+for _command in (main, *main.commands.values()):
+    _command.context_class = Context
