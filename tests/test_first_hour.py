@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from artifact_import.cli import main
+
+from .conftest import ROOT, repo_name, run_cli
+from .hub import LocalHub
 
 COMMANDS = ([], ["import"], ["ls"], ["verify"], ["serve"])
 
@@ -35,3 +45,75 @@ def test_help_says_connections_are_for_the_whole_import_and_lists_every_exit_cod
     for code in ("0 ok", "1 import failed", "2 usage", "3 verification failed", "130 interrupted", "143", "129"):
         assert code in top
     assert "143 ended by SIGTERM" in top and "129 by SIGHUP" in top
+
+
+FILES: dict[str, bytes | int] = {
+    "config.json": b'{"hidden_size": 8}',
+    "tokenizer/tokenizer.json": b'{"vocab": {}}',
+    "model.safetensors": 2 * 1024 * 1024,
+}
+
+
+def _interrupted_json_import(hub: LocalHub, dest: Path) -> tuple[str, subprocess.CompletedProcess[str]]:
+    """An ``import --json`` ended by a real SIGINT while the large file's bytes arrive (the hub serves slowly)."""
+    repo = repo_name("first-hour")
+    hub.create_repo(repo, FILES)
+    hub.faults.slow_bps = 256 * 1024
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), "--json"],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    arriving = dest / ".artifact-import" / "partial" / "incomplete" / "model.safetensors"
+    deadline = time.monotonic() + 30
+    while not (arriving.exists() and arriving.stat().st_size):
+        assert time.monotonic() < deadline and proc.poll() is None, "no bytes in flight"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    hub.faults.slow_bps = 0
+    return repo, subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_an_interrupted_json_import_says_on_stdout_what_it_kept(hub: LocalHub, tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    repo, done = _interrupted_json_import(hub, dest)
+    assert done.returncode == 130
+    said = json.loads(done.stdout)
+    assert said["ok"] is False and said["interrupted"] is True and said["signal"] == "SIGINT"
+    assert said["exit_code"] == 130 and said["source"] == f"hf://{repo}" and said["destination"] == str(dest)
+    assert said["kept"] == {"verified": ["config.json", "tokenizer/tokenizer.json"], "partial": ["model.safetensors"]}
+
+
+def test_verify_after_an_interrupted_first_import_says_what_is_kept(hub: LocalHub, tmp_path: Path) -> None:
+    dest = tmp_path / "m"
+    repo, _ = _interrupted_json_import(hub, dest)
+    commit = hub.repos[repo].refs["main"]
+    shown = run_cli("verify", str(dest))
+    assert shown.returncode == 3, shown.stderr
+    assert "not a destination of artifact-import" not in shown.stderr
+    assert (
+        f"NOT intact: no import into {dest} has completed yet. An interrupted import of hf://{repo} (commit "
+        f"{commit[:12]}) kept 2 verified file(s) and 1 received in part" in shown.stderr
+    )
+    finish = f"artifact-import import hf://{repo}@{commit} --to {dest}"
+    assert finish in shown.stderr
+    report = json.loads(run_cli("verify", str(dest), "--json").stdout)
+    assert report["intact"] is False and report["committed"] is False
+    assert report["parked"]["files"] == ["config.json", "tokenizer/tokenizer.json"]
+    assert report["parked"]["incomplete"] == ["model.safetensors"]
+
+    # The command it gives finishes the import.
+    assert run_cli(*finish.split()[1:]).returncode == 0
+    assert json.loads(run_cli("verify", str(dest), "--json").stdout)["intact"] is True
+
+
+def test_verify_json_names_the_destination_as_given(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("first-hour")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    given = str(tmp_path / "m1")
+    imported = json.loads(run_cli("import", f"hf://{repo}", "--to", given, "--json").stdout)
+    verified = json.loads(run_cli("verify", given, "--json").stdout)
+    assert imported["destination"] == verified["destination"] == given

@@ -325,6 +325,10 @@ def import_cmd(
     except (KeyboardInterrupt, asyncio.CancelledError):
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it
+        code = 128 + signals[0] if signals else EXIT_INTERRUPTED
+        if as_json:
+            # A script reading stdout learns what happened and what the next run will pick up.
+            click.echo(json.dumps(_interrupted(source, to, signals, parked, code)))
         if parked:
             click.echo(
                 "interrupted: the import was cancelled; nothing half-written is visible. "
@@ -333,7 +337,7 @@ def import_cmd(
             )
         else:
             click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
-        sys.exit(128 + signals[0] if signals else EXIT_INTERRUPTED)
+        sys.exit(code)
     finally:
         if progress is not None:
             progress.close()
@@ -368,6 +372,22 @@ class _Parked:
         if self.partial:
             parts.append(f"{len(self.partial)} file(s) received in part")
         return "What was already received (" + " and ".join(parts) + ")"
+
+
+def _interrupted(source: str, to: str, signals: list[int], parked: _Parked, code: int) -> dict[str, Any]:
+    """``--json`` of an interrupted import: what ended it and what it kept aside for the next run."""
+    return {
+        "ok": False,
+        "interrupted": True,
+        "signal": signal.Signals(signals[0]).name if signals else "SIGINT",
+        "exit_code": code,
+        "source": source,
+        "destination": to,
+        # Verified whole, and received in part: the same command adopts the first and resumes the second.
+        "kept": {"verified": sorted(parked.verified), "partial": sorted(parked.partial)},
+        "message": "the import was cancelled; nothing half-written is visible"
+        + ("; run the same command again to finish" if parked else ""),
+    }
 
 
 def _warnings(result: ImportResult) -> list[str]:

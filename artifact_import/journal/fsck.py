@@ -37,14 +37,18 @@ class FsckReport:
     parked: ParkedSummary | None = None
     #: What the import found of the model's signature, as its manifest records it (None: an older manifest).
     signature: SignatureVerdict | None = None
+    #: An import has completed here (there is a manifest). If not, ``parked`` says what an interrupted first
+    #: import left, and nothing of the artifact is there yet.
+    committed: bool = True
 
     @property
     def intact(self) -> bool:
-        return not (self.missing or self.changed or self.extra)
+        return self.committed and not (self.missing or self.changed or self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "intact": self.intact,
+            "committed": self.committed,
             "destination": self.destination,
             "source": self.source,
             "commit": self.commit,

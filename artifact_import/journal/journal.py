@@ -152,7 +152,9 @@ class Journal:
         and unchanged, and nothing else.
 
         With ``digests``, every file is read back and its sha256 compared;
-        without, sizes only. A commit a killed import left half done is
+        without, sizes only. A destination whose first import was
+        interrupted has no manifest yet: the report says what that import
+        kept (``committed`` false). A commit a killed import left half done is
         completed first, and part files killed imports left are removed,
         unless an import is running there now.
         """
@@ -168,6 +170,20 @@ class Journal:
             except StorageError:
                 pass  # an import holds the destination: it completes the commit itself
         manifest = await self.manifest()
+        if manifest is None and (parked := await self.parked_summary()) is not None:
+            # A first import that was interrupted: nothing of the artifact yet, but what it kept is worth saying.
+            return fsck.FsckReport(
+                destination=storage.describe(),
+                source=parked.source,
+                commit=parked.commit,
+                checked=0,
+                total_bytes=0,
+                digests_checked=digests,
+                removed_leftovers=tuple(removed),
+                completed_commit=completed,
+                parked=parked,
+                committed=False,
+            )
         if manifest is None:
             raise ConfigError(
                 f"{storage.describe()}: no usable {MANIFEST_PATH}: not a destination of artifact-import, "
