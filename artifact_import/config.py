@@ -98,6 +98,8 @@ class VerifySettings:
     clamd_window: int = DEFAULT_WINDOW
     clamd_overlap: int = DEFAULT_OVERLAP
     clamd_timeout: float = 120.0
+    #: Where ``clamd`` was set, as the way to import without the scan (said when clamd cannot be reached).
+    clamd_unset: str = "import without a malware scan"
     quarantine: str | None = None
     pickle_policy: str = "fail"
     pickle_allow: frozenset[str] = frozenset()
@@ -281,6 +283,7 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
         clamd_window=_size(reader, "verify.clamav", clam, "window-size", DEFAULT_WINDOW),
         clamd_overlap=_size(reader, "verify.clamav", clam, "overlap", DEFAULT_OVERLAP),
         clamd_timeout=float(timeout),
+        clamd_unset=f"remove address from [verify.clamav] in {reader.path} to import without a malware scan",
         quarantine=_string(reader, "verify.clamav", clam, "quarantine"),
         pickle_policy=policy,
         pickle_allow=frozenset(allow),

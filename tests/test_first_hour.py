@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,3 +118,29 @@ def test_verify_json_names_the_destination_as_given(hub: LocalHub, tmp_path: Pat
     imported = json.loads(run_cli("import", f"hf://{repo}", "--to", given, "--json").stdout)
     verified = json.loads(run_cli("verify", given, "--json").stdout)
     assert imported["destination"] == verified["destination"] == given
+
+
+def _dead_clamd() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"  # nothing listens there once the socket closes
+
+
+def test_clamd_unreachable_says_how_to_go_without_it_where_it_was_set(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("first-hour")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    address = _dead_clamd()
+    by_env = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "a"), env={"ARTIFACT_IMPORT_CLAMD": address})
+    assert by_env.returncode == 3
+    assert f"cannot connect to clamd at {address}" in by_env.stderr
+    assert "unset ARTIFACT_IMPORT_CLAMD (which gives the address) to import without a malware scan" in by_env.stderr
+    assert "--clamd" not in by_env.stderr, "the user never typed --clamd"
+
+    by_option = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "b"), "--clamd", address)
+    assert by_option.returncode == 3 and "start clamd, or import without --clamd" in by_option.stderr
+
+    config = tmp_path / "scan.toml"
+    config.write_text(f'[verify.clamav]\naddress = "{address}"\n')
+    by_config = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", str(tmp_path / "c"))
+    assert by_config.returncode == 3
+    assert f"remove address from [verify.clamav] in {config} to import without a malware scan" in by_config.stderr

@@ -264,6 +264,7 @@ def import_cmd(
         settings = attrs.evolve(
             configured,
             clamd=clamd or configured.clamd,
+            clamd_unset=_clamd_unset(ctx) if clamd else configured.clamd_unset,
             pickle_policy=pickle_policy or configured.pickle_policy,
             format_policy=format_policy or configured.format_policy,
             hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
@@ -372,6 +373,13 @@ class _Parked:
         if self.partial:
             parts.append(f"{len(self.partial)} file(s) received in part")
         return "What was already received (" + " and ".join(parts) + ")"
+
+
+def _clamd_unset(ctx: click.Context) -> str:
+    """How to import without the malware scan, by where ``--clamd`` came from: the option or the variable."""
+    if ctx.get_parameter_source("clamd") is click.core.ParameterSource.ENVIRONMENT:
+        return "unset ARTIFACT_IMPORT_CLAMD (which gives the address) to import without a malware scan"
+    return "import without --clamd"
 
 
 def _interrupted(source: str, to: str, signals: list[int], parked: _Parked, code: int) -> dict[str, Any]:
