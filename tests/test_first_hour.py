@@ -144,3 +144,15 @@ def test_clamd_unreachable_says_how_to_go_without_it_where_it_was_set(hub: Local
     by_config = run_cli("--config", str(config), "import", f"hf://{repo}", "--to", str(tmp_path / "c"))
     assert by_config.returncode == 3
     assert f"remove address from [verify.clamav] in {config} to import without a malware scan" in by_config.stderr
+
+
+def test_serve_needs_a_config_naming_where_imports_go(tmp_path: Path) -> None:
+    """The README shows `--config FILE serve`: without one, every request would be refused, so it does not start."""
+    alone = run_cli("serve", "--port", "1", env={"ARTIFACT_IMPORT_CONFIG": ""}, timeout=30)
+    assert alone.returncode == 2
+    assert "serve needs --config FILE (or ARTIFACT_IMPORT_CONFIG)" in alone.stderr
+    empty = tmp_path / "empty.toml"
+    empty.write_text("[server]\nmax-concurrent-imports = 1\n")
+    nowhere = run_cli("--config", str(empty), "serve", "--port", "1", timeout=30)
+    assert nowhere.returncode == 2
+    assert f"{empty}: serve needs at least one [storage.NAME] or [volume.NAME]" in nowhere.stderr

@@ -45,7 +45,8 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     """Serve the import routes (POST/GET/DELETE /import, events) for a storage proxy or scripts.
 
     Storages, volumes, verifiers and [server] limits and webhooks come from
-    --config. With [server] task-store = "redis://HOST:PORT/DB", tasks live in
+    --config, which is required: imports go to its [storage.*] and
+    [volume.*] (it must name at least one). With [server] task-store = "redis://HOST:PORT/DB", tasks live in
     Redis/Valkey and every proxy sharing it answers for them, claims queued
     ones it can reach, and takes over those of a proxy that died. Registries:
     the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), and S3 when AWS_ENDPOINT_URL
@@ -61,19 +62,28 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     from aiohttp import web
 
-    from ..config import VerifySettings, load_config
+    from ..config import load_config
     from ..proxy.routes import create_app
     from ..verifiers import build_verifiers
 
-    def build() -> tuple[web.Application, Config | None]:
-        config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
+    def build() -> tuple[web.Application, Config]:
+        if not ctx.obj["config"]:
+            raise ConfigError(
+                "serve needs --config FILE (or ARTIFACT_IMPORT_CONFIG): imports go to the [storage.*] and "
+                "[volume.*] it names, and without them every request would be refused"
+            )
+        config = load_config(ctx.obj["config"])
+        if not config.storages and not config.volumes:
+            raise ConfigError(
+                f"{config.path}: serve needs at least one [storage.NAME] or [volume.NAME] for imports to go to"
+            )
         registries = _registries()
         app = create_app(
             registries,
-            storage_pool=config.pool() if config else None,
-            volume_pool=config.volume_pool() if config else None,
-            verifiers=build_verifiers(config.verify if config else VerifySettings()),
-            settings=config.server if config else None,
+            storage_pool=config.pool(),
+            volume_pool=config.volume_pool(),
+            verifiers=build_verifiers(config.verify),
+            settings=config.server,
         )
 
         async def close(_: web.Application) -> None:
@@ -81,8 +91,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
             # nothing is reported unclosed at exit.
             for registry in registries.values():
                 await registry.aclose()
-            if config is not None:
-                await config.aclose()
+            await config.aclose()
 
         app.on_cleanup.append(close)
         return app, config
