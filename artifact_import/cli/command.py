@@ -312,6 +312,7 @@ def import_cmd(
                     err=True,
                 ),
                 signals=signals,
+                on_exit=progress.close if progress is not None else None,
             )
         )
     except ArtifactImportError as exc:
@@ -424,10 +425,11 @@ async def _run(
     lock_wait: float | None,
     on_lock_wait: Callable[[], None],
     signals: list[int],
+    on_exit: Callable[[], None] | None = None,
 ) -> ImportResult:
     from ..api import import_artifact
 
-    _handle_signals(signals, journaled=storage.journals_writes)
+    _handle_signals(signals, journaled=storage.journals_writes, on_exit=on_exit)
     try:
         return await import_artifact(
             model,
@@ -452,7 +454,7 @@ async def _run(
             await config.aclose()
 
 
-def _handle_signals(received: list[int], *, journaled: bool) -> None:
+def _handle_signals(received: list[int], *, journaled: bool, on_exit: Callable[[], None] | None = None) -> None:
     """Ctrl-C, SIGTERM (docker stop, Kubernetes, timeout) and SIGHUP all end the import the same way: the
     first cancels it (what was received is kept for the next run); a second ends the process at once."""
     loop = asyncio.get_running_loop()
@@ -470,6 +472,8 @@ def _handle_signals(received: list[int], *, journaled: bool) -> None:
             if journaled
             else "run the same command again to import what is missing"
         )
+        if on_exit is not None:
+            on_exit()  # the terminal as it was (the bars hide its echo of ^C)
         os.write(2, f"\ninterrupted again: stopped at once; nothing half-written is visible; {kept}\n".encode())
         os._exit(128 + received[0])
 
