@@ -217,3 +217,70 @@ def test_ctrl_c_on_a_terminal_leaves_one_overall_bar_and_no_file_bar(hub: LocalH
     assert not any(line.startswith(("w.bin:", "model.safetensors:")) for line in shown), shown
     assert shown[-2].startswith("interrupted: the import was cancelled"), shown
     assert "^C" not in "\n".join(shown)
+
+
+def test_the_demo_says_what_next_and_a_second_run_fetches_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "tiny-model"
+    env = {**os.environ, "DEMO_OUTPUT": str(out)}
+    first = subprocess.run(["scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith("imported 6 file(s)")
+    verify = f".venv/bin/artifact-import verify {out}"
+    for hint in (verify, "./scripts/demo.sh", ".venv/bin/python -m tests.hub serve --demo", "HF_ENDPOINT="):
+        assert hint in first.stderr, hint
+    assert "  model.safetensors\n" in first.stderr
+    # The command it gives works as given.
+    checked = subprocess.run(verify.split(), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0 and checked.stdout.startswith("intact: 6 file(s)"), checked.stderr
+
+    again = subprocess.run(["scripts/demo.sh"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.startswith("nothing to fetch: all 6 file(s) of hf://demo/tiny-model@main"), again.stdout
+
+
+def test_the_hub_run_by_hand_says_it_needs_the_venv_and_how_to_point_the_command_at_it() -> None:
+    # -S: no site-packages, as a system Python without the project's venv.
+    outside = subprocess.run(
+        [sys.executable, "-S", "-m", "tests.hub", "serve", "--demo"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert outside.returncode == 1
+    assert "the local hub needs the project's venv (aiohttp): ./scripts/setup.sh" in outside.stderr
+    assert "Traceback" not in outside.stderr
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.hub", "serve", "--demo"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None and proc.stderr is not None
+        url = json.loads(proc.stdout.readline())["url"]
+        said = proc.stderr.readline() + proc.stderr.readline()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert f"HF_ENDPOINT={url} .venv/bin/artifact-import import hf://demo/tiny-model --to ./tiny-model" in said
+
+
+def test_setup_says_to_install_python3_venv_when_python_cannot_make_a_venv(tmp_path: Path) -> None:
+    """Debian's Python without python3-venv: `-m venv` fails in terms of ensurepip, or leaves a venv without pip."""
+    project = tmp_path / "project"
+    (project / "scripts").mkdir(parents=True)
+    (project / "scripts" / "setup.sh").write_bytes((ROOT / "scripts" / "setup.sh").read_bytes())
+    (project / "scripts" / "setup.sh").chmod(0o755)
+    (project / "pyproject.toml").write_bytes((ROOT / "pyproject.toml").read_bytes())
+    # A Python whose ensurepip is missing, as Debian's is until python3-venv is installed.
+    stub = tmp_path / "no-ensurepip"
+    stub.mkdir()
+    (stub / "ensurepip.py").write_text("raise ImportError('No module named ensurepip')\n")
+    env = {**os.environ, "PYTHON": sys.executable, "PYTHONPATH": str(stub)}
+    done = subprocess.run(["scripts/setup.sh"], cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert "sudo apt-get install python3-venv" in done.stderr
+    assert not (project / ".venv").exists()
+
+    # A .venv such a Python left behind, without pip.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(project / ".venv")], check=True)
+    done = subprocess.run(["scripts/setup.sh"], cwd=project, env={**os.environ, "PYTHON": sys.executable},
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "rm -rf .venv; sudo apt-get install python3-venv" in done.stderr
