@@ -23,9 +23,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from artifact_import import MANIFEST_PATH
+from artifact_import import (
+    MANIFEST_PATH,
+    ArtifactStorageImportStep,
+    ImportService,
+    ModelTarget,
+    SignatureError,
+    SignatureSettings,
+    StorageTarget,
+    VFSStorage,
+)
 
-from .conftest import files_under, repo_name, run_cli
+from .conftest import fast_registry, files_under, repo_name, run_cli
 from .hub import LocalHub
 
 #: Weights as safetensors writes them, above the hub's LFS threshold (their sha256 is in the listing).
@@ -267,7 +276,9 @@ def test_require_refuses_a_model_without_a_signature(hub: LocalHub, tmp_path: Pa
         repo, tmp_path / "m", "--signature-policy", "require", "--signature-key", str(public)
     )
     assert code == 3, result
-    assert "no signature (model.sig) in the source, and --signature-policy require refuses" in stderr
+    assert (
+        "no signature (model.sig) in the source, and the signature policy (require) refuses an unsigned model" in stderr
+    )
     assert _fetched(hub) == set(), "nothing is fetched"
 
     # if-present lets it through, and says so.
@@ -394,3 +405,36 @@ def test_a_file_an_unsigned_import_left_is_held_to_the_signature_too(
     assert "changed: config.json (sha256 " in stderr
     manifest = json.loads((dest / MANIFEST_PATH).read_bytes())
     assert manifest["signature"]["status"] == "not checked", "the refused import recorded nothing"
+
+
+async def test_a_storage_proxy_holds_its_imports_to_the_signature_of_its_config(
+    hub: LocalHub, tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """`serve` passes [verify.signature] to the service: a proxy with policy require refuses an unsigned model."""
+    private, public = signer
+    signed = serve(hub, MODEL, sign_with_key(tmp_path, MODEL, private))
+    unsigned = serve(hub, MODEL, None)
+    registry = fast_registry()
+    service = ImportService(
+        {registry.name: registry}, signature=SignatureSettings(policy="require", public_key=str(public))
+    )
+    try:
+        results = []
+        for repo in (signed, unsigned):
+            storage = VFSStorage("models", tmp_path / repo.replace("/", "-"))
+            task = await service.start_import(
+                ModelTarget.from_uri(f"hf://{repo}"),
+                registry.name,
+                storage_step_mappings={ArtifactStorageImportStep.ARCHIVE: StorageTarget(storage)},
+            )
+            try:
+                results.append((await service.wait(task))[0].signature.status)
+            except SignatureError as exc:
+                results.append(exc.message)
+    finally:
+        await service.aclose()
+    assert results[0] == "verified"
+    assert (
+        "no signature (model.sig) in the source, and the signature policy (require) refuses an unsigned model"
+        in results[1]
+    )

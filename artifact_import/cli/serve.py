@@ -84,6 +84,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
             volume_pool=config.volume_pool(),
             verifiers=build_verifiers(config.verify),
             settings=config.server,
+            signature=config.verify.signature,
         )
 
         async def close(_: web.Application) -> None:

@@ -30,6 +30,7 @@ from ..config import ServerSettings, VerifySettings
 from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
 from ..model import ArtifactStorageImportStep, ModelTarget
 from ..registries.base import AbstractRegistry
+from ..signing import SignatureSettings
 from ..storages.base import AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
@@ -57,6 +58,7 @@ def create_app(
     volume_pool: VolumePool | None = None,
     verifiers: Sequence[Verifier] | None = None,
     settings: ServerSettings | None = None,
+    signature: SignatureSettings | None = None,
 ) -> web.Application:
     """An application with the import routes; on shutdown, running imports are cancelled and cleaned up.
 
@@ -79,6 +81,7 @@ def create_app(
         "max_concurrent_imports": settings.max_concurrent_imports,
         "max_concurrent_files": settings.max_concurrent_files,
         "on_finished": [notifier] if notifier is not None else [],
+        "signature": signature,
     }
     service: ImportService
     if settings.task_store is not None:

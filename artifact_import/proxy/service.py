@@ -36,6 +36,7 @@ from ..model import (
 )
 from ..pipeline import ImportPipeline
 from ..registries.base import AbstractRegistry
+from ..signing import SignatureSettings
 from ..storages.base import AbstractStorage, AbstractStoragePool, StoragePool
 from ..storages.volume import VolumeStorageAdapter
 from ..verifiers.base import Verifier
@@ -245,6 +246,7 @@ class ImportService:
         max_concurrent_files: int = DEFAULT_CONCURRENT_FILES,
         keep_finished: int = 1000,
         on_finished: Sequence[FinishedCallback] = (),
+        signature: SignatureSettings | None = None,
     ) -> None:
         if max_concurrent_imports < 1:
             raise ConfigError("max_concurrent_imports must be at least 1")
@@ -252,7 +254,9 @@ class ImportService:
         self.storage_pool = storage_pool or StoragePool()
         self.volume_pool = volume_pool or VolumePool()
         self.staging = staging
-        self.pipeline = ImportPipeline(self.registries, verifiers, max_concurrent_files=max_concurrent_files)
+        self.pipeline = ImportPipeline(
+            self.registries, verifiers, max_concurrent_files=max_concurrent_files, signature=signature
+        )
         self.on_finished = list(on_finished)
         self.max_concurrent_imports = max_concurrent_imports
         self._slots = asyncio.Semaphore(max_concurrent_imports)

@@ -154,8 +154,8 @@ async def open_gate(
     if signature is None:
         if settings.effective_policy == "require":
             raise SignatureError(
-                f"{model.uri}: no signature ({settings.file}) in the source, and --signature-policy require "
-                "refuses an unsigned model. Nothing was fetched.",
+                f"{model.uri}: no signature ({settings.file}) in the source, and the signature policy "
+                "(require) refuses an unsigned model. Nothing was fetched.",
                 path=settings.file,
             )
         return None
