@@ -438,3 +438,27 @@ async def test_a_storage_proxy_holds_its_imports_to_the_signature_of_its_config(
         "no signature (model.sig) in the source, and the signature policy (require) refuses an unsigned model"
         in results[1]
     )
+
+
+def test_a_key_that_cannot_check_signatures_and_a_signature_that_is_not_one(
+    hub: LocalHub, tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_public = tmp_path / "rsa.pub"
+    rsa_public.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    private, public = signer
+    repo = serve(hub, MODEL, sign_with_key(tmp_path, MODEL, private))
+    code, _, stderr = _import(repo, tmp_path / "m", "--signature-key", str(rsa_public))
+    assert code == 2
+    assert f"cannot check signatures by the public key {rsa_public}" in stderr
+
+    garbage = serve(hub, MODEL, b'{"mediaType": "not a bundle"}')
+    code, _, stderr = _import(garbage, tmp_path / "m", "--signature-key", str(public))
+    assert code == 3
+    assert "model.sig: not a model signature model-signing can read" in stderr
+    assert not (tmp_path / "m").exists() or files_under(tmp_path / "m") == {}

@@ -22,7 +22,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import SignatureError
+from ..errors import ConfigError, SignatureError
 from .settings import SignatureSettings
 
 log = logging.getLogger(__name__)
@@ -54,9 +54,16 @@ def verify_signature(data: bytes, settings: SignatureSettings, *, name: str) -> 
     method = settings.method
     assert method is not None
     try:
-        signature, verifier = _load(data, settings)
-    except SignatureError:
-        raise
+        verifier = _verifier(settings)
+    except Exception as exc:
+        where = (
+            " (its trust root comes from Sigstore's TUF repository over the network, or from trust-config)"
+            if method == "sigstore"
+            else ""
+        )
+        raise ConfigError(f"cannot check signatures by {settings.trusted()}{where}: {_why(exc)}") from None
+    try:
+        signature = _read(data, method)
     except Exception as exc:
         raise SignatureError(f"{name}: not a model signature model-signing can read ({_why(exc)})") from None
     # The key verifier prints (to stdout) a warning about signatures made by model-signing before 1.0; stdout is
@@ -96,34 +103,40 @@ def verify_signature(data: bytes, settings: SignatureSettings, *, name: str) -> 
     )
 
 
-def _load(data: bytes, settings: SignatureSettings) -> tuple[Any, Any]:
-    """The library's signature object for ``data`` and its verifier for the trusted signer."""
-    from model_signing._signing import sign_sigstore_pb
-
+def _read(data: bytes, method: str) -> Any:
+    """The library's signature object for ``data``: a Sigstore bundle, read as the method's verifier reads it."""
     # The library reads signatures from files only; this one is small (bounded by the caller).
     with tempfile.TemporaryDirectory(prefix="artifact-import-signature-") as folder:
         path = pathlib.Path(folder, "model.sig")
         path.write_bytes(data)
-        if settings.method == "sigstore":
-            from model_signing._signing import sign_sigstore
+        if method == "sigstore":
+            from model_signing._signing import sign_sigstore  # sigstore-python: only for keyless signatures
 
-            signature: Any = sign_sigstore.Signature.read(path)
-            verifier: Any = sign_sigstore.Verifier(
-                identity=str(settings.identity),
-                oidc_issuer=str(settings.issuer),
-                trust_config=pathlib.Path(settings.trust_config) if settings.trust_config else None,
-            )
-            return signature, verifier
-        signature = sign_sigstore_pb.Signature.read(path)
+            return sign_sigstore.Signature.read(path)
+        from model_signing._signing import sign_sigstore_pb
+
+        return sign_sigstore_pb.Signature.read(path)
+
+
+def _verifier(settings: SignatureSettings) -> Any:
+    """The library's verifier for the signer ``settings`` trusts."""
+    if settings.method == "sigstore":
+        from model_signing._signing import sign_sigstore
+
+        return sign_sigstore.Verifier(
+            identity=str(settings.identity),
+            oidc_issuer=str(settings.issuer),
+            trust_config=pathlib.Path(settings.trust_config) if settings.trust_config else None,
+        )
     if settings.method == "key":
         from model_signing._signing import sign_ec_key
 
-        return signature, sign_ec_key.Verifier(pathlib.Path(str(settings.public_key)))
+        return sign_ec_key.Verifier(pathlib.Path(str(settings.public_key)))
     from model_signing._signing import sign_certificate
 
     # Never the library's fallback to the system's web roots (certifi): only the chain the user trusts.
     assert settings.certificates
-    return signature, sign_certificate.Verifier([pathlib.Path(c) for c in settings.certificates])
+    return sign_certificate.Verifier([pathlib.Path(c) for c in settings.certificates])
 
 
 def _signer(signature: Any, settings: SignatureSettings) -> str:
