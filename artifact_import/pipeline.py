@@ -404,10 +404,10 @@ class ImportPipeline:
                 await pending.commit()
                 source = (p.storage, path)
         checksum = next(v for v in verdicts if v.verifier == "checksum")
-        run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
         if run.gate is not None:
             run.gate.check_file(result)  # refused now, not after the other files have arrived
+        run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         run.verified[file.path] = result
         return result
 

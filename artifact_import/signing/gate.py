@@ -137,10 +137,6 @@ class SignatureGate:
         )
 
 
-def unsigned(settings: SignatureSettings) -> SignatureVerdict:
-    return SignatureVerdict(status="unsigned", policy=settings.effective_policy)
-
-
 async def open_gate(
     settings: SignatureSettings,
     model: ModelTarget,
