@@ -46,9 +46,10 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     Storages, volumes, verifiers and [server] limits and webhooks come from
     --config, which is required: imports go to its [storage.*] and
-    [volume.*] (it must name at least one). With [server] task-store = "redis://HOST:PORT/DB", tasks live in
-    Redis/Valkey and every proxy sharing it answers for them, claims queued
-    ones it can reach, and takes over those of a proxy that died. Registries:
+    [volume.*] (it must name one, unless it joins a fleet). With [server]
+    task-store = "redis://HOST:PORT/DB", tasks live in Redis/Valkey and every
+    proxy sharing it answers for them, claims queued ones it can reach, and
+    takes over those of a proxy that died. Registries:
     the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), and S3 when AWS_ENDPOINT_URL
     is set. SIGINT / SIGTERM cancel running imports, clean them up, and exit
     (in a fleet: hand them back to the other proxies).
@@ -73,9 +74,11 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
                 "[volume.*] it names, and without them every request would be refused"
             )
         config = load_config(ctx.obj["config"])
-        if not config.storages and not config.volumes:
+        # A fleet's proxy may have none: it takes requests for what the other proxies reach.
+        if not config.storages and not config.volumes and config.server.task_store is None:
             raise ConfigError(
-                f"{config.path}: serve needs at least one [storage.NAME] or [volume.NAME] for imports to go to"
+                f"{config.path}: serve needs at least one [storage.NAME] or [volume.NAME] for imports to go to "
+                "(or [server] task-store, to answer for a fleet of proxies that have them)"
             )
         registries = _registries()
         app = create_app(
