@@ -462,3 +462,22 @@ def test_a_key_that_cannot_check_signatures_and_a_signature_that_is_not_one(
     assert code == 3
     assert "model.sig: not a model signature model-signing can read" in stderr
     assert not (tmp_path / "m").exists() or files_under(tmp_path / "m") == {}
+
+
+def test_a_signature_over_shards_is_refused_with_what_to_do_instead(
+    hub: LocalHub, tmp_path: Path, signer: tuple[Path, Path]
+) -> None:
+    """Shard digests cannot be held to the per-file sha256 the import computes: say so, do not pass it."""
+    private, public = signer
+    model = _write(tmp_path / "sharded", MODEL)
+    hashing = model_signing.hashing.Config().use_shard_serialization(shard_size=4096)
+    hashing.set_ignored_paths(paths=["model.sig"], ignore_git_paths=True)
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=private).set_hashing_config(hashing).sign(
+        model, model / "model.sig"
+    )
+    repo = serve(hub, MODEL, (model / "model.sig").read_bytes())
+    code, _, stderr = _import(repo, tmp_path / "m", "--signature-key", str(public))
+    assert code == 3
+    assert "the signature holds shards digests of type sha256" in stderr
+    assert "import with --signature-policy off, then run model_signing verify on the destination" in stderr
+    assert _fetched(hub) == {"model.sig"}
