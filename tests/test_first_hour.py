@@ -205,9 +205,7 @@ def test_ctrl_c_on_a_terminal_leaves_one_overall_bar_and_no_file_bar(hub: LocalH
     repo = repo_name("tty")
     hub.create_repo(repo, {"config.json": b"{}", "model.safetensors": 3 * 1024 * 1024, "w.bin": 3 * 1024 * 1024})
     hub.faults.slow_bps = 512 * 1024
-    code, out = _ctrl_c_in_a_terminal(
-        ["import", f"hf://{repo}", "--to", str(tmp_path / "m")], tmp_path, when=b"w.bin:"
-    )
+    code, out = _ctrl_c_in_a_terminal(["import", f"hf://{repo}", "--to", str(tmp_path / "m")], tmp_path, when=b"w.bin:")
     assert code == 130, out
     screen = pyte.Screen(120, 40)
     pyte.ByteStream(screen).feed(out)
