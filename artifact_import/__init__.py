@@ -30,6 +30,7 @@ if TYPE_CHECKING:
         RevisionNotFoundError,
         ScannerError,
         ServiceBusyError,
+        SignatureError,
         SourceError,
         StorageError,
         StorageFileNotFoundError,
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         ModelTarget,
         ProgressEvent,
         ResolvedArtifact,
+        SignatureVerdict,
         Verdict,
     )
     from .pipeline import ImportPipeline, ProgressCallback
@@ -59,6 +61,7 @@ if TYPE_CHECKING:
     from .registries.huggingface import HuggingFaceRegistry
     from .registries.ranges import ParallelPolicy
     from .s3 import S3Credentials, S3Endpoint
+    from .signing import SignatureSettings
     from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
     from .storages.hfcache import HFCacheStorage
     from .storages.object import ObjectStorage
@@ -140,6 +143,9 @@ _LAZY: dict[str, str] = {
     "SafetensorsVerifier": ".verifiers.safetensors",
     "ScannerError": ".errors",
     "ServiceBusyError": ".errors",
+    "SignatureError": ".errors",
+    "SignatureSettings": ".signing",
+    "SignatureVerdict": ".model",
     "SourceError": ".errors",
     "StorageError": ".errors",
     "StorageFileNotFoundError": ".errors",
@@ -238,6 +244,9 @@ __all__ = [
     "SafetensorsVerifier",
     "ScannerError",
     "ServiceBusyError",
+    "SignatureError",
+    "SignatureSettings",
+    "SignatureVerdict",
     "SourceError",
     "StorageError",
     "StorageFileNotFoundError",

@@ -11,6 +11,7 @@ from .model import DEFAULT_CONCURRENT_FILES, ArtifactStorageImportStep, ImportRe
 from .pipeline import ImportPipeline, ProgressCallback
 from .registries.base import AbstractRegistry
 from .registries.huggingface import HuggingFaceRegistry
+from .signing import SignatureSettings
 from .storages.base import AbstractStorage, StoragePool
 from .storages.vfs import VFSStorage
 from .verifiers.base import Verifier
@@ -32,6 +33,7 @@ async def import_artifact(
     lock_wait: float | None = None,
     on_lock_wait: Callable[[], None] | None = None,
     replace_existing: bool = True,
+    signature: SignatureSettings | None = None,
 ) -> ImportResult:
     """Import ``source`` (``hf://ORG/NAME[@REV]``) into ``destination`` (a directory or a storage).
 
@@ -47,6 +49,8 @@ async def import_artifact(
     ``hf download`` replaces them, and named in the result's ``replaced``;
     with ``replace_existing=False`` they fail the import
     (:class:`DestinationConflictError`) before any byte moves.
+    ``signature`` requires or checks the model's signature (``model.sig``)
+    and holds every file to it (see :mod:`artifact_import.signing`).
     """
     own_registry = registry is None
     reg = registry if registry is not None else HuggingFaceRegistry()
@@ -61,6 +65,7 @@ async def import_artifact(
         lock_wait=lock_wait,
         on_lock_wait=on_lock_wait,
         replace_existing=replace_existing,
+        signature=signature,
     )
     try:
         return await pipeline.run(context, on_progress)

@@ -24,6 +24,10 @@
     policy = "fail"                     # or "warn", "off"
     [verify.hub-scan]                   # the Hub's own ClamAV and pickle scan of each file
     policy = "fail"                     # or "warn", "off" (off also skips asking for it)
+    [verify.signature]                  # OpenSSF model signing (model.sig); the signing extra
+    policy = "require"                  # or "if-present", "off" (default: if-present when a signer is given)
+    public-key = "keys/signer.pub"      # or certificate-chain = ["ca.pem"], or identity + issuer (Sigstore);
+                                        # relative paths are relative to this file
 
     [volume.local]                     # users' vfolders (vfolder:local/SCOPE/FOLDER_ID)
     backend = "vfs"                     # or "minio" / "s3" with endpoint, bucket, prefix, options
@@ -59,6 +63,7 @@ import attrs
 from .errors import ConfigError
 from .model import DEFAULT_CONCURRENT_FILES
 from .s3 import S3Credentials, S3Endpoint
+from .signing import DEFAULT_SIGNATURE_FILE, POLICIES, SignatureSettings
 from .storages.base import AbstractStorage, StoragePool
 from .storages.object import DEFAULT_MULTIPART_THRESHOLD, DEFAULT_PART_SIZE, ObjectStorage
 from .storages.vfs import VFSStorage
@@ -98,6 +103,8 @@ class VerifySettings:
     clamd_window: int = DEFAULT_WINDOW
     clamd_overlap: int = DEFAULT_OVERLAP
     clamd_timeout: float = 120.0
+    #: Where ``clamd`` was set, as the way to import without the scan (said when clamd cannot be reached).
+    clamd_unset: str = "import without a malware scan"
     quarantine: str | None = None
     pickle_policy: str = "fail"
     pickle_allow: frozenset[str] = frozenset()
@@ -107,6 +114,8 @@ class VerifySettings:
     format_policy: str = "fail"
     #: The Hub's own per-file scan.
     hub_scan_policy: str = "fail"
+    #: The model's signature (model.sig): required, checked if present, or not looked at; whose to trust.
+    signature: SignatureSettings = attrs.field(factory=SignatureSettings)
 
 
 @attrs.frozen
@@ -340,7 +349,7 @@ def _auth_token(reader: _Reader, table: Mapping[str, Any]) -> str | None:
 
 
 def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
-    _known(reader, "verify", table, {"clamav", "pickle", "torchscript", "formats", "hub-scan"})
+    _known(reader, "verify", table, {"clamav", "pickle", "torchscript", "formats", "hub-scan", "signature"})
     clam = table.get("clamav") or {}
     pick = table.get("pickle") or {}
     _known(reader, "verify.clamav", clam, {"address", "window-size", "overlap", "timeout", "quarantine"})
@@ -357,13 +366,48 @@ def _verify(reader: _Reader, table: dict[str, Any]) -> VerifySettings:
         clamd_window=_size(reader, "verify.clamav", clam, "window-size", DEFAULT_WINDOW),
         clamd_overlap=_size(reader, "verify.clamav", clam, "overlap", DEFAULT_OVERLAP),
         clamd_timeout=float(timeout),
+        clamd_unset=f"remove address from [verify.clamav] in {reader.path} to import without a malware scan",
         quarantine=_string(reader, "verify.clamav", clam, "quarantine"),
         pickle_policy=policy,
         pickle_allow=frozenset(allow),
         torchscript_policy=_policy(reader, "verify.torchscript", table.get("torchscript") or {}),
         format_policy=_policy(reader, "verify.formats", table.get("formats") or {}),
         hub_scan_policy=_policy(reader, "verify.hub-scan", table.get("hub-scan") or {}),
+        signature=_signature(reader, table.get("signature") or {}),
     )
+
+
+def _signature(reader: _Reader, table: dict[str, Any]) -> SignatureSettings:
+    where = "verify.signature"
+    keys = {"policy", "file", "public-key", "certificate-chain", "identity", "issuer", "trust-config"}
+    _known(reader, where, table, keys)
+    policy = _string(reader, where, table, "policy")
+    if policy is not None and policy not in POLICIES:
+        raise reader.error(where, "policy", f"must be {', '.join(repr(p) for p in POLICIES)}")
+    chain = table.get("certificate-chain", [])
+    if isinstance(chain, str):
+        chain = [chain]
+    if not isinstance(chain, list) or not all(isinstance(c, str) and c for c in chain):
+        raise reader.error(where, "certificate-chain", "must be a PEM file or a list of them")
+
+    def beside(value: str | None) -> str | None:
+        # Key files named in a config file are where the file says, wherever the command runs.
+        return str(reader.path.parent / value) if value is not None else None
+
+    settings = SignatureSettings(
+        policy=policy,
+        file=_string(reader, where, table, "file") or DEFAULT_SIGNATURE_FILE,
+        public_key=beside(_string(reader, where, table, "public-key")),
+        certificates=tuple(str(reader.path.parent / c) for c in chain),
+        identity=_string(reader, where, table, "identity"),
+        issuer=_string(reader, where, table, "issuer"),
+        trust_config=beside(_string(reader, where, table, "trust-config")),
+    )
+    try:
+        settings.check()
+    except ConfigError as exc:
+        raise reader.error(where, None, exc.message) from None
+    return settings
 
 
 def _policy(reader: _Reader, section: str, table: dict[str, Any]) -> str:

@@ -107,6 +107,11 @@ class UnsafeContentError(VerificationError):
     """A file's content is dangerous or malformed (malware, unsafe pickle, bad safetensors header)."""
 
 
+class SignatureError(VerificationError):
+    """The model's signature is missing (and required), does not verify, is not by the signer trusted, or
+    does not vouch for exactly the files imported; nothing was archived."""
+
+
 class StorageError(ArtifactImportError):
     """A storage could not be found, read or written."""
 

@@ -77,6 +77,9 @@ class ModelTarget:
     repo_type: str = attrs.field(default="model", kw_only=True)
     #: Exactly these paths (``hf download REPO FILE...``); each must be in the source. Empty: every file.
     files: tuple[str, ...] = attrs.field(default=(), converter=_patterns, kw_only=True)
+    #: Paths imported whenever the source has them, whatever the filters say (the model's signature travels
+    #: with the files it vouches for); unlike ``files``, they need not exist.
+    also: tuple[str, ...] = attrs.field(default=(), converter=_patterns, kw_only=True)
 
     def __attrs_post_init__(self) -> None:
         if self.repo_type not in REPO_TYPES:
@@ -137,6 +140,10 @@ class ModelTarget:
         return f"{self.source}@{self.revision}" if self.revision else self.source
 
     def selects(self, path: str) -> bool:
+        """Whether ``path`` is one of ``also``, or one of ``files`` (if named) and passes the patterns."""
+        return path in self.also or self.chosen(path)
+
+    def chosen(self, path: str) -> bool:
         """Whether ``path`` is one of ``files`` (if named) and passes the include and exclude patterns."""
         if self.files and path not in self.files:
             return False
@@ -237,6 +244,42 @@ class FileResult:
 
 
 @attrs.frozen
+class SignatureVerdict:
+    """What the import found of the model's signature (``--signature-policy``)."""
+
+    #: ``verified`` (every imported file matched the signed digests), ``unsigned`` (none, and the policy let
+    #: that pass) or ``not checked`` (policy ``off``).
+    status: str
+    policy: str
+    #: How the signer is identified (``key``, ``certificate``, ``sigstore``) and who it is.
+    method: str | None = None
+    signer: str | None = None
+    #: The signature's path and sha256.
+    file: str | None = None
+    sha256: str | None = None
+    #: Imported files held to a signed digest.
+    files_signed: int = 0
+    #: Imported files the signature does not cover on purpose: itself, git files, paths its signer ignored.
+    not_covered: tuple[str, ...] = ()
+    #: Signed files not imported because the selection (``--include``, ``--exclude``, FILE...) left them out.
+    signed_not_selected: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**attrs.asdict(self), "not_covered": list(self.not_covered)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SignatureVerdict | None:
+        """The verdict a manifest recorded, or None if it holds none (or not one of ours)."""
+        try:
+            return cls(**{**data, "not_covered": tuple(data.get("not_covered") or ())})
+        except TypeError:
+            return None
+
+
+NOT_CHECKED = SignatureVerdict("not checked", "off")
+
+
+@attrs.frozen
 class ImportResult:
     """A finished, successful import."""
 
@@ -251,6 +294,7 @@ class ImportResult:
     fetched_bytes: int = 0
     #: Files the destination held that no earlier import wrote (not in its manifest), replaced by this one.
     replaced: tuple[str, ...] = ()
+    signature: SignatureVerdict = NOT_CHECKED
 
     @property
     def total_bytes(self) -> int:
@@ -290,5 +334,6 @@ class ImportResult:
             "total_bytes": self.total_bytes,
             "fetched_bytes": self.fetched_bytes,
             "replaced": list(self.replaced),
+            "signature": self.signature.to_dict(),
             "seconds": round(self.seconds, 3),
         }

@@ -17,6 +17,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -33,23 +34,30 @@ from .errors import (
 from .journal import Adopted, ImportPlan, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
+    NOT_CHECKED,
     ArtifactFile,
     ArtifactStorageImportStep,
     FileResult,
     FileState,
     ImportResult,
+    ModelTarget,
     ProgressEvent,
     ResolvedArtifact,
+    SignatureVerdict,
     Verdict,
 )
 from .paths import PARTIAL_DIR, RESERVED_DIR
 from .registries.base import AbstractRegistry
+from .signing import SignatureSettings
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
 from .storages.base import AbstractStorage, PendingWrite
 from .streams import closing, one_chunk, read_ahead
 from .verifiers.base import Verifier
+
+if TYPE_CHECKING:
+    from .signing.gate import SignatureGate
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +120,8 @@ class _Run:
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
     #: Bytes received from the source by this run (not those re-read from a resumed file's start).
     fetched: int = 0
+    #: The model's verified signature, every file is held to (None: unsigned, or not checked).
+    gate: SignatureGate | None = None
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -141,6 +151,7 @@ class ImportPipeline:
         lock_wait: float | None = None,
         on_lock_wait: Callable[[], None] | None = None,
         replace_existing: bool = True,
+        signature: SignatureSettings | None = None,
     ) -> None:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
@@ -158,6 +169,10 @@ class ImportPipeline:
         names them (:attr:`ImportResult.replaced`); if false, such files
         fail the import with :class:`DestinationConflictError` before any
         byte moves. :meth:`run` can say otherwise per import.
+
+        ``signature``: the model's signature to require or check (see
+        :mod:`.signing`): verified before any other file is fetched, and
+        every file held to its signed sha256 before the commit.
         """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
@@ -174,6 +189,7 @@ class ImportPipeline:
         self.lock_wait = lock_wait
         self.on_lock_wait = on_lock_wait
         self.replace_existing = replace_existing
+        self.signature = signature if signature is not None and signature.active else None
 
     async def before_commit(
         self,
@@ -211,8 +227,14 @@ class ImportPipeline:
             storage.check_writable()
         for storage in targets:
             await storage.preflight()
-        artifact = await download.resolve(context.model)
+        model = context.model
+        if self.signature is not None:
+            self.signature.check()
+            # The signature travels with the files it vouches for, whatever the filters say.
+            model = attrs.evolve(model, also=(*model.also, self.signature.file))
+        artifact = await download.resolve(model)
         passes = bind_passes(passes, artifact)
+        gate = await self._signature_gate(model, artifact, download)
         context.step_metadata[Step.DOWNLOAD.value] = {
             "commit": artifact.commit,
             "files": len(artifact.files),
@@ -220,7 +242,7 @@ class ImportPipeline:
         }
         destination = passes[-1].storage
         async with destination.exclusive(wait=self.lock_wait, on_wait=self.on_lock_wait):
-            return await self._run_locked(context, artifact, passes, download, on_progress, started, replace)
+            return await self._run_locked(context, artifact, passes, download, on_progress, started, replace, gate)
 
     async def plan(self, context: ImportStepContext) -> ImportPlan:
         """What :meth:`run` would do with each file (fetch, skip, resume, verify where it is), with sizes,
@@ -238,6 +260,23 @@ class ImportPipeline:
             artifact, self.verify_step.verifiers, skip_present=self.skip_present, resume_bytes=len(passes) == 1
         )
 
+    async def _signature_gate(
+        self, model: ModelTarget, artifact: ResolvedArtifact, download: DownloadStep
+    ) -> SignatureGate | None:
+        """The verified signature, before any other file is fetched (None: not checked, or none and allowed)."""
+        if self.signature is None:
+            return None
+        from .signing.gate import open_gate
+
+        return await open_gate(self.signature, model, artifact.files, lambda f: download.stream(artifact, f))
+
+    def _signature_verdict(self, gate: SignatureGate | None, results: Sequence[FileResult]) -> SignatureVerdict:
+        if gate is not None:
+            return gate.verdict(results)
+        if self.signature is None:
+            return NOT_CHECKED
+        return SignatureVerdict(status="unsigned", policy=self.signature.effective_policy)
+
     async def _run_locked(
         self,
         context: ImportStepContext,
@@ -247,6 +286,7 @@ class ImportPipeline:
         on_progress: ProgressCallback | None,
         started: float,
         replace: bool,
+        gate: SignatureGate | None,
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
@@ -271,7 +311,7 @@ class ImportPipeline:
         # while writing into the destination).
         single = len(passes) == 1
         local = await journal.find_local(todo) if self.skip_present and single else {}
-        run = _Run(context, artifact, passes, journal, on_progress, todo)
+        run = _Run(context, artifact, passes, journal, on_progress, todo, gate=gate)
         run.pending.extend(adopted.writes)
         run.verified.update(resumed)
         run.incomplete_parked = set(adopted.incomplete) | set(local) if single else set()
@@ -294,7 +334,9 @@ class ImportPipeline:
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
                 await self.before_commit(context, destination, run.pending, results)
-                manifest = await journal.commit(run.pending, artifact, results)
+                # The last gate: every file the commit makes visible, fetched, kept or already there.
+                signature = self._signature_verdict(gate, results)
+                manifest = await journal.commit(run.pending, artifact, results, signature=signature)
             except BaseException as exc:
                 await run_to_completion(self._end_failed(run, exc, had_parked))
                 raise
@@ -315,6 +357,7 @@ class ImportPipeline:
             manifest_path=manifest,
             fetched_bytes=run.fetched,
             replaced=tuple(replaced),
+            signature=signature,
         )
 
     async def _resume_incomplete(self, run: _Run, file: ArtifactFile) -> PendingWrite | None:
@@ -444,8 +487,10 @@ class ImportPipeline:
                 await pending.commit()
                 source = (p.storage, path)
         checksum = next(v for v in verdicts if v.verifier == "checksum")
-        run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        if run.gate is not None:
+            run.gate.check_file(result)  # refused now, not after the other files have arrived
+        run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
         run.verified[file.path] = result
         return result
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from typing import Any, Never, TextIO
 
 from tqdm import tqdm
@@ -89,6 +90,7 @@ class BarProgress:
         self._files: dict[str, tqdm[Never]] = {}
         self._logging = contextlib.ExitStack()
         self._logging.enter_context(logging_redirect_tqdm(tqdm_class=_ByteBar))
+        self._logging.callback(_quiet_control_keys(stream))
 
     def __call__(self, event: ProgressEvent) -> None:
         new = self._totals.update(event)
@@ -151,6 +153,34 @@ class BarProgress:
             self._overall.close()
             self._overall = None
         self._logging.close()
+
+
+def _quiet_control_keys(stream: TextIO) -> Callable[[], None]:
+    """Stop the terminal echoing ``^C`` while the bars are drawn; the function that restores it.
+
+    The terminal writes ``^C`` where the cursor is, at the end of a full-width bar: the line wraps, and
+    tqdm, whose redraws count lines, draws the overall bar a second time below and can leave a file bar
+    behind. Ctrl-C itself still works (only its echo is off).
+    """
+    try:
+        import termios
+
+        fd = stream.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, AttributeError, OSError, ValueError):
+        return lambda: None
+    quiet = list(saved)
+    quiet[3] = saved[3] & ~termios.ECHOCTL
+    try:
+        termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    except (OSError, termios.error):
+        return lambda: None
+
+    def restore() -> None:
+        with contextlib.suppress(OSError, termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+    return restore
 
 
 class LineProgress:

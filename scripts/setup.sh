@@ -18,7 +18,20 @@ if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null
     exit 2
 fi
 if [ ! -x .venv/bin/python ]; then
+    # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) apart, in python3-venv: without it `-m venv`
+    # leaves a .venv without pip, and says so in terms of ensurepip.
+    if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+        version=$("$PYTHON" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+        echo "error: $PYTHON cannot make a virtual environment (no ensurepip); on Debian or Ubuntu:" >&2
+        echo "  sudo apt-get install python3-venv    (or python$version-venv)" >&2
+        echo "then run this again." >&2
+        exit 2
+    fi
     "$PYTHON" -m venv .venv
+elif ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
+    echo "error: .venv has no pip (a virtual environment made without python3-venv?):" >&2
+    echo "  rm -rf .venv; sudo apt-get install python3-venv; then run this again." >&2
+    exit 2
 fi
 stamp=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
 installed() { [ -f ".venv/.installed-$1" ] && [ "$(cat ".venv/.installed-$1")" = "$stamp" ]; }

@@ -32,8 +32,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
-from aiohttp import web
-from yarl import URL
+try:
+    from aiohttp import web
+    from yarl import URL
+except ImportError:
+    if __name__ == "__main__":  # run by hand with a Python outside the project's venv
+        raise SystemExit(
+            "the local hub needs the project's venv (aiohttp): ./scripts/setup.sh, then "
+            ".venv/bin/python -m tests.hub serve --demo"
+        ) from None
+    raise
 
 #: Files at least this big are stored as LFS files (sha256 published), like weights on the Hub.
 DEFAULT_LFS_THRESHOLD = 10 * 1024
@@ -711,6 +719,13 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     url = server.start()
     print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))
     sys.stdout.flush()
+    # For a person at the terminal (stdout's one JSON line is for scripts): the command finds the hub by HF_ENDPOINT.
+    print(
+        f"serving {args.repo} at {url} until Ctrl-C; import it with:\n"
+        f"  HF_ENDPOINT={url} .venv/bin/artifact-import import hf://{args.repo} --to ./{args.repo.split('/')[-1]}",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         threading.Event().wait()
     finally:

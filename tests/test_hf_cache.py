@@ -420,8 +420,12 @@ def test_an_import_the_source_cut_short_keeps_its_verified_files_for_the_next(hu
     hub.requests.clear()
     again = run_cli("import", f"hf://{repo}", "--to", f"hf-cache:{cache}", "--json")
     assert again.returncode == 0, again.stderr
-    assert fetched(hub) == ["big.safetensors"], "what was received is kept: only the rest of the cut file"
-    assert json.loads(again.stdout)["resumed_count"] >= 1
+    # What was received is kept: the rest of the cut file is asked for. (A small file still in flight when the
+    # cut ended the first run is fetched again, as the machine's load decides: not asserted.)
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p == "big.safetensors"]
+    assert len(ranges) == 1 and ranges[0] is not None and int(ranges[0].split("=")[1].rstrip("-")) > 0
+    result = json.loads(again.stdout)
+    assert result["fetched_bytes"] < result["total_bytes"]
     assert tree(folder(cache, repo) / "snapshots" / commit) == published(hub, repo)
 
 

@@ -94,7 +94,10 @@ def test_serve_refuses_a_public_address_without_a_token_and_takes_one_from_a_fil
     tmp_path: Path, serves: list[Serve]
 ) -> None:
     port = str(_free_port())
-    base = [sys.executable, "-m", "artifact_import.cli", "serve", "--host", "0.0.0.0", "--port", port]
+    storage = f'[storage.models]\nbackend = "vfs"\npath = "{tmp_path / "models"}"\nfsync = false\n'
+    (tmp_path / "open.toml").write_text(storage)
+    base = [sys.executable, "-m", "artifact_import.cli", "--config", str(tmp_path / "open.toml"), "serve"]
+    base += ["--host", "0.0.0.0", "--port", port]
     env = {k: v for k, v in os.environ.items() if k != "ARTIFACT_IMPORT_AUTH_TOKEN"}
     try:
         refused = subprocess.run(base, capture_output=True, text=True, cwd=ROOT, env=env, timeout=20)
@@ -104,9 +107,9 @@ def test_serve_refuses_a_public_address_without_a_token_and_takes_one_from_a_fil
     assert "refusing to listen on 0.0.0.0 without authentication" in refused.stderr
     # The same secret from a file (relative to the config) and from the environment.
     (tmp_path / "token").write_text(TOKEN + "\n")
-    serves.append(Serve(tmp_path, '[server]\nauth-token-file = "token"\n'))
+    serves.append(Serve(tmp_path, '[server]\nauth-token-file = "token"\n' + storage))
     (tmp_path / "env").mkdir()
-    serves.append(Serve(tmp_path / "env", "", env={"ARTIFACT_IMPORT_AUTH_TOKEN": TOKEN}))
+    serves.append(Serve(tmp_path / "env", storage, env={"ARTIFACT_IMPORT_AUTH_TOKEN": TOKEN}))
     for serve in serves:
         assert serve.call("GET", "/import")[0] == 200
         conn = http.client.HTTPConnection("127.0.0.1", serve.port, timeout=10)

@@ -9,7 +9,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -22,6 +22,7 @@ from ..registries.ranges import ParallelPolicy
 from ..units import human_bytes
 from .common import (
     EXIT_INTERRUPTED,
+    Context,
     fail,
     log_level,
     policy_option,
@@ -32,6 +33,7 @@ from .common import (
 )
 from .inspect import ls_cmd, verify_cmd
 from .serve import serve_cmd
+from .signature import signature_options, signature_settings
 
 if TYPE_CHECKING:
     # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
     from ..journal import ImportPlan
     from ..pipeline import ProgressCallback
     from ..registries.base import AbstractRegistry
+    from ..signing import SignatureSettings
     from ..storages.base import AbstractStorage
     from ..verifiers.base import Verifier
     from .locations import HubRepo
@@ -68,7 +71,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
 
     \b
     Exit codes: 0 ok, 1 import failed, 2 usage or config error,
-    3 verification failed, 130 interrupted.
+    3 verification failed (or the signature), 130 interrupted (Ctrl-C),
+    143 ended by SIGTERM (docker stop, Kubernetes, timeout), 129 by SIGHUP.
     """
     handler = logging.StreamHandler(sys.stderr)
     # -vv shows tracebacks: a redirect URL in one would carry its CDN signature.
@@ -127,8 +131,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     default=ParallelPolicy().connections,
     show_default=True,
     type=click.IntRange(1, 64),
-    help="Connections shared by the files of the import: a large file is fetched as byte ranges over several "
-    "at once (1: one connection per file).",
+    help="Connections for the whole import, shared by all its files: a large file is fetched as byte ranges "
+    "over several at once (1: one connection for the whole import, one file at a time, no ranges).",
 )
 @click.option(
     "--retries",
@@ -187,6 +191,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool, config_path: str | None)
     "Files the Hub's own scan flags (a virus, dangerous pickle imports): fail (default), warn, or do not "
     "ask the Hub for its scan.",
 )
+@signature_options
 @click.option(
     "--lock-timeout",
     type=click.FloatRange(0),
@@ -227,6 +232,7 @@ def import_cmd(
     torchscript_policy: str | None,
     format_policy: str | None,
     hub_scan_policy: str | None,
+    signature: dict[str, Any],
     lock_timeout: float | None,
     no_resume: bool,
     force: bool,
@@ -307,11 +313,13 @@ def import_cmd(
         settings = attrs.evolve(
             configured,
             clamd=clamd or configured.clamd,
+            clamd_unset=_clamd_unset(ctx) if clamd else configured.clamd_unset,
             pickle_policy=pickle_policy or configured.pickle_policy,
             torchscript_policy=torchscript_policy or configured.torchscript_policy,
             format_policy=format_policy or configured.format_policy,
             hub_scan_policy=hub_scan_policy or configured.hub_scan_policy,
         )
+        signed = signature_settings(settings.signature, signature)
         quarantine_to = quarantine or settings.quarantine
         if quarantine_to and not settings.clamd:
             raise ConfigError(
@@ -346,6 +354,7 @@ def import_cmd(
                 verifiers,
                 kept,
                 config,
+                signed,
                 on_progress,
                 concurrency,
                 skip_present=not force,
@@ -357,6 +366,7 @@ def import_cmd(
                     err=True,
                 ),
                 signals=signals,
+                on_exit=progress.close if progress is not None else None,
             )
         )
     except ArtifactImportError as exc:
@@ -371,6 +381,10 @@ def import_cmd(
     except (KeyboardInterrupt, asyncio.CancelledError):
         if progress is not None:
             progress.close()  # before the message, so no bar is redrawn over it
+        code = 128 + signals[0] if signals else EXIT_INTERRUPTED
+        if as_json:
+            # A script reading stdout learns what happened and what the next run will pick up.
+            click.echo(json.dumps(_interrupted(source, to, signals, parked, code)))
         if parked:
             click.echo(
                 "interrupted: the import was cancelled; nothing half-written is visible. "
@@ -379,7 +393,7 @@ def import_cmd(
             )
         else:
             click.echo("interrupted: the import was cancelled and nothing of it was left behind", err=True)
-        sys.exit(128 + signals[0] if signals else EXIT_INTERRUPTED)
+        sys.exit(code)
     finally:
         if progress is not None:
             progress.close()
@@ -433,6 +447,29 @@ class _Parked:
         return "What was already received (" + " and ".join(parts) + ")"
 
 
+def _clamd_unset(ctx: click.Context) -> str:
+    """How to import without the malware scan, by where ``--clamd`` came from: the option or the variable."""
+    if ctx.get_parameter_source("clamd") is click.core.ParameterSource.ENVIRONMENT:
+        return "unset ARTIFACT_IMPORT_CLAMD (which gives the address) to import without a malware scan"
+    return "import without --clamd"
+
+
+def _interrupted(source: str, to: str, signals: list[int], parked: _Parked, code: int) -> dict[str, Any]:
+    """``--json`` of an interrupted import: what ended it and what it kept aside for the next run."""
+    return {
+        "ok": False,
+        "interrupted": True,
+        "signal": signal.Signals(signals[0]).name if signals else "SIGINT",
+        "exit_code": code,
+        "source": source,
+        "destination": to,
+        # Verified whole, and received in part: the same command adopts the first and resumes the second.
+        "kept": {"verified": sorted(parked.verified), "partial": sorted(parked.partial)},
+        "message": "the import was cancelled; nothing half-written is visible"
+        + ("; run the same command again to finish" if parked else ""),
+    }
+
+
 def _warnings(result: ImportResult) -> list[str]:
     """One line per finding a ``warn`` policy let through: imported, but the user must hear of it."""
     return [
@@ -450,6 +487,7 @@ async def _run(
     verifiers: list[Verifier],
     quarantine: AbstractStorage | None,
     config: Config | None,
+    signature: SignatureSettings,
     progress: ProgressCallback | None,
     concurrency: int,
     *,
@@ -458,10 +496,11 @@ async def _run(
     lock_wait: float | None,
     on_lock_wait: Callable[[], None],
     signals: list[int],
+    on_exit: Callable[[], None] | None = None,
 ) -> ImportResult:
     from ..api import import_artifact
 
-    _handle_signals(signals, journaled=storage.journals_writes)
+    _handle_signals(signals, journaled=storage.journals_writes, on_exit=on_exit)
     try:
         return await import_artifact(
             model,
@@ -475,6 +514,7 @@ async def _run(
             keep_partial=keep_partial,
             lock_wait=lock_wait,
             on_lock_wait=on_lock_wait,
+            signature=signature,
         )
     finally:
         await registry.aclose()
@@ -548,7 +588,7 @@ def _plan_text(plan: ImportPlan, to: str) -> str:
     return "\n".join(lines)
 
 
-def _handle_signals(received: list[int], *, journaled: bool) -> None:
+def _handle_signals(received: list[int], *, journaled: bool, on_exit: Callable[[], None] | None = None) -> None:
     """Ctrl-C, SIGTERM (docker stop, Kubernetes, timeout) and SIGHUP all end the import the same way: the
     first cancels it (what was received is kept for the next run); a second ends the process at once."""
     loop = asyncio.get_running_loop()
@@ -566,6 +606,8 @@ def _handle_signals(received: list[int], *, journaled: bool) -> None:
             if journaled
             else "run the same command again to import what is missing"
         )
+        if on_exit is not None:
+            on_exit()  # the terminal as it was (the bars hide its echo of ^C)
         os.write(2, f"\ninterrupted again: stopped at once; nothing half-written is visible; {kept}\n".encode())
         os._exit(128 + received[0])
 
@@ -591,6 +633,7 @@ def _summary(result: ImportResult, to: str) -> str:
     )
     scan = result.malware_scan()
     scanned = f"malware scan: {scan['engine']}, all clean" if scan["ran"] else "malware scan: not run (no --clamd)"
+    scanned += _signed(result)
     skipped = f", {result.skipped} already present and skipped" if result.skipped else ""
     if result.resumed:
         skipped += f", {result.resumed} kept from an interrupted import"
@@ -611,6 +654,21 @@ def _replaced(result: ImportResult, listed: int = 10) -> str:
     return f"; replaced {len(result.replaced)} existing file(s) no earlier import wrote: {names}{more}"
 
 
+def _signed(result: ImportResult) -> str:
+    """The summary's word on the model's signature, when one was looked for."""
+    verdict = result.signature
+    if verdict.status == "verified":
+        return (
+            f"; signature {verdict.file}: verified, by {verdict.signer}, {verdict.files_signed} file(s) match their "
+            "signed sha256"
+        )
+    if verdict.status == "unsigned":
+        return f"; signature: none in the source (--signature-policy {verdict.policy})"
+    return ""
+
+
 main.add_command(ls_cmd)
 main.add_command(verify_cmd)
 main.add_command(serve_cmd)
+for _command in (main, *main.commands.values()):
+    _command.context_class = Context

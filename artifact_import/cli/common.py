@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn, TypeVar
 
 import click
@@ -22,6 +23,29 @@ EXIT_INTERRUPTED = 130
 log = logging.getLogger("artifact_import")
 
 T = TypeVar("T")
+
+#: A hyphen inside a word (``.artifact-import/manifest.json``, ``--max-workers``, ``if-present``).
+_WORD_HYPHEN = re.compile(r"(?<=\w)-(?=\w)")
+#: Stands for such a hyphen while click wraps the text: a character it does not break lines at, as wide.
+_GLUED = "\u2011"
+
+
+class HelpFormatter(click.HelpFormatter):
+    """click's help formatter, but lines never break inside a hyphenated word: a path or an option name cut
+    in two (``DEST/.artifact-`` / ``import/manifest.json``) cannot be copied from the terminal."""
+
+    def write_text(self, text: str) -> None:
+        super().write_text(_WORD_HYPHEN.sub(_GLUED, text))
+
+    def write_dl(self, rows: Iterable[tuple[str, str]], col_max: int = 30, col_spacing: int = 2) -> None:
+        super().write_dl([(term, _WORD_HYPHEN.sub(_GLUED, text)) for term, text in rows], col_max, col_spacing)
+
+    def write(self, string: str) -> None:
+        super().write(string.replace(_GLUED, "-"))
+
+
+class Context(click.Context):
+    formatter_class = HelpFormatter
 
 
 def fail(exc: ArtifactImportError, *, subject: str, as_json: bool, verbose: int, hint: str | None = None) -> NoReturn:

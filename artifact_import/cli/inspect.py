@@ -114,8 +114,10 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
     hf-cache:[DIR] with --repo (the snapshot the last import of it published).
 
     \b
-    Exit codes: 0 intact, 3 something is missing, changed or extra,
-    1 DEST could not be read, 2 no manifest at DEST or a usage error.
+    Exit codes: 0 intact, 3 something is missing, changed or extra (or
+    the first import into DEST was interrupted: it says what was kept),
+    1 DEST could not be read, 2 nothing of artifact-import at DEST or a
+    usage error.
 
     \b
     Examples:
@@ -143,7 +145,10 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
 
     report = guarded(lambda: asyncio.run(check()), subject=dest, as_json=as_json, verbose=ctx.obj["verbose"])
     if as_json:
-        click.echo(json.dumps(report.to_dict()))
+        # DEST as given, as `import --json` gives it; the storage's own description is for logs.
+        click.echo(json.dumps({**report.to_dict(), "destination": dest}))
+    elif not report.committed:
+        _print_unfinished(report, dest)
     else:
         for path in report.missing:
             click.echo(f"missing: {path}")
@@ -152,6 +157,7 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
         for path in report.extra:
             click.echo(f"extra:   {path} (not in the manifest)")
         _print_leftovers(report)
+        _print_signature(report)
         how = "sha256 and size" if report.digests_checked else "size only"
         if report.intact:
             click.echo(
@@ -190,6 +196,38 @@ def _repairs(report: FsckReport, dest: str) -> list[str]:
             "belong (imports never delete what they did not write)"
         )
     return hints
+
+
+def _print_unfinished(report: FsckReport, dest: str) -> None:
+    """A destination whose first import was interrupted: what it holds, and the command that finishes it."""
+    for path in report.removed_leftovers:
+        click.echo(f"removed: {path} (a part file a killed import left)", err=True)
+    parked = report.parked
+    assert parked is not None
+    source = f"{parked.source}@{parked.commit}" if parked.source.startswith("hf://") else parked.source
+    click.echo(
+        f"NOT intact: no import into {dest} has completed yet. An interrupted import of {parked.source} (commit "
+        f"{parked.commit[:12]}) kept {len(parked.files)} verified file(s) and {len(parked.incomplete)} received "
+        "in part, out of sight in the reserved folder.",
+        err=True,
+    )
+    click.echo(
+        f"to finish it (only what is missing is fetched): artifact-import import {source} --to {dest}", err=True
+    )
+
+
+def _print_signature(report: FsckReport) -> None:
+    """What the import that wrote DEST found of the model's signature (verify reads files, not signatures)."""
+    verdict = report.signature
+    if verdict is None or verdict.status == "not checked":
+        return
+    if verdict.status == "unsigned":
+        click.echo(f"signed: no, the source had no signature (imported under --signature-policy {verdict.policy})")
+        return
+    click.echo(
+        f"signed: {verdict.file} verified at import, by {verdict.signer} ({verdict.method}); {verdict.files_signed} "
+        "file(s) held to their signed sha256, which this check holds them to in turn"
+    )
 
 
 def _print_leftovers(report: FsckReport) -> None:

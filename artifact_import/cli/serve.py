@@ -49,9 +49,11 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
     """Serve the import routes (POST/GET/DELETE /import, events) for a storage proxy or scripts.
 
     Storages, volumes, verifiers and [server] limits and webhooks come from
-    --config. With [server] task-store = "redis://HOST:PORT/DB", tasks live in
-    Redis/Valkey and every proxy sharing it answers for them, claims queued
-    ones it can reach, and takes over those of a proxy that died. Registries:
+    --config, which is required: imports go to its [storage.*] and
+    [volume.*] (it must name one, unless it joins a fleet). With [server]
+    task-store = "redis://HOST:PORT/DB", tasks live in Redis/Valkey and every
+    proxy sharing it answers for them, claims queued ones it can reach, and
+    takes over those of a proxy that died. Registries:
     the Hugging Face Hub (HF_ENDPOINT, HF_TOKEN), and S3 when AWS_ENDPOINT_URL
     is set. SIGINT / SIGTERM cancel running imports, clean them up, and exit
     (in a fleet: hand them back to the other proxies).
@@ -72,15 +74,26 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
                 "vfolder_id": "local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41"}'
     """
 
-    from ..config import ServerSettings, VerifySettings, load_config
+    from ..config import ServerSettings, load_config
     from ..proxy.auth import ENV_TOKEN, is_loopback, token_from_env
     from ..proxy.limits import LimitedRunner, raise_fd_limit
     from ..proxy.routes import create_app, limits_of
     from ..verifiers import build_verifiers
 
     def build() -> tuple[web.Application, ServerSettings]:
-        config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
-        settings = config.server if config else ServerSettings()
+        if not ctx.obj["config"]:
+            raise ConfigError(
+                "serve needs --config FILE (or ARTIFACT_IMPORT_CONFIG): imports go to the [storage.*] and "
+                "[volume.*] it names, and without them every request would be refused"
+            )
+        config = load_config(ctx.obj["config"])
+        # A fleet's proxy may have none: it takes requests for what the other proxies reach.
+        if not config.storages and not config.volumes and config.server.task_store is None:
+            raise ConfigError(
+                f"{config.path}: serve needs at least one [storage.NAME] or [volume.NAME] for imports to go to "
+                "(or [server] task-store, to answer for a fleet of proxies that have them)"
+            )
+        settings = config.server
         if settings.auth_token is None:
             settings = attrs.evolve(settings, auth_token=token_from_env(os.environ))
         if settings.auth_token is None and not is_loopback(host):
@@ -92,10 +105,11 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
         registries = _registries()
         app = create_app(
             registries,
-            storage_pool=config.pool() if config else None,
-            volume_pool=config.volume_pool() if config else None,
-            verifiers=build_verifiers(config.verify if config else VerifySettings()),
+            storage_pool=config.pool(),
+            volume_pool=config.volume_pool(),
+            verifiers=build_verifiers(config.verify),
             settings=settings,
+            signature=config.verify.signature,
         )
 
         async def close(_: web.Application) -> None:
@@ -103,8 +117,7 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
             # nothing is reported unclosed at exit.
             for registry in registries.values():
                 await registry.aclose()
-            if config is not None:
-                await config.aclose()
+            await config.aclose()
 
         app.on_cleanup.append(close)
         return app, settings

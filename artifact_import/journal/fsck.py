@@ -9,7 +9,7 @@ from typing import Any
 import attrs
 
 from ..errors import StorageFileNotFoundError
-from ..model import FileResult
+from ..model import FileResult, SignatureVerdict
 from ..storages.base import AbstractStorage
 from ..streams import Hasher
 from .record import ParkedSummary
@@ -35,14 +35,20 @@ class FsckReport:
     completed_commit: bool = False
     #: What an interrupted import keeps in the reserved folder for the next import (not part of the artifact).
     parked: ParkedSummary | None = None
+    #: What the import found of the model's signature, as its manifest records it (None: an older manifest).
+    signature: SignatureVerdict | None = None
+    #: An import has completed here (there is a manifest). If not, ``parked`` says what an interrupted first
+    #: import left, and nothing of the artifact is there yet.
+    committed: bool = True
 
     @property
     def intact(self) -> bool:
-        return not (self.missing or self.changed or self.extra)
+        return self.committed and not (self.missing or self.changed or self.extra)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "intact": self.intact,
+            "committed": self.committed,
             "destination": self.destination,
             "source": self.source,
             "commit": self.commit,
@@ -55,6 +61,7 @@ class FsckReport:
             "removed_leftovers": list(self.removed_leftovers),
             "completed_commit": self.completed_commit,
             "parked": attrs.asdict(self.parked) if self.parked is not None else None,
+            "signature": self.signature.to_dict() if self.signature is not None else None,
         }
 
 

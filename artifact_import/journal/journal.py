@@ -21,7 +21,7 @@ import attrs
 
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError, ConfigError, StorageError
-from ..model import ArtifactFile, FileResult, ResolvedArtifact
+from ..model import ArtifactFile, FileResult, ResolvedArtifact, SignatureVerdict
 from ..paths import incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
 from ..storages.hflocal import is_bookkeeping
@@ -154,7 +154,12 @@ class Journal:
     # -- the end ---------------------------------------------------------------------------------------------------
 
     async def commit(
-        self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
+        self,
+        pending: Sequence[PendingWrite],
+        artifact: ResolvedArtifact,
+        files: Sequence[FileResult],
+        *,
+        signature: SignatureVerdict | None = None,
     ) -> str:
         """Make every verified file visible, then what the storage's layout needs besides
         (:meth:`AbstractStorage.publish`), then the manifest that vouches for them; its path."""
@@ -167,9 +172,8 @@ class Journal:
         async def publish() -> None:
             await self.storage.publish(artifact, files)
 
-        await intent.commit(
-            self.storage, pending, encode_manifest(build_manifest(artifact, files)), before_manifest=publish
-        )
+        manifest = build_manifest(artifact, files, signature=signature)
+        await intent.commit(self.storage, pending, encode_manifest(manifest), before_manifest=publish)
         return MANIFEST_PATH
 
     async def park(
@@ -253,7 +257,9 @@ class Journal:
         and unchanged, and nothing else.
 
         With ``digests``, every file is read back and its sha256 compared;
-        without, sizes only. A commit a killed import left half done is
+        without, sizes only. A destination whose first import was
+        interrupted has no manifest yet: the report says what that import
+        kept (``committed`` false). A commit a killed import left half done is
         completed first, and part files killed imports left are removed,
         unless an import is running there now.
         """
@@ -269,6 +275,20 @@ class Journal:
             except StorageError:
                 pass  # an import holds the destination: it completes the commit itself
         manifest = await self.manifest()
+        if manifest is None and (parked := await self.parked_summary()) is not None:
+            # A first import that was interrupted: nothing of the artifact yet, but what it kept is worth saying.
+            return fsck.FsckReport(
+                destination=storage.describe(),
+                source=parked.source,
+                commit=parked.commit,
+                checked=0,
+                total_bytes=0,
+                digests_checked=digests,
+                removed_leftovers=tuple(removed),
+                completed_commit=completed,
+                parked=parked,
+                committed=False,
+            )
         if manifest is None:
             raise ConfigError(
                 f"{storage.describe()}: no usable {MANIFEST_PATH}: not a destination of artifact-import, "
@@ -293,4 +313,7 @@ class Journal:
             removed_leftovers=tuple(removed),
             completed_commit=completed,
             parked=await self.parked_summary(),
+            signature=SignatureVerdict.from_dict(signed)
+            if isinstance(signed := manifest.get("signature"), dict)
+            else None,
         )

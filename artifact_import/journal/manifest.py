@@ -10,7 +10,7 @@ from typing import Any
 
 from .. import __version__
 from ..errors import ArtifactImportError
-from ..model import FileResult, ResolvedArtifact, Verdict
+from ..model import FileResult, ResolvedArtifact, SignatureVerdict, Verdict
 from ..paths import RESERVED_DIR
 from ..storages.base import AbstractStorage
 from .jsonfile import read_json
@@ -21,8 +21,10 @@ MANIFEST_PATH = f"{RESERVED_DIR}/manifest.json"
 MANIFEST_FORMAT = 1
 
 
-def build_manifest(artifact: ResolvedArtifact, files: Sequence[FileResult]) -> dict[str, Any]:
-    return {
+def build_manifest(
+    artifact: ResolvedArtifact, files: Sequence[FileResult], *, signature: SignatureVerdict | None = None
+) -> dict[str, Any]:
+    manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "tool": f"artifact-import {__version__}",
         "source": artifact.source,
@@ -31,6 +33,10 @@ def build_manifest(artifact: ResolvedArtifact, files: Sequence[FileResult]) -> d
         "imported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "files": [f.to_dict() for f in sorted(files, key=lambda f: f.path)],
     }
+    if signature is not None:
+        # What the import found of the model's signature: who signed, how it was checked (see .signing).
+        manifest["signature"] = signature.to_dict()
+    return manifest
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:

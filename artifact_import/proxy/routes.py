@@ -35,6 +35,7 @@ from ..config import ServerSettings, VerifySettings
 from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, StorageNotFoundError
 from ..model import ArtifactStorageImportStep, ModelTarget
 from ..registries.base import AbstractRegistry
+from ..signing import SignatureSettings
 from ..storages.base import AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
@@ -69,6 +70,7 @@ def create_app(
     verifiers: Sequence[Verifier] | None = None,
     settings: ServerSettings | None = None,
     authenticate: bool = True,
+    signature: SignatureSettings | None = None,
 ) -> web.Application:
     """An application with the import routes; on shutdown, running imports are cancelled and cleaned up.
 
@@ -98,6 +100,7 @@ def create_app(
         "max_concurrent_files": settings.max_concurrent_files,
         "max_queued_imports": settings.max_queued_imports,
         "on_finished": [notifier] if notifier is not None else [],
+        "signature": signature,
     }
     service: ImportService
     if settings.task_store is not None:

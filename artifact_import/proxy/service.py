@@ -37,6 +37,7 @@ from ..model import (
 from ..paths import path_problem
 from ..pipeline import ImportPipeline
 from ..registries.base import AbstractRegistry
+from ..signing import SignatureSettings
 from ..storages.base import AbstractStorage, AbstractStoragePool, StoragePool
 from ..storages.volume import VolumeStorageAdapter
 from ..verifiers.base import Verifier
@@ -249,6 +250,7 @@ class ImportService:
         max_queued_imports: int = 1000,
         keep_finished: int = 1000,
         on_finished: Sequence[FinishedCallback] = (),
+        signature: SignatureSettings | None = None,
     ) -> None:
         if max_concurrent_imports < 1:
             raise ConfigError("max_concurrent_imports must be at least 1")
@@ -256,7 +258,9 @@ class ImportService:
         self.storage_pool = storage_pool or StoragePool()
         self.volume_pool = volume_pool or VolumePool()
         self.staging = staging
-        self.pipeline = ImportPipeline(self.registries, verifiers, max_concurrent_files=max_concurrent_files)
+        self.pipeline = ImportPipeline(
+            self.registries, verifiers, max_concurrent_files=max_concurrent_files, signature=signature
+        )
         self.on_finished = list(on_finished)
         self.max_concurrent_imports = max_concurrent_imports
         self.max_queued_imports = max_queued_imports

@@ -28,7 +28,7 @@ class DownloadStep:
                 f"e.g. config.json or onnx/model.onnx; see them with `artifact-import ls {model.uri}`",
                 path=missing[0],
             )
-        if not artifact.files:
+        if not any(model.chosen(f.path) for f in artifact.files):
             filters = " with the given --include/--exclude patterns" if model.include or model.exclude else ""
             raise SourceError(f"{model.uri}: no files to import{filters}")
         return artifact

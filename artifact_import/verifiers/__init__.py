@@ -38,6 +38,7 @@ def build_verifiers(settings: VerifySettings) -> list[Verifier]:
                 window_size=settings.clamd_window,
                 overlap=settings.clamd_overlap,
                 timeout=settings.clamd_timeout,
+                unset=settings.clamd_unset,
             )
         )
     return verifiers

@@ -65,13 +65,17 @@ class ClamAVVerifier(Verifier):
         overlap: int = DEFAULT_OVERLAP,
         max_concurrent_scans: int = 2,
         timeout: float = 120.0,
+        unset: str = "import without a malware scan",
     ) -> None:
+        """``unset``: how to import without the scan where the address was given (``import without --clamd``,
+        ``unset ARTIFACT_IMPORT_CLAMD``, ...), said when clamd cannot be reached."""
         if overlap >= window_size:
             raise ConfigError("the ClamAV window overlap must be smaller than the window")
         self.address = ClamdAddress(address)
         self.window_size = window_size
         self.overlap = overlap
         self.timeout = timeout
+        self.unset = unset
         self._slots = asyncio.Semaphore(max_concurrent_scans)
         self._version: str | None = None
 
@@ -100,7 +104,7 @@ class ClamAVVerifier(Verifier):
         except (OSError, TimeoutError) as exc:
             raise ScannerError(
                 f"{what}: malware scan failed: cannot connect to clamd at {self.address.text} "
-                f"({type(exc).__name__}); start clamd, or import without --clamd",
+                f"({type(exc).__name__}); start clamd, or {self.unset}",
                 path=what,
             ) from None
 
