@@ -174,7 +174,9 @@ class LocalHub:
         #: (method, path in repo or URL path, Range header) of every content request.
         self.requests: list[tuple[str, str, str | None]] = []
         self.base_url = ""
-        #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
+        #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN. Set before
+        #: the server starts to redirect to a CDN of one's own (nginx serving ``data_dir/blobs``, see
+        #: tests/nginx.py); otherwise the hub serves them itself on 127.0.0.2.
         self.cdn_url = ""
         #: Redirects to the CDN handed out (each a freshly signed URL).
         self.redirects = 0
@@ -536,7 +538,8 @@ class HubServer:
         await self._runner.setup()
         self.url = await self._site("127.0.0.1", self._port)
         self.hub.base_url = self.url
-        self.hub.cdn_url = await self._site("127.0.0.2", 0)
+        if not self.hub.cdn_url:
+            self.hub.cdn_url = await self._site("127.0.0.2", 0)
 
     async def _site(self, host: str, port: int) -> str:
         assert self._runner is not None
@@ -593,6 +596,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument(
         "--rate", type=parse_size, default=0, help="cap each connection at this many bytes per second, e.g. 50M"
     )
+    serve.add_argument(
+        "--cdn-url",
+        default="",
+        help="redirect LFS files to this base URL (a server of DATA_DIR/blobs as /lfs/SHA256, e.g. nginx); "
+        "default: the hub serves them itself on 127.0.0.2",
+    )
     args = parser.parse_args(argv)
 
     import shutil
@@ -623,6 +632,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     started = time.monotonic()
     hub.create_repo(args.repo, files)
     hub.faults.slow_bps = args.rate
+    hub.cdn_url = args.cdn_url.rstrip("/")
     server = HubServer(hub, args.port)
     url = server.start()
     print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))
