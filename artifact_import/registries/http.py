@@ -13,13 +13,14 @@ import aiohttp
 import attrs
 
 from ..errors import AccessDeniedError, ConfigError, DownloadError, IntegrityError
-from ..streams import closing, rechunk
+from ..streams import closing
 from .ranges import RangeIgnored, SameVersion
+from .wire import BadResponse, WireClient, WireError
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-_TRANSIENT_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+_TRANSIENT_ERRORS = (WireError, asyncio.TimeoutError)
 
 
 @attrs.frozen
@@ -72,6 +73,10 @@ class HttpTimeouts:
     def client_timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
 
+    def wire_client(self, chunk_size: int) -> WireClient:
+        """The client file bodies are downloaded with, with these timeouts."""
+        return WireClient(chunk_size=chunk_size, connect_timeout=self.connect, read_timeout=self.read)
+
 
 def parse_retry_after(value: str | None) -> float | None:
     if not value:
@@ -97,7 +102,7 @@ def _content_range_start(value: str | None) -> int | None:
 
 
 async def stream_url(
-    session: aiohttp.ClientSession,
+    client: WireClient,
     url: str,
     *,
     name: str,
@@ -105,7 +110,6 @@ async def stream_url(
     denied_hint: str,
     headers: Mapping[str, str],
     expected_size: int | None,
-    chunk_size: int,
     retry: RetryPolicy,
     offset: int = 0,
     end: int | None = None,
@@ -138,7 +142,7 @@ async def stream_url(
             request_headers["Range"] = f"bytes={received}-"
         retry_after: float | None = None
         try:
-            async with session.get(url, headers=request_headers, allow_redirects=True, read_bufsize=chunk_size) as resp:
+            async with client.request("GET", url, request_headers) as resp:
                 if resp.status in RETRYABLE_STATUS:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     reason = f"HTTP {resp.status}"
@@ -172,7 +176,8 @@ async def stream_url(
                                 f"{name}: the source answered a resume at byte {received} with range start {start}",
                                 path=name,
                             )
-                    body = rechunk(_pieces(resp.content), chunk_size)
+                    # Chunks of the client's chunk size, received into one buffer and copied out once.
+                    body = resp.iter_chunks()
                     async with closing(body):
                         async for chunk in body:
                             if skip:
@@ -196,9 +201,9 @@ async def stream_url(
                     reason = f"connection closed after {received} of {stop} bytes"
         except _TRANSIENT_ERRORS as exc:
             reason = _describe(exc)
-        except aiohttp.ClientError as exc:
+        except BadResponse as exc:
             # Not a network hiccup: the source answered something no retry will fix.
-            raise DownloadError(f"{name}: {_hostile(exc)}; the source is misbehaving", path=name) from None
+            raise DownloadError(f"{name}: {exc}; the source is misbehaving", path=name) from None
         failures += 1
         if failures >= retry.max_attempts:
             raise DownloadError(
@@ -211,35 +216,9 @@ async def stream_url(
         await asyncio.sleep(delay)
 
 
-async def _pieces(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The body as aiohttp buffered it, piece by piece.
-
-    ``iter_chunked(n)`` joins pieces into a new ``n``-byte object on every
-    read and :func:`rechunk` would join again: measured on loopback, the
-    extra copy and its allocations cost more CPU than receiving the bytes
-    (``benchmarks/README.md``). Here each byte is copied once, by rechunk.
-    """
-    async for piece, _ in content.iter_chunks():
-        yield piece
-
-
-def _hostile(exc: aiohttp.ClientError) -> str:
-    """What a malformed answer was, without the URL (it may carry a signature)."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return "it redirected too many times (a redirect loop)"
-    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError | aiohttp.InvalidUrlRedirectClientError):
-        return "it redirected to a URL that is not http(s)"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"its response is not valid HTTP ({type(exc).__name__}, status {exc.status})"
-    return f"its answer could not be used ({type(exc).__name__})"
-
-
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WireError):
+        return exc.describe()
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out waiting for data"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "connection dropped mid-transfer"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}"
-    # Other aiohttp messages may quote the URL; the class name is enough.
     return type(exc).__name__

@@ -45,6 +45,7 @@ from ..units import human_bytes
 from .base import AbstractRegistry
 from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, stream_url
 from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
+from .wire import WireClient
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -67,7 +68,7 @@ def _offline(env: Mapping[str, str]) -> bool:
 
 
 class HuggingFaceRegistry(AbstractRegistry):
-    """Lists through ``huggingface_hub.HfApi``; streams bodies with ``aiohttp``.
+    """Lists through ``huggingface_hub.HfApi`` and aiohttp; streams bodies with :mod:`.wire`.
 
     ``endpoint`` and ``token`` default to what ``huggingface_hub`` would use
     (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login), read when the registry
@@ -105,6 +106,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         #: The connections this registry's downloads share; made anew by aclose (its semaphores belong to a loop).
         self.budget = ConnectionBudget(self.parallel)
         self._session: aiohttp.ClientSession | None = None
+        self._wire: WireClient | None = None
         #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
         self.hub_scan = hub_scan
 
@@ -278,6 +280,12 @@ class HuggingFaceRegistry(AbstractRegistry):
             )
         return self._session
 
+    def _bodies(self) -> WireClient:
+        """The client files' bytes come through (aiohttp lists; see :mod:`.wire` for why)."""
+        if self._wire is None or self._wire.closed:
+            self._wire = self.timeouts.wire_client(self.chunk_size)
+        return self._wire
+
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         prefix = REPO_TYPES[artifact.repo_type]
         return f"{self.endpoint}/{prefix}{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
@@ -310,7 +318,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                 resolved = await target() if end is not None else None
                 where, where_headers = resolved or (url, headers)
                 chunks = stream_url(
-                    self._client(),
+                    self._bodies(),
                     where,
                     name=file.path,
                     source=f"{artifact.source}@{artifact.revision}",
@@ -320,7 +328,6 @@ class HuggingFaceRegistry(AbstractRegistry):
                     ),
                     headers=where_headers,
                     expected_size=file.size,
-                    chunk_size=self.chunk_size,
                     retry=self.retry,
                     offset=start + received,
                     end=end,
@@ -369,6 +376,9 @@ class HuggingFaceRegistry(AbstractRegistry):
         if self._session is not None:
             await self._session.close()
             self._session = None
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
 
 
 def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
