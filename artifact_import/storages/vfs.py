@@ -17,7 +17,6 @@ from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
 from ..errors import InsufficientSpaceError, StorageError, StorageFileNotFoundError, UnsafePathError
@@ -25,6 +24,7 @@ from ..paths import RESERVED_DIR, incomplete_path, is_reserved, path_problem
 from ..streams import DEFAULT_CHUNK_SIZE
 from ..units import human_bytes
 from .base import AbstractStorage, FileInfo, PendingWrite
+from .sink import DIRECT_MIN, FileSink
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ class VFSStorage(AbstractStorage):
         journal = None if is_reserved(filepath) else await self._resolve(incomplete_path(filepath))
         where = journal if journal is not None else target
         folders = (where.parent, *where.parent.parents)
-        opening = asyncio.ensure_future(self._open_temp(target, folders, journal))
+        direct = size_hint is not None and size_hint >= DIRECT_MIN
+        opening = asyncio.ensure_future(self._open_temp(target, folders, journal, direct))
         try:
             temp, handle = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -150,9 +151,7 @@ class VFSStorage(AbstractStorage):
         pending.journal = incomplete_path(filepath) if journal is not None else None
         return pending
 
-    async def _undo_open(
-        self, opening: asyncio.Future[tuple[Path, AsyncBufferedIOBase]], folders: tuple[Path, ...]
-    ) -> None:
+    async def _undo_open(self, opening: asyncio.Future[tuple[Path, FileSink]], folders: tuple[Path, ...]) -> None:
         with contextlib.suppress(Exception):
             temp, handle = await opening
             await handle.close()
@@ -160,17 +159,17 @@ class VFSStorage(AbstractStorage):
         await self._folders.release(folders, remove_empty=True)
 
     async def _open_temp(
-        self, target: Path, folders: tuple[Path, ...], temp: Path | None
-    ) -> tuple[Path, AsyncBufferedIOBase]:
+        self, target: Path, folders: tuple[Path, ...], temp: Path | None, direct: bool
+    ) -> tuple[Path, FileSink]:
         await self._folders.hold(folders)
         if temp is not None:
             # One import per destination at a time (its lock), so this name is this write's own; what an
             # earlier import left there and this one did not adopt is replaced.
             fd = await asyncio.to_thread(_open_file_within, self.root, temp, "replace")
-            return temp, await aiofiles.open(fd, "wb")
+            return temp, FileSink(fd, direct=direct)
         temp = target.parent / _temp_name(target.name, _name_max(target.parent))
         fd = await asyncio.to_thread(_open_file_within, self.root, temp, "new")
-        return temp, await aiofiles.open(fd, "wb")
+        return temp, FileSink(fd, direct=direct)
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
         path = await self._resolve(filepath)
@@ -209,7 +208,7 @@ class VFSStorage(AbstractStorage):
         await self._folders.hold(folders)
         try:
             fd = await asyncio.to_thread(_open_file_within, self.root, source, "append")
-            handle = await aiofiles.open(fd, "ab")
+            handle = FileSink(fd, st.st_size)
         except (OSError, UnsafePathError):
             await self._folders.release(folders, remove_empty=True)
             return None
@@ -355,7 +354,7 @@ class _VFSPendingWrite(PendingWrite):
         path: str,
         target: Path,
         temp: Path,
-        handle: AsyncBufferedIOBase,
+        handle: FileSink,
         folders: tuple[Path, ...],
     ) -> None:
         super().__init__(path)
@@ -366,8 +365,6 @@ class _VFSPendingWrite(PendingWrite):
         self._ledger = storage._folders
         self._folders = folders
         self._fsync = storage.fsync
-        #: Bytes whose writeback to disk was started (see _start_writeback).
-        self._written_back = 0
         self._closed = False
         self._done = False
 
@@ -375,9 +372,6 @@ class _VFSPendingWrite(PendingWrite):
         try:
             await self._handle.write(chunk)
             self.bytes_written += len(chunk)
-            if self._fsync and self.bytes_written - self._written_back >= WRITEBACK_WINDOW:
-                start, self._written_back = self._written_back, self.bytes_written
-                await asyncio.to_thread(_start_writeback, self._handle.fileno(), start, self.bytes_written - start)
         except OSError as exc:
             raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
@@ -391,9 +385,9 @@ class _VFSPendingWrite(PendingWrite):
             return
         await self._handle.flush()
         if self._fsync:
-            await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await asyncio.to_thread(os.fsync, self._handle.fd)
         # rename keeps mtime and inode: the stamp read now is the committed file's.
-        self.stamp = stamp_of(await asyncio.to_thread(os.fstat, self._handle.fileno()))
+        self.stamp = stamp_of(await asyncio.to_thread(os.fstat, self._handle.fd))
         await self._close()
 
     async def flush(self) -> None:
@@ -531,10 +525,6 @@ async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], N
         await asyncio.sleep(0.2)
 
 
-#: Every this many bytes written, the disk is told to start writing them.
-WRITEBACK_WINDOW = 16 << 20
-
-
 def _free_bytes(root: Path) -> int | None:
     """Bytes an unprivileged writer may still use on the filesystem of ``root`` (or of the nearest folder
     above it that exists), or None where the filesystem does not say."""
@@ -566,18 +556,6 @@ def _temp_name(name: str, limit: int) -> str:
     if len(encoded) > room:
         name = encoded[:room].decode(errors="ignore")
     return f".{name}{suffix}"
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing ``[offset, offset+length)`` to disk now, without waiting for it.
-
-    Linux's ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages (and drops them from the cache once
-    clean, so a 50 GB import does not push everything else out of memory). Without it the kernel would
-    write lazily and the fsync before the rename would wait for the whole file; with it, the disk works
-    while the network does, and the fsync waits only for the tail.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def stamp_of(st: os.stat_result) -> str:
