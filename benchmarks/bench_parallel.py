@@ -102,7 +102,7 @@ def main() -> None:
     env = {**os.environ, "HF_ENDPOINT": url, "HF_HUB_DISABLE_TELEMETRY": "1"}
     env.pop("HF_TOKEN", None)
     bin_dir = Path(sys.executable).parent
-    ours_extra = ["--connections", str(args.connections)] if args.connections else []
+    extra = ["--connections", str(args.connections)] if args.connections else []
     digests = listed_sha256(url)
 
     def aria2c(checksum: bool) -> Callable[[str], list[str]]:
@@ -129,8 +129,7 @@ def main() -> None:
         ]
 
     tools: dict[str, Callable[[str], list[str]]] = {
-        "ours": lambda dest: [str(bin_dir / "artifact-import"), "-q", "import", f"hf://{REPO}", "--to", dest]
-        + ours_extra,
+        "ours": lambda dest: [str(bin_dir / "artifact-import"), "-q", "import", f"hf://{REPO}", "--to", dest, *extra],
         "aria2c": aria2c(False),
         "aria2c-sha256": aria2c(True),
         "curl": curl,
