@@ -7,7 +7,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 import attrs
@@ -115,6 +115,7 @@ async def stream_url(
     end: int | None = None,
     same_version: SameVersion | None = None,
     commit: str | None = None,
+    trouble: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the body of ``url`` from byte ``offset`` once, whatever drops and retries happen underneath.
 
@@ -127,7 +128,8 @@ async def stream_url(
     file raises :class:`~.ranges.RangeIgnored`. ``same_version`` is shared
     by the ranges of one file: every response must carry the same ETag.
     ``commit``: a response naming another one (the Hub's ``X-Repo-Commit``)
-    is refused.
+    is refused. ``trouble`` is called on every failure worth a retry (the
+    connections adapt to it, see :class:`~.ranges.AdaptiveLimit`).
     """
     received = offset
     failures = 0
@@ -205,6 +207,8 @@ async def stream_url(
             # Not a network hiccup: the source answered something no retry will fix.
             raise DownloadError(f"{name}: {exc}; the source is misbehaving", path=name) from None
         failures += 1
+        if trouble is not None:
+            trouble()
         if failures >= retry.max_attempts:
             raise DownloadError(
                 f"{name}: download failed after {failures} attempts in a row ({reason}); "

@@ -296,6 +296,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         headers["Accept-Encoding"] = "identity"
         url = self.file_url(artifact, file)
         same_version = SameVersion(file.path)
+        budget = self.budget
         redirect: asyncio.Future[tuple[str, dict[str, str]]] | None = None
 
         async def target() -> tuple[str, dict[str, str]]:
@@ -333,6 +334,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                     end=end,
                     same_version=same_version,
                     commit=artifact.commit,
+                    trouble=budget.connections.trouble,
                 )
                 try:
                     async with closing(chunks):
@@ -351,7 +353,7 @@ class HuggingFaceRegistry(AbstractRegistry):
 
         if file.size is None:
             return open_range(offset, None)
-        return fetch(open_range, file.size, offset, self.budget, name=file.path)
+        return fetch(open_range, file.size, offset, budget, name=file.path)
 
     async def _follow_redirect(self, url: str, headers: dict[str, str], name: str) -> tuple[str, dict[str, str]]:
         """Where ``url`` redirects to, and the headers to send there (no token to another host)."""
