@@ -122,6 +122,8 @@ class Faults:
     redirect_to: str | None = None
     #: Answer every file request with bytes that are not an HTTP response.
     garbage_response: bool = False
+    #: A hostile hub: the next page of its tree listing is on this base URL (another host).
+    tree_next_base: str | None = None
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -390,7 +392,9 @@ class LocalHub:
         if start + self.tree_page_size < len(listed):
             query = {k: v for k, v in request.query.items() if k != "cursor"}
             query["cursor"] = str(start + self.tree_page_size)
-            next_url = request.url.with_query(query)
+            next_url = str(request.url.with_query(query))
+            if self.faults.tree_next_base is not None:
+                next_url = self.faults.tree_next_base + request.url.with_query(query).path_qs
             headers["Link"] = f'<{next_url}>; rel="next"'
         return web.json_response(page, headers=headers)
 

@@ -9,7 +9,6 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 
-import aiohttp
 import attrs
 
 from ..errors import AccessDeniedError, ConfigError, DownloadError, IntegrityError
@@ -69,9 +68,6 @@ class HttpTimeouts:
         if read is not None:
             values["read"] = read
         return cls(**values)
-
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
 
     def wire_client(self, chunk_size: int) -> WireClient:
         """The client file bodies are downloaded with, with these timeouts."""
