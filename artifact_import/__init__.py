@@ -37,8 +37,7 @@ if TYPE_CHECKING:
         VerificationError,
         VFolderNotFoundError,
     )
-    from .fleet import FleetImportService
-    from .manifest import MANIFEST_PATH
+    from .journal import MANIFEST_PATH
     from .model import (
         ArtifactFile,
         ArtifactStorageImportStep,
@@ -51,12 +50,13 @@ if TYPE_CHECKING:
         Verdict,
     )
     from .pipeline import ImportPipeline, ProgressCallback
+    from .proxy.fleet import FleetImportService
+    from .proxy.service import ImportService, ImportTask, TaskState
     from .registries.base import AbstractRegistry
     from .registries.http import HttpTimeouts, RetryPolicy
     from .registries.huggingface import HuggingFaceRegistry
     from .registries.ranges import ParallelPolicy
     from .s3 import S3Credentials, S3Endpoint
-    from .service import ImportService, ImportTask, TaskState
     from .storages.base import AbstractStorage, AbstractStoragePool, FileInfo, PendingWrite, StoragePool
     from .storages.object import ObjectStorage
     from .storages.vfs import VFSStorage
@@ -99,15 +99,15 @@ _LAZY: dict[str, str] = {
     "HuggingFaceRegistry": ".registries.huggingface",
     "ImportPipeline": ".pipeline",
     "ImportResult": ".model",
-    "ImportService": ".service",
-    "FleetImportService": ".fleet",
+    "ImportService": ".proxy.service",
+    "FleetImportService": ".proxy.fleet",
     "ImportStepContext": ".context",
     "FileNotInSourceError": ".errors",
-    "ImportTask": ".service",
+    "ImportTask": ".proxy.service",
     "InsufficientSpaceError": ".errors",
     "IntegrityError": ".errors",
     "KerasVerifier": ".verifiers.keras",
-    "MANIFEST_PATH": ".manifest",
+    "MANIFEST_PATH": ".journal.manifest",
     "ModelTarget": ".model",
     "ObjectStorage": ".storages.object",
     "ObjectVolume": ".volumes.object",
@@ -136,7 +136,7 @@ _LAZY: dict[str, str] = {
     "StorageNotFoundError": ".errors",
     "StoragePool": ".storages.base",
     "StorageTarget": ".context",
-    "TaskState": ".service",
+    "TaskState": ".proxy.service",
     "UnsafeContentError": ".errors",
     "UnsafePathError": ".errors",
     "VFSStorage": ".storages.vfs",

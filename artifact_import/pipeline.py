@@ -22,8 +22,8 @@ import attrs
 
 from ._aio import run_to_completion
 from .context import ImportStepContext
-from .errors import ArtifactImportError, ConfigError, SourceError, StorageError, VerificationError
-from .intent import finish_interrupted_commit
+from .errors import ArtifactImportError, ConfigError, SourceError, VerificationError
+from .journal import Adopted, Journal
 from .model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactFile,
@@ -35,10 +35,8 @@ from .model import (
     ResolvedArtifact,
     Verdict,
 )
-from .paths import PARTIAL_DIR, RESERVED_DIR, incomplete_path
+from .paths import PARTIAL_DIR, RESERVED_DIR
 from .registries.base import AbstractRegistry
-from .reimport import already_present, read_manifest
-from .resume import Adopted, adopt_parked, discard_parked, park_verified, write_record
 from .steps.archive import ArchiveStep
 from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
@@ -80,6 +78,8 @@ class _Run:
     context: ImportStepContext
     artifact: ResolvedArtifact
     passes: list[_Pass]
+    #: The destination's journal (the last pass writes into the destination).
+    journal: Journal
     on_progress: ProgressCallback | None
     #: The files to fetch: those of the artifact the destination does not hold yet.
     todo: tuple[ArtifactFile, ...]
@@ -129,13 +129,13 @@ class ImportPipeline:
         """``quarantine``: where a file a malware scanner flagged is kept for analysis (never the destination).
 
         ``skip_present``: files an earlier import left at the destination
-        (its manifest and the stored size agree, see :mod:`.reimport`) are
+        (its manifest and the stored size agree, see :mod:`.journal.present`) are
         not fetched again, nor are files an interrupted import parked.
 
         ``keep_partial``: when the import is interrupted (cancelled, Ctrl-C,
         the source failing), park the files already verified, so that the
         next import of the same revision finishes the rest (see
-        :mod:`.resume`); otherwise everything is discarded.
+        :mod:`.journal.record`); otherwise everything is discarded.
         """
         if max_concurrent_files < 1:
             raise ConfigError("max_concurrent_files must be at least 1")
@@ -190,22 +190,20 @@ class ImportPipeline:
     ) -> ImportResult:
         """The import proper, while this process alone writes to the destination."""
         destination = passes[-1].storage
-        await finish_interrupted_commit(destination)
+        journal = Journal(destination)
+        await journal.finish_interrupted_commit()
         await destination.check_paths([f.path for f in artifact.files])
-        present = (
-            await already_present(destination, artifact, self.verify_step.verifiers, await read_manifest(destination))
-            if self.skip_present
-            else {}
-        )
+        verifiers = self.verify_step.verifiers
+        present = await journal.present(artifact, verifiers) if self.skip_present else {}
         todo = tuple(f for f in artifact.files if f.path not in present)
         adopted = Adopted()
         if self.skip_present:
-            adopted = await adopt_parked(destination, artifact, todo, self.verify_step.verifiers)
+            adopted = await journal.adopt_parked(artifact, todo, verifiers)
         else:
-            await discard_parked(destination)
+            await journal.discard_parked()
         had_parked, resumed = adopted.found, adopted.results
         todo = tuple(f for f in todo if f.path not in resumed)
-        run = _Run(context, artifact, passes, on_progress, todo)
+        run = _Run(context, artifact, passes, journal, on_progress, todo)
         run.pending.extend(adopted.writes)
         run.verified.update(resumed)
         # Resuming a file's bytes needs the single pass (verify while writing into the destination).
@@ -215,11 +213,10 @@ class ImportPipeline:
                 run.emit(file, FileState.SKIPPED, None, file.size or 0)
             elif file.path in resumed:
                 run.emit(file, FileState.RESUMED, None, file.size or 0)
-        await destination.remove_leftovers()
+        await journal.sweep()
         if todo and destination.journals_writes:
-            # Before the first byte: whatever ends this process, the next import knows what the partial
-            # folder holds (files arrive under their incomplete names, see VFSStorage.open_write).
-            await write_record(destination, artifact, list(resumed.values()), [f.path for f in todo])
+            # Before the first byte (files arrive under their incomplete names, see VFSStorage.open_write).
+            await journal.record_start(artifact, list(resumed.values()), [f.path for f in todo])
         async with contextlib.AsyncExitStack() as reservations:
             # Quotas are checked before any byte moves; writes then charge these reservations.
             for storage in dict.fromkeys(p.storage for p in passes):
@@ -229,14 +226,14 @@ class ImportPipeline:
                 context.step_metadata[Step.VERIFY.value] = {
                     "verifiers": [v.name for v in self.verify_step.verifiers],
                 }
-                manifest = await self.archive_step.commit_all(destination, run.pending, artifact, results)
+                manifest = await journal.commit(run.pending, artifact, results)
             except BaseException as exc:
-                await run_to_completion(self._end_failed(run, destination, exc, had_parked))
+                await run_to_completion(self._end_failed(run, exc, had_parked))
                 raise
             finally:
                 await run_to_completion(self._remove_staged(run))
         if had_parked or todo:
-            await run_to_completion(discard_parked(destination))
+            await run_to_completion(journal.discard_parked())
         context.step_metadata[Step.ARCHIVE.value] = {"storage": destination.describe(), "manifest": manifest}
         for file in todo:
             run.emit(file, FileState.DONE, Step.ARCHIVE, file.size or 0)
@@ -251,53 +248,27 @@ class ImportPipeline:
             fetched_bytes=run.fetched,
         )
 
-    async def _resume_incomplete(self, run: _Run, storage: AbstractStorage, file: ArtifactFile) -> PendingWrite | None:
+    async def _resume_incomplete(self, run: _Run, file: ArtifactFile) -> PendingWrite | None:
         """The write an interrupted import left half-done for ``file``, to go on appending to, if any."""
         if file.path not in run.incomplete_parked:
             return None
         run.incomplete_parked.discard(file.path)
-        pending = await storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
-        if pending is not None and (pending.bytes_written == 0 or pending.bytes_written > (file.size or 0)):
-            # Nothing to go on from, or more than the file: start over. (All of it, received by a process
-            # that died before it could commit: re-read for the verifiers, nothing fetched.)
-            await run_to_completion(pending.abort())
-            return await storage.open_write(file.path, size_hint=file.size, sha256=file.sha256)
-        if pending is not None:
-            log.info("%s: resuming at byte %d of %s", file.path, pending.bytes_written, file.size)
-        return pending
-
-    def _prefix(self, storage: AbstractStorage, file: ArtifactFile, length: int) -> AsyncIterator[bytes]:
-        """The first ``length`` bytes of the half-done write of ``file``, read back for the verifiers."""
-
-        async def read() -> AsyncIterator[bytes]:
-            left = length
-            chunks = storage.stream_download(incomplete_path(file.path))
-            async with closing(chunks):
-                async for chunk in chunks:
-                    if len(chunk) >= left:
-                        yield chunk[:left]
-                        return
-                    left -= len(chunk)
-                    yield chunk
-            if left:
-                raise StorageError(f"{file.path}: the parked start of the file is shorter than recorded")
-
-        return read()
+        return await run.journal.resume_incomplete(file)
 
     async def _keep_incomplete(self, run: _Run, file: ArtifactFile, pending: PendingWrite, exc: BaseException) -> bool:
         """On an interruption, park a half-received file as it is, for the next import to go on from."""
-        if not (self.keep_partial and isinstance(exc, INTERRUPTIONS)) or run.refused or pending.bytes_written == 0:
+        if not (self.keep_partial and isinstance(exc, INTERRUPTIONS)) or run.refused:
             return False
-        if not await pending.park(incomplete_path(file.path), complete=False):
+        if not await run.journal.keep_incomplete(file, pending):
             return False
         run.incomplete_kept.append(file.path)
         run.kept_bytes[file.path] = pending.bytes_written
         return True
 
-    async def _end_failed(self, run: _Run, destination: AbstractStorage, exc: BaseException, had_parked: bool) -> None:
+    async def _end_failed(self, run: _Run, exc: BaseException, had_parked: bool) -> None:
         """Abort what the import wrote; if it was interrupted, park the verified files for the next import."""
         if self.keep_partial and isinstance(exc, INTERRUPTIONS) and not run.refused:
-            parked = await park_verified(destination, run.artifact, run.pending, run.verified, run.incomplete_kept)
+            parked = await run.journal.park(run.artifact, run.pending, run.verified, run.incomplete_kept)
             if parked or run.incomplete_kept:
                 for file in run.artifact.files:
                     # bytes_done tells the two apart: all of a verified file, part of one received in part.
@@ -311,15 +282,15 @@ class ImportPipeline:
                     "import the same revision again to finish",
                     parked,
                     len(run.incomplete_kept),
-                    destination.describe(),
+                    run.journal.storage.describe(),
                     PARTIAL_DIR,
                 )
             elif run.todo or had_parked:
-                await discard_parked(destination)  # nothing kept: not even the record written at the start
+                await run.journal.discard_parked()  # nothing kept: not even the record written at the start
             return
         await self.archive_step.abort_all(run.pending)
         if had_parked or run.todo:
-            await discard_parked(destination)
+            await run.journal.discard_parked()
 
     @staticmethod
     def _space_needed(artifact: ResolvedArtifact, todo: Sequence[ArtifactFile]) -> int:
@@ -365,14 +336,14 @@ class ImportPipeline:
         for index, p in enumerate(run.passes):
             final = index == len(run.passes) - 1
             chunks: AsyncIterator[bytes]
-            resumed = await self._resume_incomplete(run, p.storage, file) if final else None
+            resumed = await self._resume_incomplete(run, file) if final else None
             offset = resumed.bytes_written if resumed is not None else 0
             if source is None:
                 chunks = download.stream(run.artifact, file, offset) if offset != file.size else _nothing()
             else:
                 chunks = read_ahead(source[0].stream_download(source[1]), self.read_ahead_depth)
             if Step.VERIFY in p.steps:
-                prefix = self._prefix(p.storage, file, offset) if offset else None
+                prefix = run.journal.read_incomplete(file, offset) if offset else None
                 chunks = self.verify_step.tap(file, chunks, verdicts, prefix)
             chunks = self._count(run, file, p.steps[0], chunks, offset)
             path = file.path if final else f"{RESERVED_DIR}/staging/{run.run_id}/{file.path}"

@@ -149,6 +149,8 @@ class S3Bridge:
         self.client = endpoint.client(max_connections=threads)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3")
         self._denied, self._failed, self._missing = denied, failed, missing
+        #: Whether the server honours If-None-Match / If-Match on PUT; None until the first lock finds out.
+        self.conditional_writes: bool | None = None
 
     async def call(self, what: str, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         loop = asyncio.get_running_loop()

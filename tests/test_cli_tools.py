@@ -181,7 +181,7 @@ def test_a_hub_import_into_a_directory_loads_no_s3_client(tmp_path: Path) -> Non
     """minio (with urllib3, pycryptodome and argon2 under it) is a fifth of the start-up of an import:
     only a source or destination that talks S3 loads it."""
     probe = (
-        "import sys, artifact_import.cli, artifact_import.locations as loc, artifact_import.config as cfg\n"
+        "import sys, artifact_import.cli, artifact_import.cli.locations as loc, artifact_import.config as cfg\n"
         "loc.open_source('hf://org/model', None)\n"
         f"loc.open_destination({str(tmp_path / 'dest')!r}, None)\n"
         "print('minio' in sys.modules, 'urllib3' in sys.modules)\n"

@@ -296,7 +296,7 @@ def test_bad_fleet_settings_are_refused(tmp_path: Path, line: str, message: str)
 
 
 def test_a_snapshot_lists_a_bounded_number_of_files_unfinished_first() -> None:
-    from artifact_import.fleet import _FILES_KEPT, _bounded
+    from artifact_import.proxy.fleet import _FILES_KEPT, _bounded
 
     files = [{"path": f"{i}", "state": "done"} for i in range(_FILES_KEPT + 500)] + [{"path": "x", "state": "running"}]
     bounded = _bounded({"models": [{"files": files}]})["models"][0]

@@ -22,9 +22,9 @@ from artifact_import import (
     VolumeStorageAdapter,
     import_artifact,
 )
-from artifact_import.manifest import MANIFEST_PATH as MANIFEST
+from artifact_import.journal import MANIFEST_PATH as MANIFEST
+from artifact_import.journal import RECORD_PATH
 from artifact_import.paths import PARTIAL_DIR
-from artifact_import.resume import RECORD_PATH
 from artifact_import.storages.object import MiB, upload_token_path
 from artifact_import.storages.vfs import PART_SUFFIX
 

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from artifact_import import MANIFEST_PATH, StoragePool, VFolderID, VFSStorage, VFSVolume, VolumePool
 from artifact_import.config import ServerSettings
-from artifact_import.server import create_app
+from artifact_import.proxy.routes import create_app
 from artifact_import.storages.object import MiB
 
 from .conftest import fast_registry, files_under, in_flight_files, repo_name
@@ -286,6 +286,6 @@ async def test_shutdown_cancels_running_imports_and_leaves_nothing_half_written(
     await proxy.client.close()
     assert part_files(proxy.root) == []
     assert files_under(proxy.vfolder) == {}
-    from artifact_import.server import SERVICE
+    from artifact_import.proxy.routes import SERVICE
 
     assert proxy.app[SERVICE].get(task_id).state.value == "cancelled"

@@ -35,7 +35,7 @@ class PendingWrite(abc.ABC):
         self.bytes_written = 0
         #: The stored file's stamp once everything is flushed (see :attr:`FileInfo.stamp`); kept by commit.
         self.stamp: str | None = None
-        #: Where the bytes wait, as a path in the storage, when commit is a move (see :mod:`..intent`).
+        #: Where the bytes wait, as a path in the storage, when commit is a move (see :mod:`..journal.intent`).
         self.journal: str | None = None
 
     @abc.abstractmethod

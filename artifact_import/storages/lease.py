@@ -36,7 +36,7 @@ from ..errors import StorageError, StorageFileNotFoundError
 from ..paths import RESERVED_DIR
 
 if TYPE_CHECKING:
-    from .object import ObjectStorage
+    from ..s3 import S3Bridge
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +66,16 @@ def _pid_gone(pid: int) -> bool:
 
 
 class ObjectLock:
-    """The lock of one destination (``storage``'s prefix); used through :meth:`ObjectStorage.exclusive`."""
+    """The lock of one destination: the object ``key`` of ``bucket``; used through
+    :meth:`ObjectStorage.exclusive`. ``where`` names the destination in messages."""
 
-    def __init__(self, storage: ObjectStorage, *, lease: float = DEFAULT_LEASE, poll: float = POLL) -> None:
-        self._s = storage
-        self._key = storage.key(LOCK_PATH)
+    def __init__(
+        self, bridge: S3Bridge, bucket: str, key: str, where: str, *, lease: float = DEFAULT_LEASE, poll: float = POLL
+    ) -> None:
+        self._bridge = bridge
+        self._bucket = bucket
+        self._key = key
+        self._where = where
         self.lease = lease
         self.poll = poll
         self.token = uuid.uuid4().hex
@@ -93,9 +98,9 @@ class ObjectLock:
         def read() -> tuple[dict[str, Any], str] | None:
             from minio.error import S3Error
 
-            client = self._s.bridge.client
+            client = self._bridge.client
             try:
-                resp = client.get_object(self._s.bucket, self._key)
+                resp = client.get_object(self._bucket, self._key)
             except S3Error as exc:
                 if exc.code in ("NoSuchKey", "NoSuchObject"):
                     return None
@@ -112,7 +117,7 @@ class ObjectLock:
             return (holder if isinstance(holder, dict) else {}), etag
 
         try:
-            return await self._s.bridge.call(LOCK_PATH, read)
+            return await self._bridge.call(LOCK_PATH, read)
         except StorageFileNotFoundError:
             return None
 
@@ -129,20 +134,20 @@ class ObjectLock:
             from minio.error import S3Error
 
             try:
-                return str(self._s.bridge.client._put_object(self._s.bucket, self._key, body, headers).etag)
+                return str(self._bridge.client._put_object(self._bucket, self._key, body, headers).etag)
             except S3Error as exc:
                 if exc.code in _CONFLICT_CODES:
                     return None
                 raise
 
-        return await self._s.bridge.call(LOCK_PATH, put)
+        return await self._bridge.call(LOCK_PATH, put)
 
     async def _honours_conditions(self) -> bool:
         """Whether the server refuses a conditional write of an existing key (we just wrote it)."""
-        if self._s.conditional_writes is None:
-            self._s.conditional_writes = await self._put(if_none_match=True) is None
-            log.debug("%s: conditional writes honoured: %s", self._s.describe(), self._s.conditional_writes)
-        return self._s.conditional_writes
+        if self._bridge.conditional_writes is None:
+            self._bridge.conditional_writes = await self._put(if_none_match=True) is None
+            log.debug("%s: conditional writes honoured: %s", self._where, self._bridge.conditional_writes)
+        return self._bridge.conditional_writes
 
     async def _won(self) -> bool:
         if await self._honours_conditions():
@@ -185,7 +190,7 @@ class ObjectLock:
                     if taken is not None and await self._won():
                         log.warning(
                             "%s: took over the lock of an import that stopped renewing it (%s, pid %s)",
-                            self._s.describe(),
+                            self._where,
                             holder.get("host", "?"),
                             holder.get("pid", "?"),
                         )
@@ -193,7 +198,7 @@ class ObjectLock:
             if deadline is not None and time.monotonic() >= deadline:
                 who = f" (on {holder['host']}, pid {holder['pid']})" if "host" in holder and "pid" in holder else ""
                 raise StorageError(
-                    f"{self._s.describe()}: another import into this destination is still running{who}; wait for "
+                    f"{self._where}: another import into this destination is still running{who}; wait for "
                     "it to finish, or raise the wait (--lock-timeout). A lock whose holder died is taken over "
                     f"once its lease ({self.lease:.0f} s) runs out"
                 )
@@ -212,20 +217,20 @@ class ObjectLock:
                     self._lost = True
                     owner.cancel()
                     return
-                conditional = self._s.conditional_writes
+                conditional = self._bridge.conditional_writes
                 if await self._put(if_match=current[1] if conditional else None) is None:
                     self._lost = True
                     owner.cancel()
                     return
             except StorageError as exc:
                 # The import's own calls will fail the same way; the lease lives on until it runs out.
-                log.warning("%s: could not renew the lock: %s", self._s.describe(), exc)
+                log.warning("%s: could not renew the lock: %s", self._where, exc)
 
     async def release(self) -> None:
         with contextlib.suppress(StorageError):
             current = await self._read()
             if current is not None and current[0].get("token") == self.token:
-                await self._s.bridge.call(LOCK_PATH, self._s.bridge.client.remove_object, self._s.bucket, self._key)
+                await self._bridge.call(LOCK_PATH, self._bridge.client.remove_object, self._bucket, self._key)
 
     @contextlib.asynccontextmanager
     async def held(self, wait: float | None, on_wait: Callable[[], None] | None) -> AsyncIterator[ObjectLock]:
@@ -244,7 +249,7 @@ class ObjectLock:
             if self._lost:
                 owner.uncancel()
                 raise StorageError(
-                    f"{self._s.describe()}: another process took over this import's lock (its lease was not "
+                    f"{self._where}: another process took over this import's lock (its lease was not "
                     "renewed in time); stopped without committing"
                 ) from None
             raise

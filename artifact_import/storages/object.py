@@ -19,7 +19,7 @@ from ..paths import PARTIAL_DIR, RESERVED_DIR, is_reserved, path_problem
 from ..s3 import S3Bridge, S3Endpoint
 from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from .base import AbstractStorage, FileInfo, PendingWrite
-from .lease import DEFAULT_LEASE, ObjectLock
+from .lease import DEFAULT_LEASE, LOCK_PATH, ObjectLock
 
 log = logging.getLogger(__name__)
 
@@ -114,8 +114,6 @@ class ObjectStorage(AbstractStorage):
         self.journal_uploads = journal_uploads
         #: How long the lock of an import lives unrenewed (see :mod:`.lease`).
         self.lock_lease = lock_lease
-        #: Whether the server honours If-None-Match / If-Match on PUT; None until the first lock finds out.
-        self.conditional_writes: bool | None = None
 
     def describe(self) -> str:
         where = f"{self.bucket}/{self.prefix}" if self.prefix else self.bucket
@@ -149,7 +147,8 @@ class ObjectStorage(AbstractStorage):
         self, *, wait: float | None = None, on_wait: Callable[[], None] | None = None
     ) -> contextlib.AbstractAsyncContextManager[object]:
         """A lock object with a lease under the prefix (see :mod:`.lease`)."""
-        return ObjectLock(self, lease=self.lock_lease).held(wait, on_wait)
+        lock = ObjectLock(self.bridge, self.bucket, self.key(LOCK_PATH), self.describe(), lease=self.lock_lease)
+        return lock.held(wait, on_wait)
 
     async def preflight(self) -> None:
         """Fail now, before any download, if the bucket is missing or the keys are refused."""

@@ -98,7 +98,7 @@ class AbstractVolume(abc.ABC):
     every byte to the vfolder's quota scope and refuse what does not fit.
     """
 
-    #: Whether an interrupted import may park files here for the next one (see :mod:`..resume`).
+    #: Whether an interrupted import may park files here for the next one (see :mod:`..journal.record`).
     parks: bool = True
 
     def __init__(

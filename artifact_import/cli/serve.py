@@ -7,22 +7,22 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli_common import guarded, verbosity
-from .errors import ConfigError
+from ..errors import ConfigError
+from .common import guarded, verbosity
 
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from .config import Config
-    from .registries.base import AbstractRegistry
+    from ..config import Config
+    from ..registries.base import AbstractRegistry
 
 log = logging.getLogger(__name__)
 
 
 def _registries() -> dict[str, AbstractRegistry]:
-    from .registries.huggingface import HuggingFaceRegistry
-    from .registries.s3 import S3Registry
-    from .s3 import S3Endpoint
+    from ..registries.huggingface import HuggingFaceRegistry
+    from ..registries.s3 import S3Registry
+    from ..s3 import S3Endpoint
 
     registries: dict[str, AbstractRegistry] = {}
     hub = HuggingFaceRegistry()
@@ -61,9 +61,9 @@ def serve_cmd(ctx: click.Context, host: str, port: int) -> None:
 
     from aiohttp import web
 
-    from .config import VerifySettings, load_config
-    from .server import create_app
-    from .verifiers import build_verifiers
+    from ..config import VerifySettings, load_config
+    from ..proxy.routes import create_app
+    from ..verifiers import build_verifiers
 
     def build() -> tuple[web.Application, Config | None]:
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None

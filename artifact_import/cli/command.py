@@ -14,8 +14,13 @@ from typing import TYPE_CHECKING
 import attrs
 import click
 
-from . import __version__
-from .cli_common import (
+from .. import __version__
+from ..errors import ArtifactImportError, ConfigError
+from ..model import DEFAULT_CONCURRENT_FILES, FileState, ImportResult, ModelTarget, ProgressEvent
+from ..redact import RedactingFormatter
+from ..registries.ranges import ParallelPolicy
+from ..units import human_bytes
+from .common import (
     EXIT_INTERRUPTED,
     fail,
     log_level,
@@ -25,21 +30,16 @@ from .cli_common import (
     unexpected,
     verbosity,
 )
-from .cli_inspect import ls_cmd, verify_cmd
-from .cli_serve import serve_cmd
-from .errors import ArtifactImportError, ConfigError
-from .model import DEFAULT_CONCURRENT_FILES, FileState, ImportResult, ModelTarget, ProgressEvent
-from .redact import RedactingFormatter
-from .registries.ranges import ParallelPolicy
-from .units import human_bytes
+from .inspect import ls_cmd, verify_cmd
+from .serve import serve_cmd
 
 if TYPE_CHECKING:
     # Imported where they are used: a command pays only for what it runs (``--version`` for nothing).
-    from .config import Config
-    from .pipeline import ProgressCallback
-    from .registries.base import AbstractRegistry
-    from .storages.base import AbstractStorage
-    from .verifiers.base import Verifier
+    from ..config import Config
+    from ..pipeline import ProgressCallback
+    from ..registries.base import AbstractRegistry
+    from ..storages.base import AbstractStorage
+    from ..verifiers.base import Verifier
 
 log = logging.getLogger("artifact_import")
 
@@ -230,8 +230,8 @@ def import_cmd(
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
-    from .progress import BarProgress, LineProgress
-    from .registries.http import HttpTimeouts, RetryPolicy
+    from ..progress import BarProgress, LineProgress
+    from ..registries.http import HttpTimeouts, RetryPolicy
 
     quiet = ctx.obj["quiet"] or as_json
     progress: BarProgress | LineProgress | None = None
@@ -249,9 +249,9 @@ def import_cmd(
     try:
         # Before huggingface_hub is imported: it reads these variables then, and fails on a malformed one.
         timeouts = HttpTimeouts.from_env(os.environ, read=stall_timeout)
-        from .config import VerifySettings, load_config
+        from ..config import VerifySettings, load_config
+        from ..verifiers import build_verifiers
         from .locations import open_destination, open_source
-        from .verifiers import build_verifiers
 
         config = load_config(ctx.obj["config"]) if ctx.obj["config"] else None
         configured = config.verify if config is not None else VerifySettings()
@@ -388,7 +388,7 @@ async def _run(
     on_lock_wait: Callable[[], None],
     signals: list[int],
 ) -> ImportResult:
-    from .api import import_artifact
+    from ..api import import_artifact
 
     _handle_signals(signals, journaled=storage.journals_writes)
     try:
@@ -470,7 +470,3 @@ def _summary(result: ImportResult, to: str) -> str:
 main.add_command(ls_cmd)
 main.add_command(verify_cmd)
 main.add_command(serve_cmd)
-
-
-if __name__ == "__main__":
-    main()

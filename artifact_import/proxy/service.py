@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 import attrs
 
-from ._aio import run_to_completion
-from .context import ImportStepContext, StorageTarget
-from .errors import ArtifactImportError, ConfigError
-from .model import (
+from .._aio import run_to_completion
+from ..context import ImportStepContext, StorageTarget
+from ..errors import ArtifactImportError, ConfigError
+from ..model import (
     DEFAULT_CONCURRENT_FILES,
     ArtifactStorageImportStep,
     FileState,
@@ -34,12 +34,12 @@ from .model import (
     ModelTarget,
     ProgressEvent,
 )
-from .pipeline import ImportPipeline
-from .registries.base import AbstractRegistry
-from .storages.base import AbstractStorage, AbstractStoragePool, StoragePool
-from .storages.volume import VolumeStorageAdapter
-from .verifiers.base import Verifier
-from .volumes.base import VFolderRef, VolumePool
+from ..pipeline import ImportPipeline
+from ..registries.base import AbstractRegistry
+from ..storages.base import AbstractStorage, AbstractStoragePool, StoragePool
+from ..storages.volume import VolumeStorageAdapter
+from ..verifiers.base import Verifier
+from ..volumes.base import VFolderRef, VolumePool
 
 log = logging.getLogger(__name__)
 

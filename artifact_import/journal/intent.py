@@ -15,25 +15,75 @@ their pending files sit under names the intent can point at.
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 from collections.abc import Sequence
 
-from .errors import ArtifactImportError
+from .._aio import run_to_completion
+from ..errors import ArtifactImportError
+from ..paths import PARTIAL_DIR, RESERVED_DIR
+from ..storages.base import AbstractStorage, PendingWrite
+from ..streams import one_chunk
+from .jsonfile import read_json, write_json
 from .manifest import MANIFEST_PATH
-from .paths import PARTIAL_DIR, RESERVED_DIR
-from .reimport import read_json
-from .storages.base import AbstractStorage
-from .streams import one_chunk
 
 log = logging.getLogger(__name__)
 
 INTENT_PATH = f"{RESERVED_DIR}/commit.json"
+#: Commits made at once: on object storage each is a request (a completion, a copy), worth overlapping.
+COMMIT_CONCURRENCY = 8
+
+
+async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], manifest: bytes) -> None:
+    """Make every pending write visible, then ``manifest`` (the manifest's bytes) that vouches for them.
+
+    The manifest's bytes are written first, so that a destination that
+    cannot take them (full, gone) fails the import before any file is
+    visible; it is committed last, so that a destination with a manifest
+    holds every file it lists. Where a commit is a series of moves, the moves
+    and the manifest are recorded first: a process killed among them is
+    completed by whoever comes next, never left half visible.
+    """
+    written = await storage.open_write(MANIFEST_PATH, size_hint=len(manifest))
+    try:
+        await written.write(manifest)
+        await written.flush()
+    except BaseException:
+        await run_to_completion(written.abort())
+        raise
+    journaled = False
+    try:
+        journals = [await write.prepare_commit() for write in pending]
+        journaled = bool(pending) and all(journal is not None for journal in journals)
+        if journaled:
+            await record_intent(storage, [(str(j), w.path) for j, w in zip(journals, pending, strict=True)], manifest)
+        await _commit_each(pending)
+        await written.commit()
+    except BaseException:
+        await run_to_completion(written.abort())
+        if journaled:
+            await run_to_completion(drop_intent(storage))
+        raise
+    if journaled:
+        await drop_intent(storage)
+
+
+async def _commit_each(pending: Sequence[PendingWrite]) -> None:
+    """Commit every write, several at a time; the first failure is raised once none is still running."""
+    limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+
+    async def one(write: PendingWrite) -> None:
+        async with limit:
+            await write.commit()
+
+    outcomes = await asyncio.gather(*(one(w) for w in pending), return_exceptions=True)
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException):
+            raise outcome
 
 
 async def record_intent(storage: AbstractStorage, renames: Sequence[tuple[str, str]], manifest: bytes) -> None:
-    body = {"renames": [list(pair) for pair in renames], "manifest": manifest.decode()}
-    await storage.stream_upload(INTENT_PATH, one_chunk(json.dumps(body).encode()))
+    await write_json(storage, INTENT_PATH, {"renames": [list(pair) for pair in renames], "manifest": manifest.decode()})
 
 
 async def drop_intent(storage: AbstractStorage) -> None:

@@ -14,7 +14,7 @@ replaces the in-process task table of :class:`~.service.ImportService`:
   every ``lease / 3`` while the import runs; a proxy that dies stops renewing,
   the key expires, and another proxy that can reach the destination claims the
   task and runs it again: the import resumes from what the destination's
-  journal holds (see :mod:`.resume`), it does not start over.
+  journal holds (see :mod:`..journal.record`), it does not start over.
   A sorted set and a lease key rather than a stream's consumer group: a proxy
   can look at work it cannot reach and leave it to others without taking it.
 - ``DELETE`` on any proxy sets ``PREFIX:cancel:ID``; the owner sees it within
@@ -41,13 +41,13 @@ from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 
-from ._aio import run_to_completion
-from .context import StorageTarget
-from .errors import ArtifactImportError, ConfigError, StorageNotFoundError
-from .model import ArtifactStorageImportStep, ImportResult, ModelTarget
-from .resume import discard_parked
+from .._aio import run_to_completion
+from ..context import StorageTarget
+from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from ..journal import Journal
+from ..model import ArtifactStorageImportStep, ImportResult, ModelTarget
+from ..volumes.base import VFolderRef
 from .service import FINAL_STATES, ImportService, ImportTask, TaskState
-from .volumes.base import VFolderRef
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -401,7 +401,7 @@ class FleetImportService(ImportService):
             if task.state is TaskState.CANCELLED:
                 for context in contexts:
                     with contextlib.suppress(ArtifactImportError):
-                        await discard_parked(context.storage_for(Step.ARCHIVE))
+                        await Journal(context.storage_for(Step.ARCHIVE)).discard_parked()
             await self._write(task)
             await self._ended(task.id)
         except Exception:

@@ -1,20 +1,18 @@
-"""Check a destination against its manifest: every listed file present, unchanged, and nothing else."""
+"""What ``verify`` reports of a destination checked against its manifest, and the file-by-file comparison."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
 
-from .errors import ConfigError, StorageError, StorageFileNotFoundError
-from .intent import finish_interrupted_commit, read_intent
-from .manifest import MANIFEST_PATH
-from .model import FileResult
-from .reimport import manifest_files, read_manifest
-from .resume import ParkedSummary, parked_summary
-from .storages.base import AbstractStorage
-from .streams import Hasher
+from ..errors import StorageFileNotFoundError
+from ..model import FileResult
+from ..storages.base import AbstractStorage
+from ..streams import Hasher
+from .record import ParkedSummary
 
 
 @attrs.frozen
@@ -60,31 +58,14 @@ class FsckReport:
         }
 
 
-async def check_destination(storage: AbstractStorage, *, digests: bool = True, concurrency: int = 4) -> FsckReport:
-    """Re-read ``storage`` and compare it with its manifest.
+async def compare(
+    storage: AbstractStorage, entries: Mapping[str, FileResult], *, digests: bool, concurrency: int
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The files of ``entries`` missing from ``storage``, and those that differ (with what differs).
 
     With ``digests``, every file is read back and its sha256 compared (the
-    bytes stream through, never held whole); without, sizes only. A commit
-    a killed import left half done is completed first, unless an import is
-    running there now.
+    bytes stream through, never held whole); without, sizes only.
     """
-    removed: list[str] = []
-    completed = False
-    # Read again under the lock by finish_interrupted_commit: an import may finish it meanwhile.
-    if storage.journals_writes or await read_intent(storage) is not None:
-        try:
-            async with storage.exclusive(wait=0):
-                completed = await finish_interrupted_commit(storage)
-                removed = await storage.remove_leftovers()
-        except StorageError:
-            pass  # an import holds the destination: it completes the commit itself
-    manifest = await read_manifest(storage)
-    if manifest is None:
-        raise ConfigError(
-            f"{storage.describe()}: no usable {MANIFEST_PATH}: not a destination of artifact-import, "
-            "so there is nothing to check it against"
-        )
-    entries = manifest_files(manifest)
     limit = asyncio.Semaphore(concurrency)
 
     async def check(entry: FileResult) -> tuple[str, str | None]:
@@ -109,18 +90,4 @@ async def check_destination(storage: AbstractStorage, *, digests: bool = True, c
     outcomes = await asyncio.gather(*(check(e) for e in entries.values()))
     missing = tuple(sorted(p for p, why in outcomes if why == "missing"))
     changed = tuple(sorted((p, why) for p, why in outcomes if why is not None and why != "missing"))
-    extra = tuple(sorted([f.path async for f in storage.list_files() if f.path not in entries]))
-    return FsckReport(
-        destination=storage.describe(),
-        source=str(manifest.get("source", "")),
-        commit=str(manifest.get("commit", "")),
-        checked=len(entries),
-        total_bytes=sum(e.size for e in entries.values()),
-        missing=missing,
-        changed=changed,
-        extra=extra,
-        digests_checked=digests,
-        removed_leftovers=tuple(removed),
-        completed_commit=completed,
-        parked=await parked_summary(storage),
-    )
+    return missing, changed

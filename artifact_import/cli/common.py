@@ -10,8 +10,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from .errors import ArtifactImportError
-from .redact import redact_text
+from ..errors import ArtifactImportError
+from ..redact import redact_text
 
 EXIT_OK = 0
 EXIT_FAILED = 1

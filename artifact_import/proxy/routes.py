@@ -26,15 +26,15 @@ from typing import Any
 
 from aiohttp import web
 
-from .config import ServerSettings, VerifySettings
-from .errors import ArtifactImportError, ConfigError, StorageNotFoundError
-from .model import ArtifactStorageImportStep, ModelTarget
-from .registries.base import AbstractRegistry
+from ..config import ServerSettings, VerifySettings
+from ..errors import ArtifactImportError, ConfigError, StorageNotFoundError
+from ..model import ArtifactStorageImportStep, ModelTarget
+from ..registries.base import AbstractRegistry
+from ..storages.base import AbstractStoragePool
+from ..verifiers import build_verifiers
+from ..verifiers.base import Verifier
+from ..volumes.base import VFolderID, VFolderRef, VolumePool
 from .service import ImportService, TaskView
-from .storages.base import AbstractStoragePool
-from .verifiers import build_verifiers
-from .verifiers.base import Verifier
-from .volumes.base import VFolderID, VFolderRef, VolumePool
 from .webhooks import WebhookNotifier
 
 Step = ArtifactStorageImportStep

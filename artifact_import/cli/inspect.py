@@ -10,17 +10,17 @@ from typing import TYPE_CHECKING
 
 import click
 
-from .cli_common import EXIT_VERIFY, guarded, repo_type_option, verbosity
-from .units import human_bytes
+from ..units import human_bytes
+from .common import EXIT_VERIFY, guarded, repo_type_option, verbosity
 
 if TYPE_CHECKING:
-    from .config import Config
-    from .fsck import FsckReport
-    from .model import ResolvedArtifact
+    from ..config import Config
+    from ..journal import FsckReport
+    from ..model import ResolvedArtifact
 
 
 def _config(ctx: click.Context) -> Config | None:
-    from .config import load_config
+    from ..config import load_config
 
     return load_config(ctx.obj["config"]) if ctx.obj["config"] else None
 
@@ -53,7 +53,7 @@ def ls_cmd(
     """
 
     async def listing() -> ResolvedArtifact:
-        from .registries.http import HttpTimeouts
+        from ..registries.http import HttpTimeouts
 
         HttpTimeouts.from_env(os.environ)  # before huggingface_hub reads (and chokes on) a malformed one
         from .locations import open_source
@@ -115,14 +115,14 @@ def verify_cmd(ctx: click.Context, dest: str, quick: bool, as_json: bool, concur
       artifact-import --config proxy.toml verify storage:models/org/model --json
     """
 
-    from .fsck import check_destination
+    from ..journal import Journal
     from .locations import open_destination
 
     async def check() -> FsckReport:
         config = _config(ctx)
         storage = open_destination(dest, config)
         try:
-            return await check_destination(storage, digests=not quick, concurrency=concurrency)
+            return await Journal(storage).check(digests=not quick, concurrency=concurrency)
         finally:
             await storage.aclose()
             if config is not None:

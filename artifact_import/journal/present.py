@@ -12,78 +12,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 from collections.abc import Sequence
 from typing import Any
 
 import attrs
 
-from .errors import ArtifactImportError, StorageFileNotFoundError
-from .manifest import MANIFEST_PATH
-from .model import ArtifactFile, FileResult, ResolvedArtifact, Verdict
-from .storages.base import AbstractStorage
-from .verifiers.base import Verifier
+from ..errors import ArtifactImportError
+from ..model import ArtifactFile, FileResult, ResolvedArtifact
+from ..storages.base import AbstractStorage
+from ..verifiers.base import Verifier
+from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
-
-#: A file of the library's own (manifest, record) larger than this is not trusted, nor read into memory.
-MAX_JSON_BYTES = 64 << 20
-
-
-async def read_json(storage: AbstractStorage, path: str) -> Any:
-    """The parsed JSON of a small file the library wrote at ``path``; ``None`` if there is none.
-
-    Raises ``ValueError`` if it is too large or not JSON, and the storage's
-    error if it cannot be read.
-    """
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in storage.stream_download(path):
-            size += len(chunk)
-            if size > MAX_JSON_BYTES:
-                raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
-            chunks.append(chunk)
-    except StorageFileNotFoundError:
-        return None
-    return json.loads(b"".join(chunks))
-
-
-async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
-    """The destination's manifest, or ``None`` if there is none or it cannot be used."""
-    try:
-        manifest = await read_json(storage, MANIFEST_PATH)
-    except (ArtifactImportError, ValueError) as exc:
-        log.warning("%s: cannot use %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
-        return None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
-        return None
-    return manifest
-
-
-def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
-    """The well-formed file entries of a manifest, by path."""
-    found: dict[str, FileResult] = {}
-    for entry in manifest.get("files", []):
-        try:
-            verdicts = tuple(
-                Verdict(str(v["verifier"]), bool(v["ok"]), str(v.get("detail", "")), dict(v.get("data") or {}))
-                for v in entry.get("verdicts", [])
-            )
-            stamp = entry.get("stamp")
-            result = FileResult(
-                str(entry["path"]),
-                int(entry["size"]),
-                str(entry["sha256"]).lower(),
-                verdicts,
-                stamp=str(stamp) if stamp is not None else None,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-        found[result.path] = result
-    return found
-
 
 async def already_present(
     storage: AbstractStorage,

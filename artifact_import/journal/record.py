@@ -18,21 +18,20 @@ or small files. Storages that cannot park abort as before.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from ._aio import run_to_completion
-from .errors import ArtifactImportError
-from .model import ArtifactFile, FileResult, ResolvedArtifact
-from .paths import PARTIAL_DIR
-from .reimport import manifest_files, read_json
-from .storages.base import AbstractStorage, PendingWrite
-from .streams import one_chunk
-from .verifiers.base import Verifier
+from .._aio import run_to_completion
+from ..errors import ArtifactImportError
+from ..model import ArtifactFile, FileResult, ResolvedArtifact
+from ..paths import PARTIAL_DIR
+from ..storages.base import AbstractStorage, PendingWrite
+from ..verifiers.base import Verifier
+from .jsonfile import read_json, write_json
+from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ async def write_record(
         "files": [r.to_dict() for r in sorted(kept, key=lambda r: r.path)],
         "incomplete": sorted(incomplete),
     }
-    await storage.stream_upload(RECORD_PATH, one_chunk(json.dumps(record, indent=2).encode()))
+    await write_json(storage, RECORD_PATH, record, indent=2)
 
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ._aio import run_to_completion
+from .._aio import run_to_completion
 from .service import ImportTask
 
 log = logging.getLogger(__name__)

@@ -13,21 +13,21 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from .config import Config
-from .errors import ConfigError, StorageNotFoundError
-from .model import ModelTarget
-from .paths import path_problem
-from .registries.base import AbstractRegistry
-from .registries.http import HttpTimeouts, RetryPolicy
-from .registries.huggingface import HuggingFaceRegistry
-from .registries.ranges import ParallelPolicy
-from .registries.s3 import S3Registry
-from .s3 import S3Endpoint
-from .storages.base import AbstractStorage
-from .storages.object import ObjectStorage
-from .storages.vfs import VFSStorage
-from .storages.volume import VolumeStorageAdapter
-from .volumes.base import VFolderRef
+from ..config import Config
+from ..errors import ConfigError, StorageNotFoundError
+from ..model import ModelTarget
+from ..paths import path_problem
+from ..registries.base import AbstractRegistry
+from ..registries.http import HttpTimeouts, RetryPolicy
+from ..registries.huggingface import HuggingFaceRegistry
+from ..registries.ranges import ParallelPolicy
+from ..registries.s3 import S3Registry
+from ..s3 import S3Endpoint
+from ..storages.base import AbstractStorage
+from ..storages.object import ObjectStorage
+from ..storages.vfs import VFSStorage
+from ..storages.volume import VolumeStorageAdapter
+from ..volumes.base import VFolderRef
 
 STORAGE_PREFIX = "storage:"
 VFOLDER_PREFIX = "vfolder:"

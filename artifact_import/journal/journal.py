@@ -1,0 +1,186 @@
+"""One destination's journal: the only room the pipeline and ``verify`` talk to about a destination's state.
+
+A destination holds, beside the artifact, what artifact-import knows of it
+under ``.artifact-import/``: the manifest of the last import (see
+:mod:`.manifest`), what an interrupted import parked for the next one (see
+:mod:`.record`), and the intent of a commit under way (see :mod:`.intent`).
+:class:`Journal` reads and writes all three, decides what an import need not
+fetch again (:mod:`.present`), and checks a destination against its manifest
+(:mod:`.fsck`). The file formats live in those modules and nowhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from .._aio import run_to_completion
+from ..errors import ConfigError, StorageError
+from ..model import ArtifactFile, FileResult, ResolvedArtifact
+from ..paths import incomplete_path
+from ..storages.base import AbstractStorage, PendingWrite
+from ..streams import closing
+from ..verifiers.base import Verifier
+from . import fsck, intent, present, record
+from .manifest import MANIFEST_PATH, build_manifest, encode_manifest, manifest_files, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+class Journal:
+    """What artifact-import keeps in ``storage`` about the imports into it.
+
+    The verbs in the order an import uses them: :meth:`finish_interrupted_commit`,
+    :meth:`present`, :meth:`adopt_parked` (or :meth:`discard_parked`),
+    :meth:`sweep`, :meth:`record_start`; while files arrive,
+    :meth:`resume_incomplete`, :meth:`read_incomplete` and
+    :meth:`keep_incomplete`; at the end :meth:`commit`, or :meth:`park` when
+    the import was cut short. :meth:`check` is ``verify``.
+    """
+
+    def __init__(self, storage: AbstractStorage) -> None:
+        self.storage = storage
+
+    # -- before the first byte -------------------------------------------------------------------------------------
+
+    async def finish_interrupted_commit(self) -> bool:
+        """Complete a commit a killed import left half done; True if there was one."""
+        return await intent.finish_interrupted_commit(self.storage)
+
+    async def manifest(self) -> dict[str, Any] | None:
+        """The manifest of the last import, or None if there is none or it cannot be used."""
+        return await read_manifest(self.storage)
+
+    async def present(self, artifact: ResolvedArtifact, verifiers: Sequence[Verifier]) -> dict[str, FileResult]:
+        """The files of ``artifact`` the destination already holds, verified as this run would verify them."""
+        return await present.already_present(self.storage, artifact, verifiers, await self.manifest())
+
+    async def adopt_parked(
+        self, artifact: ResolvedArtifact, todo: Sequence[ArtifactFile], verifiers: Sequence[Verifier]
+    ) -> record.Adopted:
+        """What an earlier, interrupted import of the same commit parked, ready for this one."""
+        return await record.adopt_parked(self.storage, artifact, todo, verifiers)
+
+    async def discard_parked(self) -> None:
+        """Remove whatever an interrupted import parked (the partial folder and its record)."""
+        await record.discard_parked(self.storage)
+
+    async def sweep(self) -> list[str]:
+        """Remove what imports that died before cleaning up left (part files); the paths removed."""
+        return await self.storage.remove_leftovers()
+
+    async def record_start(
+        self, artifact: ResolvedArtifact, kept: Sequence[FileResult], receiving: Sequence[str]
+    ) -> None:
+        """Record, before the first byte, the files ``kept`` from an earlier import and those about to be
+        received: whatever ends this process, the next import knows what the partial folder holds."""
+        await record.write_record(self.storage, artifact, kept, receiving)
+
+    # -- while files arrive ----------------------------------------------------------------------------------------
+
+    async def resume_incomplete(self, file: ArtifactFile) -> PendingWrite | None:
+        """The write an interrupted import left half-done for ``file``, to go on appending to, if any.
+
+        A write with nothing to go on from, or more than the file, starts
+        over (all of it, received by a process that died before it could
+        commit: re-read for the verifiers, nothing fetched).
+        """
+        pending = await self.storage.adopt(incomplete_path(file.path), file.path, incomplete=True)
+        if pending is None:
+            return None
+        if pending.bytes_written == 0 or pending.bytes_written > (file.size or 0):
+            await run_to_completion(pending.abort())
+            return await self.storage.open_write(file.path, size_hint=file.size, sha256=file.sha256)
+        log.info("%s: resuming at byte %d of %s", file.path, pending.bytes_written, file.size)
+        return pending
+
+    async def read_incomplete(self, file: ArtifactFile, length: int) -> AsyncIterator[bytes]:
+        """The first ``length`` bytes of the half-done write of ``file``, read back for the verifiers."""
+        left = length
+        chunks = self.storage.stream_download(incomplete_path(file.path))
+        async with closing(chunks):
+            async for chunk in chunks:
+                if len(chunk) >= left:
+                    yield chunk[:left]
+                    return
+                left -= len(chunk)
+                yield chunk
+        if left:
+            raise StorageError(f"{file.path}: the parked start of the file is shorter than recorded")
+
+    async def keep_incomplete(self, file: ArtifactFile, pending: PendingWrite) -> bool:
+        """Park a half-received file as it is, for the next import to go on from; False if it cannot be."""
+        return pending.bytes_written > 0 and await pending.park(incomplete_path(file.path), complete=False)
+
+    # -- the end ---------------------------------------------------------------------------------------------------
+
+    async def commit(
+        self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
+    ) -> str:
+        """Make every verified file visible, then the manifest that vouches for them; its path."""
+        stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
+        files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
+        await intent.commit(self.storage, pending, encode_manifest(build_manifest(artifact, files)))
+        return MANIFEST_PATH
+
+    async def park(
+        self,
+        artifact: ResolvedArtifact,
+        pending: Sequence[PendingWrite],
+        verified: Mapping[str, FileResult],
+        incomplete: Sequence[str] = (),
+    ) -> int:
+        """Park every pending write of a verified file and abort the others, for the next import; record
+        them and the ``incomplete`` files already parked. How many complete files were parked."""
+        return await record.park_verified(self.storage, artifact, pending, verified, incomplete)
+
+    async def parked_summary(self) -> record.ParkedSummary | None:
+        """What an interrupted import left in the partial folder for the next import, as its record says."""
+        return await record.parked_summary(self.storage)
+
+    async def check(self, *, digests: bool = True, concurrency: int = 4) -> fsck.FsckReport:
+        """Re-read the destination and compare it with its manifest (``verify``): every listed file present
+        and unchanged, and nothing else.
+
+        With ``digests``, every file is read back and its sha256 compared;
+        without, sizes only. A commit a killed import left half done is
+        completed first, and part files killed imports left are removed,
+        unless an import is running there now.
+        """
+        storage = self.storage
+        removed: list[str] = []
+        completed = False
+        # Read again under the lock by finish_interrupted_commit: an import may finish it meanwhile.
+        if storage.journals_writes or await intent.read_intent(storage) is not None:
+            try:
+                async with storage.exclusive(wait=0):
+                    completed = await self.finish_interrupted_commit()
+                    removed = await self.sweep()
+            except StorageError:
+                pass  # an import holds the destination: it completes the commit itself
+        manifest = await self.manifest()
+        if manifest is None:
+            raise ConfigError(
+                f"{storage.describe()}: no usable {MANIFEST_PATH}: not a destination of artifact-import, "
+                "so there is nothing to check it against"
+            )
+        entries = manifest_files(manifest)
+        missing, changed = await fsck.compare(storage, entries, digests=digests, concurrency=concurrency)
+        extra = tuple(sorted([f.path async for f in storage.list_files() if f.path not in entries]))
+        return fsck.FsckReport(
+            destination=storage.describe(),
+            source=str(manifest.get("source", "")),
+            commit=str(manifest.get("commit", "")),
+            checked=len(entries),
+            total_bytes=sum(e.size for e in entries.values()),
+            missing=missing,
+            changed=changed,
+            extra=extra,
+            digests_checked=digests,
+            removed_leftovers=tuple(removed),
+            completed_commit=completed,
+            parked=await self.parked_summary(),
+        )

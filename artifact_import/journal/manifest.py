@@ -1,0 +1,72 @@
+"""The manifest written beside an imported artifact: what came from where, with digests."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from .. import __version__
+from ..errors import ArtifactImportError
+from ..model import FileResult, ResolvedArtifact, Verdict
+from ..paths import RESERVED_DIR
+from ..storages.base import AbstractStorage
+from .jsonfile import read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST_PATH = f"{RESERVED_DIR}/manifest.json"
+MANIFEST_FORMAT = 1
+
+
+def build_manifest(artifact: ResolvedArtifact, files: Sequence[FileResult]) -> dict[str, Any]:
+    return {
+        "format": MANIFEST_FORMAT,
+        "tool": f"artifact-import {__version__}",
+        "source": artifact.source,
+        "revision": artifact.revision,
+        "commit": artifact.commit,
+        "imported_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "files": [f.to_dict() for f in sorted(files, key=lambda f: f.path)],
+    }
+
+
+def encode_manifest(manifest: dict[str, Any]) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=False) + "\n").encode()
+
+
+async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
+    """The destination's manifest, or ``None`` if there is none or it cannot be used."""
+    try:
+        manifest = await read_json(storage, MANIFEST_PATH)
+    except (ArtifactImportError, ValueError) as exc:
+        log.warning("%s: cannot use %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), list):
+        return None
+    return manifest
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
+    """The well-formed file entries of a manifest (or of a record of parked files), by path."""
+    found: dict[str, FileResult] = {}
+    for entry in manifest.get("files", []):
+        try:
+            verdicts = tuple(
+                Verdict(str(v["verifier"]), bool(v["ok"]), str(v.get("detail", "")), dict(v.get("data") or {}))
+                for v in entry.get("verdicts", [])
+            )
+            stamp = entry.get("stamp")
+            result = FileResult(
+                str(entry["path"]),
+                int(entry["size"]),
+                str(entry["sha256"]).lower(),
+                verdicts,
+                stamp=str(stamp) if stamp is not None else None,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            continue
+        found[result.path] = result
+    return found
