@@ -284,8 +284,7 @@ class _Connection(asyncio.BufferedProtocol):
             # Nothing at all on a kept-alive connection: the server had closed it while it was idle.
             self._error = _ClosedBeforeResponse() if self._fill == 0 else Dropped("connection closed mid-head")
             self._state = "closed"
-            if self._head_ready is not None and not self._head_ready.done():
-                self._head_ready.set_exception(self._error)
+            self._head_failed(self._error)
         elif state in ("body", "chunked"):
             self._emit()  # what arrived is handed on before the error
             self._error = Dropped("connection closed before the response ended")
@@ -296,10 +295,15 @@ class _Connection(asyncio.BufferedProtocol):
     def _fail(self, exc: BaseException) -> None:
         self._error = exc
         self._state = "closed"
-        if self._head_ready is not None and not self._head_ready.done():
-            self._head_ready.set_exception(exc)
+        self._head_failed(exc)
         self._wake()
         self._close()
+
+    def _head_failed(self, exc: BaseException) -> None:
+        ready = self._head_ready
+        if ready is not None and not ready.done():
+            ready.set_exception(exc)
+            ready.exception()  # whoever waits still gets it; nobody waiting (a request given up) is no error
 
     def _wake(self) -> None:
         waiter = self._waiter
