@@ -184,6 +184,10 @@ class LocalHub:
         self.redirects = 0
         #: Entries per page of a tree listing (the Hub's pages hold about a thousand).
         self.tree_page_size = 1000
+        #: Keep each listing once built (for a repository of many files, whose every page would otherwise
+        #: build it all again); only where nothing changes the listing (``serve``), not in the tests.
+        self.cache_listings = False
+        self._listings: dict[tuple[object, ...], list[dict[str, Any]]] = {}
         #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
         #: files not here are listed as scanned and safe, as the Hub lists clean files.
         self.scans: dict[tuple[str, str], dict[str, Any]] = {}
@@ -360,6 +364,30 @@ class LocalHub:
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
+        key = (repo.repo_id, sha, base, recursive, expand)
+        listed = self._listings.get(key) if self.cache_listings else None
+        if listed is None:
+            listed = self._list(repo, sha, files, prefix, recursive, expand)
+            if self.cache_listings:
+                self._listings[key] = listed
+        if base and not listed:
+            return self._error(404, "EntryNotFound", f"{base} does not exist")
+        # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
+        start = int(request.query.get("cursor", "0"))
+        page = listed[start : start + self.tree_page_size]
+        headers = {}
+        if start + self.tree_page_size < len(listed):
+            query = {k: v for k, v in request.query.items() if k != "cursor"}
+            query["cursor"] = str(start + self.tree_page_size)
+            next_url = str(request.url.with_query(query))
+            if self.faults.tree_next_base is not None:
+                next_url = self.faults.tree_next_base + request.url.with_query(query).path_qs
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return web.json_response(page, headers=headers)
+
+    def _list(
+        self, repo: HubRepo, sha: str, files: dict[str, HubFile], prefix: str, recursive: bool, expand: bool
+    ) -> list[dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
         for f in sorted(files.values(), key=lambda f: f.path):
             if not f.path.startswith(prefix):
@@ -382,21 +410,7 @@ class LocalHub:
                     entry["lastCommit"] = {"id": sha, "title": "Upload", "date": "2026-11-01T00:00:00.000Z"}
                     entry["securityFileStatus"] = self.scans.get((repo.repo_id, f.path), SAFE_SCAN)
                 entries[f.path] = entry
-        if base and not entries:
-            return self._error(404, "EntryNotFound", f"{base} does not exist")
-        # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
-        listed = list(entries.values())
-        start = int(request.query.get("cursor", "0"))
-        page = listed[start : start + self.tree_page_size]
-        headers = {}
-        if start + self.tree_page_size < len(listed):
-            query = {k: v for k, v in request.query.items() if k != "cursor"}
-            query["cursor"] = str(start + self.tree_page_size)
-            next_url = str(request.url.with_query(query))
-            if self.faults.tree_next_base is not None:
-                next_url = self.faults.tree_next_base + request.url.with_query(query).path_qs
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return web.json_response(page, headers=headers)
+        return list(entries.values())
 
     async def _resolve(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.StreamResponse:
         if self.faults.redirect_to is not None:
@@ -572,7 +586,13 @@ DEMO_FILES: dict[str, bytes | int] = {
 
 
 def small_files(count: int) -> dict[str, bytes | int]:
-    """The ``--small-files`` of ``serve``: JSON files of varied small sizes under ``small/``."""
+    """The ``--small-files`` of ``serve``: JSON files of varied small sizes under ``small/`` (more than a
+    thousand: in folders of a thousand, ``small/007/file-007123.json``, as datasets shard them)."""
+    if count > 1000:
+        return {
+            f"small/{i // 1000:03d}/file-{i:06d}.json": json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
+            for i in range(count)
+        }
     return {
         f"small/file-{i:03d}.json": json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
         for i in range(count)
@@ -637,6 +657,7 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     hub.create_repo(args.repo, files)
     hub.faults.slow_bps = args.rate
     hub.cdn_url = args.cdn_url.rstrip("/")
+    hub.cache_listings = True
     server = HubServer(hub, args.port)
     url = server.start()
     print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))

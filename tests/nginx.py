@@ -5,7 +5,9 @@ redirect to ``{cdn_url}/lfs/{sha256}?...``; this nginx serves those URLs
 straight from the hub's blob folder, with its own configuration in a folder
 of its own, as one process (no master, no ``user`` switch: it reads what
 the test's user wrote). ``rate`` caps each response (``limit_rate``), as
-CDNs cap each connection.
+CDNs cap each connection; the socket's send buffer is then kept at 64 KiB,
+else the kernel takes the first megabytes of each response at once (on
+loopback it grows to several) and a range of a few MiB is never paced.
 
 Every request is logged with when it began and ended, so a test can count
 the connections the server really saw at once (:meth:`peak_concurrency`).
@@ -78,7 +80,7 @@ http {{
     types {{ }}
     default_type application/octet-stream;
     server {{
-        listen {host}:{port};
+        listen {host}:{port}{" sndbuf=64k" if rate else ""};
         location /lfs/ {{
             alias {Path(blobs).resolve()}/;
             limit_rate {rate};

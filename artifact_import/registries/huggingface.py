@@ -100,7 +100,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         #: calls an import makes one at a time (listings).
         self.max_connections = max_connections
         #: The connections this registry's downloads share; made anew by aclose (its semaphores belong to a loop).
-        self.budget = ConnectionBudget(self.parallel)
+        self.budget = self._new_budget()
         self._wire: WireClient | None = None
         #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
         self.hub_scan = hub_scan
@@ -262,7 +262,16 @@ class HuggingFaceRegistry(AbstractRegistry):
         """The client every request goes through (see :mod:`.wire` for why not aiohttp)."""
         if self._wire is None or self._wire.closed:
             self._wire = self.timeouts.wire_client(self.chunk_size)
+            self._wire.meter = self._meter
         return self._wire
+
+    def _new_budget(self) -> ConnectionBudget:
+        budget = ConnectionBudget(self.parallel)
+        budget.metered = True  # every read is counted as it arrives (_meter)
+        return budget
+
+    def _meter(self, nbytes: int) -> None:
+        self.budget.connections.received(nbytes)
 
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         prefix = REPO_TYPES[artifact.repo_type]
@@ -353,7 +362,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         return final, headers
 
     async def aclose(self) -> None:
-        self.budget = ConnectionBudget(self.parallel)
+        self.budget = self._new_budget()
         if self._wire is not None:
             await self._wire.close()
             self._wire = None

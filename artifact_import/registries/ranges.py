@@ -120,8 +120,9 @@ class AdaptiveLimit:
         self._slow_start = True
         self._probe: tuple[int, float] | None = None  # (limit before the step, its throughput)
         self._hold_until = 0.0
-        # The first window ends with the first byte: it measures the wait for the listing, not the source.
-        self._warm = False
+        # Not judged: the first window (it ends with the first byte: the wait for the listing, not the source)
+        # and the one after it (connections opening, the pipeline's threads and buffers starting).
+        self._unjudged = 2
         self._window_start = self._busy_since = self._busy = 0.0
         self._bytes = self._wanted = 0
         self._start_window(clock())
@@ -208,8 +209,8 @@ class AdaptiveLimit:
         rate = self._bytes / elapsed
         busy = self._busy / (self.limit * elapsed) >= _BUSY
         wanted_more = self._wanted > self.limit
-        if not self._warm:
-            self._warm = True
+        if self._unjudged:
+            self._unjudged -= 1
         elif self._probe is not None:
             before, before_rate = self._probe
             self._probe = None
@@ -246,6 +247,9 @@ class ConnectionBudget:
 
     def __init__(self, policy: ParallelPolicy) -> None:
         self.policy = policy
+        #: The source reports every byte as it arrives (``connections.received``) itself; otherwise the
+        #: ranges count each chunk they hand on.
+        self.metered = False
         self.connections = AdaptiveLimit(
             policy.connections, start=policy.initial_connections, window=policy.adapt_window
         )
@@ -283,7 +287,8 @@ async def fetch(
     if size - offset < policy.min_size or policy.connections == 1:
         async with budget.connections:
             async for chunk in _all_of(open_range(offset, None)):
-                budget.connections.received(len(chunk))
+                if not budget.metered:
+                    budget.connections.received(len(chunk))
                 yield chunk
         return
     delivered = offset
@@ -295,7 +300,8 @@ async def fetch(
         log.info("%s: the source ignores Range; going on over one connection from byte %d", name, delivered)
         async with budget.connections:
             async for chunk in _all_of(open_range(delivered, None)):
-                budget.connections.received(len(chunk))
+                if not budget.metered:
+                    budget.connections.received(len(chunk))
                 yield chunk
 
 
@@ -331,7 +337,8 @@ async def _in_order(open_range: OpenRange, size: int, offset: int, budget: Conne
                 chunks = open_range(start, end)
                 async with budget.connections, closing(chunks):
                     async for chunk in chunks:
-                        budget.connections.received(len(chunk))
+                        if not budget.metered:
+                            budget.connections.received(len(chunk))
                         queue.put_nowait(chunk)
             except Exception as exc:  # handed to the consumer, in order
                 queue.put_nowait(exc)

@@ -32,7 +32,7 @@ import re
 import socket
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import quote, urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -166,6 +166,8 @@ class _Connection(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self.last_activity = self.loop.time()
+        if self.client.meter is not None:
+            self.client.meter(nbytes)
         state = self._state
         if state == "body":
             self._fill += nbytes
@@ -541,6 +543,8 @@ class WireClient:
         self.closed = False
         #: Connections opened so far (each a TCP, maybe TLS, handshake).
         self.opened = 0
+        #: Called with the size of every read from a socket: throughput as it happens, not a chunk at a time.
+        self.meter: Callable[[int], None] | None = None
 
     @contextlib.asynccontextmanager
     async def request(
