@@ -16,7 +16,7 @@ import posixpath
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import ChunkFeed, Limited, Reader, Unscannable
+from .reader import Limited, Reader, Unscannable
 from .threaded import ThreadedSession
 
 MAX_DEPTH = 64
@@ -55,7 +55,7 @@ class _OnnxSession(ThreadedSession[list[str]]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> list[str]:
+    def parse(self, feed: Reader) -> list[str]:
         locations: list[str] = []
         _walk(feed, "model", locations, 0)
         return locations
