@@ -298,25 +298,28 @@ class ImportPipeline:
         return sum(f.size or 0 for f in todo) + MANIFEST_ALLOWANCE + sum(len(f.path) + 1024 for f in artifact.files)
 
     async def _import_files(self, run: _Run, download: DownloadStep) -> list[FileResult]:
-        limit = asyncio.Semaphore(self.max_concurrent_files)
-
-        async def one(file: ArtifactFile) -> FileResult:
-            async with limit:
-                try:
-                    return await self._import_file(run, download, file)
-                except Exception as exc:
-                    run.emit(file, FileState.FAILED, None, 0, str(exc))
-                    raise
-
         if not run.todo:
             return []
         for file in run.todo:
             run.emit(file, FileState.QUEUED, None, 0)
         # Largest first: the long poles start early and small files fill the gaps.
-        ordered = sorted(run.todo, key=lambda f: f.size or 0, reverse=True)
-        tasks = [asyncio.create_task(one(f), name=f"import:{f.path}") for f in ordered]
+        files = iter(sorted(run.todo, key=lambda f: f.size or 0, reverse=True))
+        results: list[FileResult] = []
+
+        async def worker() -> None:
+            for file in files:  # one iterator shared by the workers: each file is taken once
+                try:
+                    results.append(await self._import_file(run, download, file))
+                except Exception as exc:
+                    run.emit(file, FileState.FAILED, None, 0, str(exc))
+                    raise
+
+        # As many workers as files in flight, not a task per file: a repository of 200,000 files would hold
+        # 200,000 tasks (and their frames) for the whole import.
+        count = min(self.max_concurrent_files, len(run.todo))
+        workers = [asyncio.create_task(worker(), name=f"import-worker-{i}") for i in range(count)]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
@@ -324,11 +327,11 @@ class ImportPipeline:
                         # A refused file ends the import for good: the others must not be parked.
                         run.refused = True
                     raise exc  # type: ignore[misc]
-            return [t.result() for t in tasks]
+            return results
         finally:
-            for task in tasks:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _import_file(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
         verdicts: list[Verdict] = []
