@@ -15,7 +15,6 @@ their pending files sit under names the intent can point at.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 
@@ -30,8 +29,6 @@ from .manifest import MANIFEST_PATH
 log = logging.getLogger(__name__)
 
 INTENT_PATH = f"{RESERVED_DIR}/commit.json"
-#: Commits made at once: on object storage each is a request (a completion, a copy), worth overlapping.
-COMMIT_CONCURRENCY = 8
 
 
 async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], manifest: bytes) -> None:
@@ -57,7 +54,7 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
         journaled = bool(pending) and all(journal is not None for journal in journals)
         if journaled:
             await record_intent(storage, [(str(j), w.path) for j, w in zip(journals, pending, strict=True)], manifest)
-        await _commit_each(pending)
+        await storage.commit_writes(pending)
         await written.commit()
     except BaseException:
         await run_to_completion(written.abort())
@@ -66,20 +63,6 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
         raise
     if journaled:
         await drop_intent(storage)
-
-
-async def _commit_each(pending: Sequence[PendingWrite]) -> None:
-    """Commit every write, several at a time; the first failure is raised once none is still running."""
-    limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
-
-    async def one(write: PendingWrite) -> None:
-        async with limit:
-            await write.commit()
-
-    outcomes = await asyncio.gather(*(one(w) for w in pending), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
 
 
 async def record_intent(storage: AbstractStorage, renames: Sequence[tuple[str, str]], manifest: bytes) -> None:

@@ -65,14 +65,13 @@ async def park_verified(
     """Park every pending write of a verified file; abort the others; record them and the
     ``incomplete`` files already parked. Return how many complete files were parked."""
     kept: list[FileResult] = []
+    # All at once: a storage parks many files cheaper together (a directory: renames folder by folder).
+    parks = [(write, parked_path(write.path)) for write in pending if write.path in verified]
+    parked = {id(write) for (write, _), ok in zip(parks, await storage.park_writes(parks), strict=True) if ok}
     for write in pending:
-        result = verified.get(write.path)
-        try:
-            if result is not None and await write.park(parked_path(write.path)):
-                kept.append(result)
-                continue
-        except ArtifactImportError:
-            log.warning("%s: could not be parked", write.path, exc_info=True)
+        if id(write) in parked:
+            kept.append(verified[write.path])
+            continue
         await run_to_completion(write.abort())
     if not kept and not incomplete:
         return 0

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ReadOnlyStorageError, StorageError, StorageNotFoundError
+from ..errors import ArtifactImportError, ReadOnlyStorageError, StorageError, StorageNotFoundError
+
+log = logging.getLogger(__name__)
+
+#: Commits made at once by default: on object storage each is a request (a completion, a copy), worth overlapping.
+COMMIT_CONCURRENCY = 8
 
 
 @attrs.frozen
@@ -170,6 +176,36 @@ class AbstractStorage(abc.ABC):
     @abc.abstractmethod
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+    async def commit_writes(self, writes: Sequence[PendingWrite]) -> None:
+        """Commit every write, several at a time; the first failure is raised once none is still running.
+
+        Storages that commit many files cheaper together (a directory: renames folder by folder) override it.
+        """
+        import asyncio
+
+        limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+
+        async def one(write: PendingWrite) -> None:
+            async with limit:
+                await write.commit()
+
+        outcomes = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def park_writes(self, parks: Sequence[tuple[PendingWrite, str]]) -> list[bool]:
+        """:meth:`PendingWrite.park` each ``(write, path)``; whether each was parked. A write that fails to
+        park is not parked (the caller aborts it)."""
+        parked: list[bool] = []
+        for write, path in parks:
+            try:
+                parked.append(await write.park(path))
+            except ArtifactImportError:
+                log.warning("%s: could not be parked", write.path, exc_info=True)
+                parked.append(False)
+        return parked
 
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see

@@ -10,10 +10,12 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import aiofiles
 import aiofiles.os
@@ -60,6 +62,8 @@ class VFSStorage(AbstractStorage):
         self.chunk_size = chunk_size
         self._folders = _FolderLedger(self.root)
         self.journals_writes = True
+        #: Each folder's real path, checked inside ``root`` once (see :meth:`_resolve_fast`).
+        self._real_folders: dict[str, Path] = {}
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -112,6 +116,36 @@ class VFSStorage(AbstractStorage):
         # realpath walks the tree with one syscall per segment: off the loop.
         return await asyncio.to_thread(self.resolve_path, filepath, internal=True)
 
+    async def _resolve_fast(self, filepath: str) -> Path:
+        """Where the write path puts ``filepath``: its folder resolved as :meth:`resolve_path` does, once per
+        folder (a thread hop and a walk per file was most of the cost of a repository of many small files).
+
+        The file's own name is not followed (a link there is replaced by the rename, never written through),
+        and every folder is opened again without following links when the file is (see :func:`_open_folder`):
+        a folder swapped for a link after it was resolved is refused then, not followed.
+        """
+        problem = path_problem(filepath)
+        if problem is not None and not problem.startswith("inside the reserved"):
+            raise UnsafePathError([(filepath, problem)])
+        folder, _, name = filepath.rpartition("/")
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = await asyncio.to_thread(self._resolve_folder, folder)
+            if len(self._real_folders) >= _FOLDER_CACHE:
+                self._real_folders.clear()
+            self._real_folders[folder] = real
+        return real / name
+
+    def _resolve_folder(self, folder: str) -> Path:
+        root = os.path.realpath(self.root)
+        try:
+            target = os.path.realpath(os.path.join(root, folder)) if folder else root
+        except OSError:
+            raise UnsafePathError([(folder, "changed while it was checked (a folder replaced by a link?)")]) from None
+        if os.path.commonpath([root, target]) != root:
+            raise UnsafePathError([(folder, "resolves outside the storage root")])
+        return Path(target)
+
     def subpath(self, path: str) -> VFSStorage:
         problem = path_problem(path.strip("/"))
         if problem is not None:
@@ -131,10 +165,18 @@ class VFSStorage(AbstractStorage):
         first one, and are renamed into place at commit: whatever ends this process (SIGKILL included), the
         next import finds them there and goes on. The library's own files use a hidden temp file beside."""
         self.check_writable()
-        target = await self._resolve(filepath)
-        journal = None if is_reserved(filepath) else await self._resolve(incomplete_path(filepath))
+        target = await self._resolve_fast(filepath)
+        journal = None if is_reserved(filepath) else await self._resolve_fast(incomplete_path(filepath))
         where = journal if journal is not None else target
-        folders = (where.parent, *where.parent.parents)
+        folders = self._folders.chain(where.parent)
+        if size_hint is not None and size_hint <= SMALL_MAX:
+            # Opened, written and closed in one hop at flush: a small file's bytes wait in memory till then.
+            await self._folders.hold(folders)
+            temp = journal if journal is not None else target.parent / _temp_name(target.name, _name_max(target.parent))
+            pending = _VFSPendingWrite(self, filepath, target, temp, None, folders)
+            pending.replaces = journal is not None
+            pending.journal = incomplete_path(filepath) if journal is not None else None
+            return pending
         direct = size_hint is not None and size_hint >= DIRECT_MIN
         opening = asyncio.ensure_future(self._open_temp(target, folders, journal, direct))
         try:
@@ -170,6 +212,116 @@ class VFSStorage(AbstractStorage):
         temp = target.parent / _temp_name(target.name, _name_max(target.parent))
         fd = await asyncio.to_thread(_open_file_within, self.root, temp, "new")
         return temp, FileSink(fd, direct=direct)
+
+    async def commit_writes(self, writes: Sequence[PendingWrite]) -> None:
+        """Make ``writes`` visible: renamed into place folder by folder, up to :data:`_BATCH` renames in one
+        thread hop (a hop per file, and each file's folders opened again from the root, was most of a commit of
+        many files); the small files made durable first, by one ``syncfs`` when there are many. Every write is
+        tried; the first failure is raised once all are done, the failed ones aborted."""
+        ours: list[_VFSPendingWrite | _VFSParkedWrite] = []
+        for write in writes:
+            if isinstance(write, _VFSPendingWrite | _VFSParkedWrite) and write._storage is self:
+                if write._done:
+                    raise StorageError(f"{write.path}: pending write already ended")
+                ours.append(write)
+            else:
+                await write.commit()
+        for write in ours:
+            if isinstance(write, _VFSPendingWrite):
+                await write.flush()
+        moves = [(w, w._temp if isinstance(w, _VFSPendingWrite) else w._parked, w._target) for w in ours]
+        failures = await self._move_all(moves, lambda w: w.path)
+        first: BaseException | None = None
+        for write, _, target in moves:
+            targets = self._folders.chain(target.parent)
+            problem = failures.get(id(write))
+            if problem is None:
+                write._done = True
+                await self._folders.release(targets, remove_empty=False)
+                if isinstance(write, _VFSPendingWrite):
+                    # The journal folders this write made (empty now) go; the target's stay, holding the file.
+                    await self._folders.release(write._folders, remove_empty=write._folders[0] != target.parent)
+                continue
+            await self._folders.release(targets, remove_empty=True)
+            if isinstance(write, _VFSPendingWrite):
+                await write.abort()
+            first = first or problem
+        if first is not None:
+            raise first
+
+    async def park_writes(self, parks: Sequence[tuple[PendingWrite, str]]) -> list[bool]:
+        """Park many writes at once (see :meth:`commit_writes`): what an interrupted import of many files
+        keeps is renamed folder by folder, so that stopping takes seconds whatever the count."""
+        done: dict[int, bool] = {}
+        moves: list[tuple[_VFSPendingWrite, Path, Path]] = []
+        for write, path in parks:
+            if isinstance(write, _VFSParkedWrite):
+                done[id(write)] = not write._done  # still parked where it was
+            elif not isinstance(write, _VFSPendingWrite) or write._storage is not self:
+                done[id(write)] = await write.park(path)
+            elif write._done:
+                done[id(write)] = False
+            else:
+                try:
+                    await write.flush()
+                    moves.append((write, write._temp, await self._resolve_fast(path)))
+                except (OSError, StorageError):
+                    log.warning("%s: could not be kept for a later import; removed", write.path, exc_info=True)
+                    done[id(write)] = False
+        failures = await self._move_all(moves, lambda w: w.path)
+        for write, _, parked in moves:
+            await self._folders.release(self._folders.chain(parked.parent), remove_empty=False)
+            problem = failures.get(id(write))
+            if problem is not None:
+                log.warning("%s: could not be kept for a later import (%s); removed", write.path, problem)
+                done[id(write)] = False
+                continue
+            write._done = True
+            done[id(write)] = True
+            await self._folders.release(write._folders, remove_empty=True)
+        return [done[id(write)] for write, _ in parks]
+
+    async def _move_all(
+        self, moves: Sequence[tuple[Any, Path, Path]], name: Callable[[Any], str]
+    ) -> dict[int, BaseException]:
+        """Rename every ``(write, source, target)``, holding the targets' folders (release them after); the
+        failures by ``id(write)``. Writes whose bytes are not yet durable are made so first."""
+        for _, _, target in moves:
+            await self._folders.hold(self._folders.chain(target.parent))
+        unsynced = [w for w, _, _ in moves if getattr(w, "needs_sync", False)]
+        if len(unsynced) >= _SYNCFS_MIN:
+            await run_to_completion(asyncio.to_thread(_syncfs, self.root))
+            for write in unsynced:
+                write.needs_sync = False
+        groups: dict[tuple[Path, Path], list[tuple[Any, str, str, bool]]] = {}
+        for write, source, target in moves:
+            groups.setdefault((source.parent, target.parent), []).append(
+                (write, source.name, target.name, bool(getattr(write, "needs_sync", False)))
+            )
+        failures: dict[int, BaseException] = {}
+        for (source_folder, target_folder), items in groups.items():
+            for at in range(0, len(items), _BATCH):
+                batch = items[at : at + _BATCH]
+                try:
+                    problems = await run_to_completion(
+                        asyncio.to_thread(
+                            _rename_batch, self.root, source_folder, target_folder, [i[1:] for i in batch]
+                        )
+                    )
+                except (OSError, UnsafePathError) as exc:
+                    # The folder itself could not be opened (gone, or swapped for a link): none of these moved.
+                    for write, *_ in batch:
+                        failures[id(write)] = (
+                            exc if isinstance(exc, UnsafePathError) else StorageError(f"{name(write)}: {exc}")
+                        )
+                    continue
+                for index, problem in problems:
+                    write = batch[index][0]
+                    failures[id(write)] = StorageError(f"{name(write)}: {problem}")
+                for write, *_ in batch:
+                    if id(write) not in failures and hasattr(write, "needs_sync"):
+                        write.needs_sync = False
+        return failures
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
         path = await self._resolve(filepath)
@@ -318,15 +470,32 @@ class _FolderLedger:
         self._users: collections.Counter[Path] = collections.Counter()
         self._created: set[Path] = set()
         self._lock = asyncio.Lock()
+        self._chains: dict[Path, tuple[Path, ...]] = {}
+
+    def chain(self, folder: Path) -> tuple[Path, ...]:
+        """``folder`` and its ancestors, one tuple per folder (many files of one folder share it)."""
+        chain = self._chains.get(folder)
+        if chain is None:
+            if len(self._chains) >= _FOLDER_CACHE:
+                self._chains.clear()
+            chain = self._chains[folder] = (folder, *folder.parents)
+        return chain
 
     async def hold(self, folders: tuple[Path, ...]) -> None:
         """Count ``folders`` (a folder and its ancestors) as in use, creating what is missing.
 
-        They count as in use even if creating them fails: ``release`` them anyway.
+        They count as in use even if creating them fails: ``release`` them anyway. Folders another write
+        holds exist already (a folder is removed only once nobody holds it): no thread hop for those.
         """
-        async with self._lock:
+        if all(self._users[f] > 0 for f in folders):
             self._users.update(folders)
-            self._created.update(await asyncio.to_thread(_make_parents, folders[0], self._root))
+            return
+        async with self._lock:
+            try:
+                self._created.update(await asyncio.to_thread(_make_parents, folders[0], self._root))
+            finally:
+                # Counted once they exist (the check above takes a counted folder for one that exists).
+                self._users.update(folders)
 
     async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
         await run_to_completion(self._release(folders, remove_empty, held=True))
@@ -348,13 +517,21 @@ class _FolderLedger:
 
 
 class _VFSPendingWrite(PendingWrite):
+    """Bytes on their way to ``temp`` (the journal location), renamed to ``target`` at commit.
+
+    A small file (``handle`` None: see :data:`SMALL_MAX`) keeps its bytes in
+    memory and is opened, written and closed in one hop at :meth:`flush`;
+    it is made durable (``needs_sync``) with the other small files of its
+    commit, by one ``syncfs`` rather than an fsync each.
+    """
+
     def __init__(
         self,
         storage: VFSStorage,
         path: str,
         target: Path,
         temp: Path,
-        handle: FileSink,
+        handle: FileSink | None,
         folders: tuple[Path, ...],
     ) -> None:
         super().__init__(path)
@@ -367,22 +544,60 @@ class _VFSPendingWrite(PendingWrite):
         self._fsync = storage.fsync
         self._closed = False
         self._done = False
+        #: A small file's bytes, written at flush.
+        self._held: list[bytes] | None = [] if handle is None else None
+        #: Whether ``temp`` may already exist (the journal location: replaced) or must not (a temp name).
+        self.replaces = True
+        #: Written and closed, not yet fsynced: made durable before it becomes visible or is parked.
+        self.needs_sync = False
 
     async def write(self, chunk: bytes) -> None:
+        if self._held is not None:
+            self._held.append(chunk)
+            self.bytes_written += len(chunk)
+            if self.bytes_written > SMALL_MAX:
+                await self._open_now()  # larger than its listed size said: written as it comes from now on
+            return
+        assert self._handle is not None
         try:
             await self._handle.write(chunk)
             self.bytes_written += len(chunk)
         except OSError as exc:
             raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
+    async def _open_now(self) -> None:
+        held, self._held = self._held or [], None
+        mode = "replace" if self.replaces else "new"
+        try:
+            fd = await run_to_completion(asyncio.to_thread(_open_file_within, self._storage.root, self._temp, mode))
+            self._handle = FileSink(fd, direct=False)
+            for chunk in held:
+                await self._handle.write(chunk)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
+
     async def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._handle.close()
+            self._held = None
+            if self._handle is not None:
+                await self._handle.close()
+                self._handle = None
 
     async def _flush(self) -> None:
         if self._closed:
             return
+        if self._held is not None:
+            data = b"".join(self._held)
+            mode = "replace" if self.replaces else "new"
+            # Waited for whatever cancels us: the file is there (and removed by abort) or not, never half.
+            st = await run_to_completion(asyncio.to_thread(_write_whole, self._storage.root, self._temp, mode, data))
+            self.stamp = stamp_of(st)
+            self.needs_sync = self._fsync
+            self._closed = True
+            self._held = None
+            return
+        assert self._handle is not None
         await self._handle.flush()
         if self._fsync:
             await asyncio.to_thread(os.fsync, self._handle.fd)
@@ -391,53 +606,17 @@ class _VFSPendingWrite(PendingWrite):
         await self._close()
 
     async def flush(self) -> None:
-        """Everything on disk and the file closed: a repo of many files holds no descriptor per file."""
+        """Everything written and the file closed: a repo of many files holds no descriptor per file."""
         try:
             await self._flush()
         except OSError as exc:
             raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
-        if self._done:
-            return False
-        try:
-            await self._flush()
-            parked = await self._storage._resolve(path)
-            folders = (parked.parent, *parked.parent.parents)
-            await self._ledger.hold(folders)
-            try:
-                await asyncio.to_thread(_replace_within, self._storage.root, self._temp, parked)
-            finally:
-                await self._ledger.release(folders, remove_empty=False)
-        except (OSError, StorageError):
-            log.warning("%s: could not be kept for a later import; removed", self.path, exc_info=True)
-            return False
-        self._done = True
-        await self._ledger.release(self._folders, remove_empty=True)
-        return True
+        return (await self._storage.park_writes([(self, path)]))[0]
 
     async def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"{self.path}: pending write already ended")
-        targets = (self._target.parent, *self._target.parent.parents)
-        await self._ledger.hold(targets)
-        try:
-            await self._flush()
-            if await aiofiles.os.path.isdir(self._target):
-                raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await asyncio.to_thread(_replace_within, self._storage.root, self._temp, self._target)
-        except OSError as exc:
-            await self._ledger.release(targets, remove_empty=True)
-            await self.abort()
-            raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
-        except BaseException:
-            await self._ledger.release(targets, remove_empty=True)
-            await self.abort()
-            raise
-        self._done = True
-        await self._ledger.release(targets, remove_empty=False)
-        # The journal folders this write made (empty now) go; the target's stay, holding the file.
-        await self._ledger.release(self._folders, remove_empty=self._folders[0] != self._target.parent)
+        await self._storage.commit_writes([self])
 
     async def abort(self) -> None:
         if self._done:
@@ -464,22 +643,7 @@ class _VFSParkedWrite(PendingWrite):
         raise StorageError(f"{self.path}: a parked file takes no more bytes")
 
     async def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"{self.path}: pending write already ended")
-        folders = (self._target.parent, *self._target.parent.parents)
-        await self._storage._folders.hold(folders)
-        try:
-            if await aiofiles.os.path.isdir(self._target):
-                raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await asyncio.to_thread(_replace_within, self._storage.root, self._parked, self._target)
-        except OSError as exc:
-            await self._storage._folders.release(folders, remove_empty=True)
-            raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
-        except BaseException:
-            await self._storage._folders.release(folders, remove_empty=True)
-            raise
-        self._done = True
-        await self._storage._folders.release(folders, remove_empty=False)
+        await self._storage.commit_writes([self])
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
         # Still parked where it was: nothing to do.
@@ -523,6 +687,75 @@ async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], N
                 "or raise the wait (--lock-timeout)"
             )
         await asyncio.sleep(0.2)
+
+
+#: Files listed at most this long are written in one hop at flush (see _VFSPendingWrite).
+SMALL_MAX = 256 << 10
+#: Folders whose resolution (and ancestor chain) is remembered.
+_FOLDER_CACHE = 4096
+#: Renames made in one thread hop.
+_BATCH = 1000
+#: From this many files not yet durable, one syncfs instead of an fsync each.
+_SYNCFS_MIN = 32
+
+
+def _write_whole(root: Path, path: Path, mode: str, data: bytes) -> os.stat_result:
+    """Create ``path`` (as :func:`_open_file_within` opens it) holding ``data``; its stat."""
+    fd = _open_file_within(root, path, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_batch(
+    root: Path, source: Path, target: Path, items: Sequence[tuple[str, str, bool]]
+) -> list[tuple[int, str]]:
+    """Rename each ``(name, new name, fsync it first)`` from folder ``source`` to folder ``target``, both opened
+    once as :func:`_open_folder` opens them; the failures, by index."""
+    real_root = Path(os.path.realpath(root))
+    source_fd = _open_folder(real_root, source.relative_to(real_root).parts)
+    problems: list[tuple[int, str]] = []
+    try:
+        target_fd = source_fd if target == source else _open_folder(real_root, target.relative_to(real_root).parts)
+        try:
+            for index, (name, new_name, sync) in enumerate(items):
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        if stat.S_ISDIR(os.stat(new_name, dir_fd=target_fd, follow_symlinks=False).st_mode):
+                            problems.append((index, "a folder of that name exists in the destination"))
+                            continue
+                    if sync:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=source_fd)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                    os.replace(name, new_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
+                except OSError as exc:
+                    problems.append((index, f"commit failed: {exc.strerror}"))
+        finally:
+            if target_fd != source_fd:
+                os.close(target_fd)
+    finally:
+        os.close(source_fd)
+    return problems
+
+
+def _syncfs(root: Path) -> None:
+    """Every dirty byte of ``root``'s filesystem on disk: ``syncfs(2)``, or ``sync(2)`` where there is none."""
+    import ctypes
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(root: Path) -> int | None:
