@@ -25,7 +25,7 @@ from ..storages.base import AbstractStorage, PendingWrite
 from ..streams import closing
 from ..verifiers.base import Verifier
 from . import fsck, intent, present, record
-from .manifest import MANIFEST_PATH, build_manifest, encode_manifest, manifest_files, read_manifest
+from .manifest import MANIFEST_PATH, ManifestChunks, manifest_files, read_manifest
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class Journal:
         """Make every verified file visible, then the manifest that vouches for them; its path."""
         stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
         files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
-        await intent.commit(self.storage, pending, encode_manifest(build_manifest(artifact, files)))
+        await intent.commit(self.storage, pending, ManifestChunks(artifact, files))
         return MANIFEST_PATH
 
     async def park(

@@ -175,7 +175,7 @@ class VFSStorage(AbstractStorage):
             temp = journal if journal is not None else target.parent / _temp_name(target.name, _name_max(target.parent))
             pending = _VFSPendingWrite(self, filepath, target, temp, None, folders)
             pending.replaces = journal is not None
-            pending.journal = incomplete_path(filepath) if journal is not None else None
+            pending.journal = incomplete_path(filepath) if journal is not None else self._relative(temp)
             return pending
         direct = size_hint is not None and size_hint >= DIRECT_MIN
         opening = asyncio.ensure_future(self._open_temp(target, folders, journal, direct))
@@ -190,8 +190,12 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(folders, remove_empty=True)
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
         pending = _VFSPendingWrite(self, filepath, target, temp, handle, folders)
-        pending.journal = incomplete_path(filepath) if journal is not None else None
+        # The library's own files (the manifest) wait under their temp name: a commit cut short moves it too.
+        pending.journal = incomplete_path(filepath) if journal is not None else self._relative(temp)
         return pending
+
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(os.path.realpath(self.root)).as_posix()
 
     async def _undo_open(self, opening: asyncio.Future[tuple[Path, FileSink]], folders: tuple[Path, ...]) -> None:
         with contextlib.suppress(Exception):
