@@ -51,6 +51,8 @@ ProgressCallback = Callable[[ProgressEvent], None]
 INTERRUPTIONS = (asyncio.CancelledError, KeyboardInterrupt, SourceError)
 #: Reserved for the manifest beyond its per-file entries.
 MANIFEST_ALLOWANCE = 4096
+#: Distinct verdicts kept for sharing (see _Run.share).
+_SHARED_VERDICTS = 4096
 Step = ArtifactStorageImportStep
 
 
@@ -97,6 +99,27 @@ class _Run:
     staged: list[tuple[AbstractStorage, str]] = attrs.field(factory=list)
     #: Bytes received from the source by this run (not those re-read from a resumed file's start).
     fetched: int = 0
+    #: Verdicts said of many files alike ("not a pickle", the hub's "safe"), one object each (see :meth:`share`).
+    shared: dict[str, Verdict] = attrs.field(factory=dict)
+
+    def share(self, verdicts: Sequence[Verdict]) -> tuple[Verdict, ...]:
+        """``verdicts``, each replaced by an equal one kept already if there is one: a repository of 200,000
+        small files holds 200,000 results until the commit, most of their verdicts alike."""
+        out: list[Verdict] = []
+        for verdict in verdicts:
+            if verdict.verifier == "checksum":  # its data is the file's own digest: never alike
+                out.append(verdict)
+                continue
+            try:
+                key = json.dumps([verdict.verifier, verdict.ok, verdict.detail, verdict.data], sort_keys=True)
+            except (TypeError, ValueError):
+                out.append(verdict)
+                continue
+            kept = self.shared.get(key)
+            if kept is None and len(self.shared) < _SHARED_VERDICTS:
+                kept = self.shared[key] = verdict
+            out.append(kept or verdict)
+        return tuple(out)
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -336,6 +359,7 @@ class ImportPipeline:
     async def _import_file(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
         verdicts: list[Verdict] = []
         source: tuple[AbstractStorage, str] | None = None
+        written: PendingWrite | None = None
         for index, p in enumerate(run.passes):
             final = index == len(run.passes) - 1
             chunks: AsyncIterator[bytes]
@@ -359,13 +383,18 @@ class ImportPipeline:
                 raise
             if final:
                 run.pending.append(pending)
+                written = pending
             else:
                 run.staged.append((p.storage, path))
                 await pending.commit()
                 source = (p.storage, path)
         checksum = next(v for v in verdicts if v.verifier == "checksum")
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)
-        result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        # The stamp now (the write is flushed): the commit then need not make a second result of each file.
+        stamp = written.stamp if written is not None else None
+        result = FileResult(
+            file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), run.share(verdicts), stamp=stamp
+        )
         run.verified[file.path] = result
         return result
 

@@ -121,8 +121,10 @@ class Journal:
         self, pending: Sequence[PendingWrite], artifact: ResolvedArtifact, files: Sequence[FileResult]
     ) -> str:
         """Make every verified file visible, then the manifest that vouches for them; its path."""
-        stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
-        files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
+        # Results made before their write's stamp was known get it now (those the pipeline made carry it).
+        if any(f.stamp is None for f in files):
+            stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
+            files = [f if f.stamp is not None else attrs.evolve(f, stamp=stamps.get(f.path)) for f in files]
         await intent.commit(self.storage, pending, ManifestChunks(artifact, files))
         return MANIFEST_PATH
 

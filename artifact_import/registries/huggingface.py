@@ -160,6 +160,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         query = urlencode({"recursive": "true", "expand": "true" if self.hub_scan else "false"})
         url: str | None = f"{self.endpoint}/api/{kind}/{model.repo_id}/tree/{commit}?{query}"
         selected: list[ArtifactFile] = []
+        scans: dict[str, Mapping[str, Any]] = {}  # the Hub's scans, one object per distinct one
         count = 0
         while url is not None:
             body, headers = await self._api_get(where, url, model, listing=True)
@@ -184,7 +185,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                         "max_files if the repository really is that large)"
                     )
                 if isinstance(entry, dict) and entry.get("type") == "file" and model.selects(str(entry["path"])):
-                    selected.append(_artifact_file(entry))
+                    selected.append(_artifact_file(entry, scans))
         return selected
 
     async def _api_get(
@@ -378,14 +379,18 @@ def _check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def _artifact_file(entry: dict[str, Any]) -> ArtifactFile:
+def _artifact_file(entry: dict[str, Any], scans: dict[str, Mapping[str, Any]] | None = None) -> ArtifactFile:
     """A file entry of the Hub's tree listing (``type``, ``path``, ``size``, ``oid``, ``lfs``, and with
-    ``expand=true`` the Hub's own scan, ``securityFileStatus``)."""
+    ``expand=true`` the Hub's own scan, ``securityFileStatus``). ``scans``: the scans seen so far, so that
+    files scanned alike share one (a listing of 200,000 files says "safe" 200,000 times)."""
     path = str(entry["path"])
     security = entry.get("securityFileStatus")
-    scan = (
+    scan: Mapping[str, Any] | None = (
         {k: security.get(k) for k in ("status", "avScan", "pickleImportScan")} if isinstance(security, dict) else None
     )
+    if scan is not None and scans is not None:
+        key = json.dumps(scan, sort_keys=True, default=str)
+        scan = scans.setdefault(key, scan) if len(scans) < 4096 else scans.get(key, scan)
     lfs = entry.get("lfs")
     if isinstance(lfs, dict):
         sha256 = str(lfs["oid"])

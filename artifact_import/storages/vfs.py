@@ -233,20 +233,17 @@ class VFSStorage(AbstractStorage):
         for write in ours:
             if isinstance(write, _VFSPendingWrite):
                 await write.flush()
-        moves = [(w, w._temp if isinstance(w, _VFSPendingWrite) else w._parked, w._target) for w in ours]
-        failures = await self._move_all(moves, lambda w: w.path)
+        failures = await self._move_all([(w, str(w.temp_path), str(w.target_path)) for w in ours])
         first: BaseException | None = None
-        for write, _, target in moves:
-            targets = self._folders.chain(target.parent)
+        for write in ours:
             problem = failures.get(id(write))
             if problem is None:
                 write._done = True
-                await self._folders.release(targets, remove_empty=False)
                 if isinstance(write, _VFSPendingWrite):
                     # The journal folders this write made (empty now) go; the target's stay, holding the file.
-                    await self._folders.release(write._folders, remove_empty=write._folders[0] != target.parent)
+                    folders = write._folders
+                    await self._folders.release(folders, remove_empty=str(folders[0]) != _parent(write._target))
                 continue
-            await self._folders.release(targets, remove_empty=True)
             if isinstance(write, _VFSPendingWrite):
                 await write.abort()
             first = first or problem
@@ -257,7 +254,7 @@ class VFSStorage(AbstractStorage):
         """Park many writes at once (see :meth:`commit_writes`): what an interrupted import of many files
         keeps is renamed folder by folder, so that stopping takes seconds whatever the count."""
         done: dict[int, bool] = {}
-        moves: list[tuple[_VFSPendingWrite, Path, Path]] = []
+        moves: list[tuple[_VFSPendingWrite, str, str]] = []
         for write, path in parks:
             if isinstance(write, _VFSParkedWrite):
                 done[id(write)] = not write._done  # still parked where it was
@@ -268,13 +265,12 @@ class VFSStorage(AbstractStorage):
             else:
                 try:
                     await write.flush()
-                    moves.append((write, write._temp, await self._resolve_fast(path)))
+                    moves.append((write, write._temp, str(await self._resolve_fast(path))))
                 except (OSError, StorageError):
                     log.warning("%s: could not be kept for a later import; removed", write.path, exc_info=True)
                     done[id(write)] = False
-        failures = await self._move_all(moves, lambda w: w.path)
-        for write, _, parked in moves:
-            await self._folders.release(self._folders.chain(parked.parent), remove_empty=False)
+        failures = await self._move_all(moves)
+        for write, _, _ in moves:
             problem = failures.get(id(write))
             if problem is not None:
                 log.warning("%s: could not be kept for a later import (%s); removed", write.path, problem)
@@ -285,46 +281,51 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(write._folders, remove_empty=True)
         return [done[id(write)] for write, _ in parks]
 
-    async def _move_all(
-        self, moves: Sequence[tuple[Any, Path, Path]], name: Callable[[Any], str]
-    ) -> dict[int, BaseException]:
-        """Rename every ``(write, source, target)``, holding the targets' folders (release them after); the
-        failures by ``id(write)``. Writes whose bytes are not yet durable are made so first."""
-        for _, _, target in moves:
-            await self._folders.hold(self._folders.chain(target.parent))
+    async def _move_all(self, moves: Sequence[tuple[Any, str, str]]) -> dict[int, BaseException]:
+        """Rename every ``(write, source, target)`` (absolute paths), folder by folder; the failures by
+        ``id(write)``. Writes whose bytes are not yet durable are made so first."""
         unsynced = [w for w, _, _ in moves if getattr(w, "needs_sync", False)]
         if len(unsynced) >= _SYNCFS_MIN:
             await run_to_completion(asyncio.to_thread(_syncfs, self.root))
             for write in unsynced:
                 write.needs_sync = False
-        groups: dict[tuple[Path, Path], list[tuple[Any, str, str, bool]]] = {}
+        groups: dict[tuple[str, str], list[tuple[Any, str, str, bool]]] = {}
         for write, source, target in moves:
-            groups.setdefault((source.parent, target.parent), []).append(
-                (write, source.name, target.name, bool(getattr(write, "needs_sync", False)))
+            source_folder, source_name = os.path.split(source)
+            target_folder, target_name = os.path.split(target)
+            groups.setdefault((source_folder, target_folder), []).append(
+                (write, source_name, target_name, bool(getattr(write, "needs_sync", False)))
             )
         failures: dict[int, BaseException] = {}
         for (source_folder, target_folder), items in groups.items():
-            for at in range(0, len(items), _BATCH):
-                batch = items[at : at + _BATCH]
-                try:
-                    problems = await run_to_completion(
-                        asyncio.to_thread(
-                            _rename_batch, self.root, source_folder, target_folder, [i[1:] for i in batch]
+            # Held (created if need be) once for the group; removed after if it was made for nothing.
+            targets = self._folders.chain(Path(target_folder))
+            await self._folders.hold(targets)
+            try:
+                for at in range(0, len(items), _BATCH):
+                    batch = items[at : at + _BATCH]
+                    try:
+                        problems = await run_to_completion(
+                            asyncio.to_thread(
+                                _rename_batch, self.root, source_folder, target_folder, [i[1:] for i in batch]
+                            )
                         )
-                    )
-                except (OSError, UnsafePathError) as exc:
-                    # The folder itself could not be opened (gone, or swapped for a link): none of these moved.
+                    except (OSError, UnsafePathError) as exc:
+                        # The folder itself could not be opened (gone, or swapped for a link): none of these moved.
+                        for write, *_ in batch:
+                            failures[id(write)] = (
+                                exc if isinstance(exc, UnsafePathError) else StorageError(f"{write.path}: {exc}")
+                            )
+                        continue
+                    for index, problem in problems:
+                        write = batch[index][0]
+                        failures[id(write)] = StorageError(f"{write.path}: {problem}")
                     for write, *_ in batch:
-                        failures[id(write)] = (
-                            exc if isinstance(exc, UnsafePathError) else StorageError(f"{name(write)}: {exc}")
-                        )
-                    continue
-                for index, problem in problems:
-                    write = batch[index][0]
-                    failures[id(write)] = StorageError(f"{name(write)}: {problem}")
-                for write, *_ in batch:
-                    if id(write) not in failures and hasattr(write, "needs_sync"):
-                        write.needs_sync = False
+                        if id(write) not in failures and hasattr(write, "needs_sync"):
+                            write.needs_sync = False
+            finally:
+                moved = any(id(item[0]) not in failures for item in items)
+                await self._folders.release(targets, remove_empty=not moved)
         return failures
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
@@ -529,6 +530,11 @@ class _VFSPendingWrite(PendingWrite):
     commit, by one ``syncfs`` rather than an fsync each.
     """
 
+    __slots__ = (
+        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "_target", "_temp",
+        "needs_sync", "replaces",
+    )  # fmt: skip
+
     def __init__(
         self,
         storage: VFSStorage,
@@ -540,8 +546,9 @@ class _VFSPendingWrite(PendingWrite):
     ) -> None:
         super().__init__(path)
         self._storage = storage
-        self._target = target
-        self._temp = temp
+        # As strings: a Path holds its parts besides (half a kilobyte a file, for 200,000 files).
+        self._target = str(target)
+        self._temp = str(temp)
         self._handle = handle
         self._ledger = storage._folders
         self._folders = folders
@@ -554,6 +561,18 @@ class _VFSPendingWrite(PendingWrite):
         self.replaces = True
         #: Written and closed, not yet fsynced: made durable before it becomes visible or is parked.
         self.needs_sync = False
+
+    @property
+    def target_path(self) -> str:
+        return self._target
+
+    @property
+    def temp_path(self) -> str:
+        return self._temp
+
+    @property
+    def temp(self) -> Path:
+        return Path(self._temp)
 
     async def write(self, chunk: bytes) -> None:
         if self._held is not None:
@@ -573,7 +592,7 @@ class _VFSPendingWrite(PendingWrite):
         held, self._held = self._held or [], None
         mode = "replace" if self.replaces else "new"
         try:
-            fd = await run_to_completion(asyncio.to_thread(_open_file_within, self._storage.root, self._temp, mode))
+            fd = await run_to_completion(asyncio.to_thread(_open_file_within, self._storage.root, self.temp, mode))
             self._handle = FileSink(fd, direct=False)
             for chunk in held:
                 await self._handle.write(chunk)
@@ -595,7 +614,7 @@ class _VFSPendingWrite(PendingWrite):
             data = b"".join(self._held)
             mode = "replace" if self.replaces else "new"
             # Waited for whatever cancels us: the file is there (and removed by abort) or not, never half.
-            st = await run_to_completion(asyncio.to_thread(_write_whole, self._storage.root, self._temp, mode, data))
+            st = await run_to_completion(asyncio.to_thread(_write_whole, self._storage.root, self.temp, mode, data))
             self.stamp = stamp_of(st)
             self.needs_sync = self._fsync
             self._closed = True
@@ -634,6 +653,16 @@ class _VFSPendingWrite(PendingWrite):
 
 class _VFSParkedWrite(PendingWrite):
     """A file parked by an earlier import, renamed into place on commit."""
+
+    __slots__ = ("_done", "_parked", "_storage", "_target")
+
+    @property
+    def target_path(self) -> str:
+        return str(self._target)
+
+    @property
+    def temp_path(self) -> str:
+        return str(self._parked)
 
     def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
         super().__init__(path)
@@ -715,16 +744,22 @@ def _write_whole(root: Path, path: Path, mode: str, data: bytes) -> os.stat_resu
         os.close(fd)
 
 
+def _parent(path: str) -> str:
+    return os.path.dirname(path)
+
+
 def _rename_batch(
-    root: Path, source: Path, target: Path, items: Sequence[tuple[str, str, bool]]
+    root: Path, source: str, target: str, items: Sequence[tuple[str, str, bool]]
 ) -> list[tuple[int, str]]:
     """Rename each ``(name, new name, fsync it first)`` from folder ``source`` to folder ``target``, both opened
     once as :func:`_open_folder` opens them; the failures, by index."""
     real_root = Path(os.path.realpath(root))
-    source_fd = _open_folder(real_root, source.relative_to(real_root).parts)
+    source_fd = _open_folder(real_root, Path(source).relative_to(real_root).parts)
     problems: list[tuple[int, str]] = []
     try:
-        target_fd = source_fd if target == source else _open_folder(real_root, target.relative_to(real_root).parts)
+        target_fd = (
+            source_fd if target == source else _open_folder(real_root, Path(target).relative_to(real_root).parts)
+        )
         try:
             for index, (name, new_name, sync) in enumerate(items):
                 try:

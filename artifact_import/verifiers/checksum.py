@@ -63,7 +63,11 @@ def _verdict(ok: bool, detail: str, data: dict[str, Any]) -> Verdict:
     return Verdict(ChecksumVerifier.name, ok, detail, data)
 
 
+#: One string each, not one per file.
+_MATCHES = {kind: f"{kind} matches" for kind in ("sha256", "git blob sha1", "md5")}
+
+
 def _compare(kind: str, expected: str, actual: str, data: dict[str, Any]) -> Verdict:
     if actual != expected.lower():
         return _verdict(False, f"{kind} mismatch: expected {expected}, got {actual}", data)
-    return _verdict(True, f"{kind} matches", data)
+    return _verdict(True, _MATCHES[kind], data)
