@@ -64,6 +64,7 @@ class VFSStorage(AbstractStorage):
         self.journals_writes = True
         #: Each folder's real path, checked inside ``root`` once (see :meth:`_resolve_fast`).
         self._real_folders: dict[str, Path] = {}
+        self._dir_strings: dict[Path, str] = {}
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -175,7 +176,8 @@ class VFSStorage(AbstractStorage):
             temp = journal if journal is not None else target.parent / _temp_name(target.name, _name_max(target.parent))
             pending = _VFSPendingWrite(self, filepath, target, temp, None, folders)
             pending.replaces = journal is not None
-            pending.journal = incomplete_path(filepath) if journal is not None else self._relative(temp)
+            if journal is None:
+                pending.journal = self._relative(temp)  # a file's own is derived from its path (prepare_commit)
             return pending
         direct = size_hint is not None and size_hint >= DIRECT_MIN
         opening = asyncio.ensure_future(self._open_temp(target, folders, journal, direct))
@@ -191,11 +193,21 @@ class VFSStorage(AbstractStorage):
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
         pending = _VFSPendingWrite(self, filepath, target, temp, handle, folders)
         # The library's own files (the manifest) wait under their temp name: a commit cut short moves it too.
-        pending.journal = incomplete_path(filepath) if journal is not None else self._relative(temp)
+        if journal is None:
+            pending.journal = self._relative(temp)
         return pending
 
     def _relative(self, path: Path) -> str:
         return path.relative_to(os.path.realpath(self.root)).as_posix()
+
+    def _dir_string(self, folder: Path) -> str:
+        """``str(folder)``, one string for every file of the folder."""
+        text = self._dir_strings.get(folder)
+        if text is None:
+            if len(self._dir_strings) >= _FOLDER_CACHE:
+                self._dir_strings.clear()
+            text = self._dir_strings[folder] = str(folder)
+        return text
 
     async def _undo_open(self, opening: asyncio.Future[tuple[Path, FileSink]], folders: tuple[Path, ...]) -> None:
         with contextlib.suppress(Exception):
@@ -242,7 +254,7 @@ class VFSStorage(AbstractStorage):
                 if isinstance(write, _VFSPendingWrite):
                     # The journal folders this write made (empty now) go; the target's stay, holding the file.
                     folders = write._folders
-                    await self._folders.release(folders, remove_empty=str(folders[0]) != _parent(write._target))
+                    await self._folders.release(folders, remove_empty=str(folders[0]) != write._target_dir)
                 continue
             if isinstance(write, _VFSPendingWrite):
                 await write.abort()
@@ -265,7 +277,7 @@ class VFSStorage(AbstractStorage):
             else:
                 try:
                     await write.flush()
-                    moves.append((write, write._temp, str(await self._resolve_fast(path))))
+                    moves.append((write, write.temp_path, str(await self._resolve_fast(path))))
                 except (OSError, StorageError):
                     log.warning("%s: could not be kept for a later import; removed", write.path, exc_info=True)
                     done[id(write)] = False
@@ -531,8 +543,8 @@ class _VFSPendingWrite(PendingWrite):
     """
 
     __slots__ = (
-        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "_target", "_temp",
-        "needs_sync", "replaces",
+        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "_target_dir",
+        "_temp_dir", "_temp_name", "needs_sync", "replaces",
     )  # fmt: skip
 
     def __init__(
@@ -546,9 +558,12 @@ class _VFSPendingWrite(PendingWrite):
     ) -> None:
         super().__init__(path)
         self._storage = storage
-        # As strings: a Path holds its parts besides (half a kilobyte a file, for 200,000 files).
-        self._target = str(target)
-        self._temp = str(temp)
+        # Folders as strings shared by the files of a folder, names derived from ``path`` where they are its
+        # own: a Path a file (twice) was half a kilobyte of every file of a repository of 200,000.
+        name = path.rpartition("/")[2]
+        self._target_dir = storage._dir_string(target.parent)
+        self._temp_dir = storage._dir_string(temp.parent)
+        self._temp_name: str | None = None if temp.name == name else temp.name
         self._handle = handle
         self._ledger = storage._folders
         self._folders = folders
@@ -564,15 +579,21 @@ class _VFSPendingWrite(PendingWrite):
 
     @property
     def target_path(self) -> str:
-        return self._target
+        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
 
     @property
     def temp_path(self) -> str:
-        return self._temp
+        return os.path.join(self._temp_dir, self._temp_name or self.path.rpartition("/")[2])
 
     @property
     def temp(self) -> Path:
-        return Path(self._temp)
+        return Path(self.temp_path)
+
+    async def prepare_commit(self) -> str | None:
+        # A file's journal location is derived from its path rather than kept (see __init__).
+        if self.journal is None and self._temp_name is None and not is_reserved(self.path):
+            return incomplete_path(self.path)
+        return self.journal
 
     async def write(self, chunk: bytes) -> None:
         if self._held is not None:
@@ -647,7 +668,7 @@ class _VFSPendingWrite(PendingWrite):
         self._done = True
         await self._close()
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self._temp)
+            await aiofiles.os.remove(self.temp_path)
         await self._ledger.release(self._folders, remove_empty=True)
 
 
@@ -742,10 +763,6 @@ def _write_whole(root: Path, path: Path, mode: str, data: bytes) -> os.stat_resu
         return os.fstat(fd)
     finally:
         os.close(fd)
-
-
-def _parent(path: str) -> str:
-    return os.path.dirname(path)
 
 
 def _rename_batch(
