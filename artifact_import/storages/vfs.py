@@ -13,9 +13,8 @@ import shutil
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import aiofiles
 import aiofiles.os
@@ -245,7 +244,7 @@ class VFSStorage(AbstractStorage):
         for write in ours:
             if isinstance(write, _VFSPendingWrite):
                 await write.flush()
-        failures = await self._move_all([(w, str(w.temp_path), str(w.target_path)) for w in ours])
+        failures = await self._move_all(ours)
         first: BaseException | None = None
         for write in ours:
             problem = failures.get(id(write))
@@ -266,7 +265,7 @@ class VFSStorage(AbstractStorage):
         """Park many writes at once (see :meth:`commit_writes`): what an interrupted import of many files
         keeps is renamed folder by folder, so that stopping takes seconds whatever the count."""
         done: dict[int, bool] = {}
-        moves: list[tuple[_VFSPendingWrite, str, str]] = []
+        moves: list[tuple[_VFSPendingWrite, str]] = []
         for write, path in parks:
             if isinstance(write, _VFSParkedWrite):
                 done[id(write)] = not write._done  # still parked where it was
@@ -277,12 +276,13 @@ class VFSStorage(AbstractStorage):
             else:
                 try:
                     await write.flush()
-                    moves.append((write, write.temp_path, str(await self._resolve_fast(path))))
+                    moves.append((write, str(await self._resolve_fast(path))))
                 except (OSError, StorageError):
                     log.warning("%s: could not be kept for a later import; removed", write.path, exc_info=True)
                     done[id(write)] = False
-        failures = await self._move_all(moves)
-        for write, _, _ in moves:
+        targets = {id(write): parked for write, parked in moves}
+        failures = await self._move_all([write for write, _ in moves], targets)
+        for write, _ in moves:
             problem = failures.get(id(write))
             if problem is not None:
                 log.warning("%s: could not be kept for a later import (%s); removed", write.path, problem)
@@ -293,51 +293,59 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(write._folders, remove_empty=True)
         return [done[id(write)] for write, _ in parks]
 
-    async def _move_all(self, moves: Sequence[tuple[Any, str, str]]) -> dict[int, BaseException]:
-        """Rename every ``(write, source, target)`` (absolute paths), folder by folder; the failures by
-        ``id(write)``. Writes whose bytes are not yet durable are made so first."""
-        unsynced = [w for w, _, _ in moves if getattr(w, "needs_sync", False)]
+    async def _move_all(
+        self, writes: Sequence[_VFSPendingWrite | _VFSParkedWrite], targets: Mapping[int, str] | None = None
+    ) -> dict[int, BaseException]:
+        """Rename each write's bytes to its target (or to ``targets[id(write)]``, an absolute path), folder by
+        folder; the failures by ``id(write)``. Writes whose bytes are not yet durable are made so first. The
+        names of a batch are made for that batch only: a commit of 200,000 files holds no list of them all."""
+        unsynced = [w for w in writes if isinstance(w, _VFSPendingWrite) and w.needs_sync]
         if len(unsynced) >= _SYNCFS_MIN:
             await run_to_completion(asyncio.to_thread(_syncfs, self.root))
-            for write in unsynced:
-                write.needs_sync = False
-        groups: dict[tuple[str, str], list[tuple[Any, str, str, bool]]] = {}
-        for write, source, target in moves:
-            source_folder, source_name = os.path.split(source)
-            target_folder, target_name = os.path.split(target)
-            groups.setdefault((source_folder, target_folder), []).append(
-                (write, source_name, target_name, bool(getattr(write, "needs_sync", False)))
-            )
+            for late in unsynced:
+                late.needs_sync = False
+        del unsynced
+
+        def ends(write: _VFSPendingWrite | _VFSParkedWrite) -> tuple[str, str]:
+            target = targets[id(write)] if targets is not None else write.target_path
+            return write.temp_path, target
+
+        groups: dict[tuple[str, str], list[_VFSPendingWrite | _VFSParkedWrite]] = {}
+        for write in writes:
+            source, target = ends(write)
+            groups.setdefault((os.path.dirname(source), os.path.dirname(target)), []).append(write)
         failures: dict[int, BaseException] = {}
-        for (source_folder, target_folder), items in groups.items():
+        for (source_folder, target_folder), members in groups.items():
             # Held (created if need be) once for the group; removed after if it was made for nothing.
-            targets = self._folders.chain(Path(target_folder))
-            await self._folders.hold(targets)
+            held = self._folders.chain(Path(target_folder))
+            await self._folders.hold(held)
             try:
-                for at in range(0, len(items), _BATCH):
-                    batch = items[at : at + _BATCH]
+                for at in range(0, len(members), _BATCH):
+                    batch = members[at : at + _BATCH]
+                    items = [
+                        (os.path.basename(source), os.path.basename(target), bool(getattr(w, "needs_sync", False)))
+                        for w in batch
+                        for source, target in (ends(w),)
+                    ]
                     try:
                         problems = await run_to_completion(
-                            asyncio.to_thread(
-                                _rename_batch, self.root, source_folder, target_folder, [i[1:] for i in batch]
-                            )
+                            asyncio.to_thread(_rename_batch, self.root, source_folder, target_folder, items)
                         )
                     except (OSError, UnsafePathError) as exc:
                         # The folder itself could not be opened (gone, or swapped for a link): none of these moved.
-                        for write, *_ in batch:
+                        for write in batch:
                             failures[id(write)] = (
                                 exc if isinstance(exc, UnsafePathError) else StorageError(f"{write.path}: {exc}")
                             )
                         continue
                     for index, problem in problems:
-                        write = batch[index][0]
-                        failures[id(write)] = StorageError(f"{write.path}: {problem}")
-                    for write, *_ in batch:
-                        if id(write) not in failures and hasattr(write, "needs_sync"):
+                        failures[id(batch[index])] = StorageError(f"{batch[index].path}: {problem}")
+                    for write in batch:
+                        if id(write) not in failures and isinstance(write, _VFSPendingWrite):
                             write.needs_sync = False
             finally:
-                moved = any(id(item[0]) not in failures for item in items)
-                await self._folders.release(targets, remove_empty=not moved)
+                moved = any(id(w) not in failures for w in members)
+                await self._folders.release(held, remove_empty=not moved)
         return failures
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
