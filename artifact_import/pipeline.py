@@ -290,6 +290,14 @@ class ImportPipeline:
 
     async def _end_failed(self, run: _Run, exc: BaseException, had_parked: bool) -> None:
         """Abort what the import wrote; if it was interrupted, park the verified files for the next import."""
+        if run.journal.commit_left:
+            # Interrupted inside the commit, once its renames were recorded: the next import (or verify)
+            # completes it from the record. Leave every byte where the record says it is.
+            for file in run.artifact.files:
+                if file.path in run.verified:
+                    run.emit(file, FileState.PARKED, None, file.size or 0)
+            log.info("interrupted during the commit: the next import of the same revision, or verify, completes it")
+            return
         if self.keep_partial and isinstance(exc, INTERRUPTIONS) and not run.refused:
             parked = await run.journal.park(run.artifact, run.pending, run.verified, run.incomplete_kept)
             if parked or run.incomplete_kept:

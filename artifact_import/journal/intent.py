@@ -15,9 +15,10 @@ their pending files sit under names the intent can point at.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError
@@ -32,7 +33,13 @@ log = logging.getLogger(__name__)
 INTENT_PATH = f"{RESERVED_DIR}/commit.json"
 
 
-async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], manifest: Iterable[bytes]) -> None:
+async def commit(
+    storage: AbstractStorage,
+    pending: Sequence[PendingWrite],
+    manifest: Iterable[bytes],
+    *,
+    on_recorded: Callable[[], None] | None = None,
+) -> None:
     """Make every pending write visible, then ``manifest`` (the manifest's bytes in chunks, the same bytes each
     time it is iterated) that vouches for them.
 
@@ -41,7 +48,10 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
     visible; it is committed last, so that a destination with a manifest
     holds every file it lists. Where a commit is a series of moves, the moves
     and the manifest are recorded first: a process killed among them is
-    completed by whoever comes next, never left half visible.
+    completed by whoever comes next, never left half visible. So is one
+    interrupted (cancelled, Ctrl-C, SIGTERM) once they are recorded: it stops
+    at once and leaves the record (``on_recorded`` was called), rather than
+    undo or finish a commit of many files before it can exit.
     """
     written = await storage.open_write(MANIFEST_PATH)
     try:
@@ -51,7 +61,7 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
     except BaseException:
         await run_to_completion(written.abort())
         raise
-    journaled = False
+    journaled = recorded = False
     try:
         journals = [await write.prepare_commit() for write in pending]
         manifest_journal = await written.prepare_commit()
@@ -63,8 +73,16 @@ async def commit(storage: AbstractStorage, pending: Sequence[PendingWrite], mani
                 await record_intent(storage, [*renames, (str(manifest_journal), MANIFEST_PATH)])
             else:
                 await record_intent(storage, renames, b"".join(manifest))
+            del renames
+            recorded = True
+            if on_recorded is not None:
+                on_recorded()
         await storage.commit_writes(pending)
         await written.commit()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if not recorded:
+            await run_to_completion(written.abort())
+        raise
     except BaseException:
         await run_to_completion(written.abort())
         if journaled:
@@ -121,10 +139,10 @@ async def finish_interrupted_commit(storage: AbstractStorage) -> bool:
         log.warning("%s: %s is unreadable; ignored", storage.describe(), INTENT_PATH)
         await drop_intent(storage)
         return False
-    moved = 0
-    for pair in renames:
-        if isinstance(pair, list) and len(pair) == 2 and await storage.move(str(pair[0]), str(pair[1])):
-            moved += 1
+    # All at once, in order: a directory renames them folder by folder (see VFSStorage.move_many).
+    moved = await storage.move_many(
+        [(str(pair[0]), str(pair[1])) for pair in renames if isinstance(pair, list) and len(pair) == 2]
+    )
     if manifest is not None:
         await storage.stream_upload(MANIFEST_PATH, one_chunk(manifest.encode()))
     # The commit took every file the import had; what its partial folder still holds is stale.

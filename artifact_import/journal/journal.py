@@ -11,6 +11,7 @@ fetch again (:mod:`.present`), and checks a destination against its manifest
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -43,6 +44,9 @@ class Journal:
 
     def __init__(self, storage: AbstractStorage) -> None:
         self.storage = storage
+        #: An interruption stopped :meth:`commit` after its renames were recorded: whoever comes next (an import,
+        #: ``verify``) completes it; nothing of this import is to be parked or aborted.
+        self.commit_left = False
 
     # -- before the first byte -------------------------------------------------------------------------------------
 
@@ -125,7 +129,17 @@ class Journal:
         if any(f.stamp is None for f in files):
             stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
             files = [f if f.stamp is not None else attrs.evolve(f, stamp=stamps.get(f.path)) for f in files]
-        await intent.commit(self.storage, pending, ManifestChunks(artifact, files))
+        recorded = False
+
+        def mark() -> None:
+            nonlocal recorded
+            recorded = True
+
+        try:
+            await intent.commit(self.storage, pending, ManifestChunks(artifact, files), on_recorded=mark)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.commit_left = recorded
+            raise
         return MANIFEST_PATH
 
     async def park(

@@ -18,8 +18,9 @@ or small files. Storages that cannot park abort as before.
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -30,7 +31,7 @@ from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..paths import PARTIAL_DIR
 from ..storages.base import AbstractStorage, PendingWrite
 from ..verifiers.base import Verifier
-from .jsonfile import read_json, write_json
+from .jsonfile import read_json
 from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,19 @@ async def write_record(
 
     Written before the first byte of an import moves, so that a process killed at any point leaves a record
     the next import can act on (adopt, or remove); rewritten when an interruption parks files."""
-    record = {
-        "source": artifact.source,
-        "commit": artifact.commit,
-        "files": [r.to_dict() for r in sorted(kept, key=lambda r: r.path)],
-        "incomplete": sorted(incomplete),
-    }
-    await write_json(storage, RECORD_PATH, record, indent=2)
+    head = json.dumps({"source": artifact.source, "commit": artifact.commit})[:-1]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        # A thousand entries at a time, one a line: an import of 200,000 files cut short records them all, and
+        # must stop within seconds, without the whole record in memory at once.
+        yield (head + ',\n "incomplete": ' + json.dumps(sorted(incomplete)) + ',\n "files": [').encode()
+        ordered = sorted(kept, key=lambda r: r.path)
+        for at in range(0, len(ordered), 1000):
+            lines = ",\n  ".join(json.dumps(r.to_dict(), separators=(",", ":")) for r in ordered[at : at + 1000])
+            yield (("," if at else "") + "\n  " + lines).encode()
+        yield b"\n ]}\n"
+
+    await storage.stream_upload(RECORD_PATH, chunks())
 
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:

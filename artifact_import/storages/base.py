@@ -117,6 +117,13 @@ class AbstractStorage(abc.ABC):
         killed import had started."""
         raise StorageError(f"{self.describe()}: cannot move files")
 
+    async def move_many(self, moves: Sequence[tuple[str, str]]) -> int:
+        """:meth:`move` each ``(src, dst)`` in order; how many were moved (the others were moved already)."""
+        moved = 0
+        for src, dst in moves:
+            moved += await self.move(src, dst)
+        return moved
+
     async def remove_leftovers(self) -> list[str]:
         """Remove what imports that died before cleaning up left (part files); the paths removed."""
         return []
