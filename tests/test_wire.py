@@ -311,3 +311,74 @@ async def test_a_stalled_body_hands_over_what_arrived_then_times_out() -> None:
     finally:
         await client.close()
     assert received == 1000 and loop.time() - started < 3
+
+
+# --- TLS, as the Hub and its CDN speak it ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (openssl's CLI, as on any Debian machine)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is missing")
+    where = tmp_path_factory.mktemp("tls")
+    cert, key = str(where / "cert.pem"), str(where / "key.pem")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+async def _tls_server(certificate: tuple[str, str], body: bytes) -> tuple[asyncio.Server, str]:
+    import ssl
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context)
+    return server, f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_a_body_over_tls_arrives_whole_and_the_connection_is_kept(certificate: tuple[str, str]) -> None:
+    import ssl
+
+    body = bytes(range(256)) * 5000  # 1.28 MB: several chunks through the TLS layer
+    server, url = await _tls_server(certificate, body)
+    trusted = ssl.create_default_context(cafile=certificate[0])
+    client = WireClient(chunk_size=1 << 20, connect_timeout=5, read_timeout=5, ssl_context=trusted)
+    try:
+        for _ in range(2):
+            status, got, sizes = await _get(client, f"{url}/f")
+            assert status == 200 and got == body and sizes == [1 << 20, len(body) - (1 << 20)]
+        assert client.opened == 1
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_certificate_nobody_vouches_for_is_refused_as_the_sources_fault(certificate: tuple[str, str]) -> None:
+    server, url = await _tls_server(certificate, b"secret")
+    client = _client()  # the system's CAs only
+    try:
+        with pytest.raises(BadResponse, match="TLS certificate cannot be verified"):
+            await _get(client, f"{url}/f")
+    finally:
+        await client.close()
+        server.close()
+        await server.wait_closed()

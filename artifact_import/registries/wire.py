@@ -70,6 +70,15 @@ class ConnectFailed(WireError):
         return str(self)
 
 
+class TlsFailed(ConnectFailed):
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(host, port)
+        self.args = (f"TLS handshake with {host}:{port} failed ({reason})",)
+
+    def describe(self) -> str:
+        return str(self)
+
+
 class Dropped(WireError):
     """The connection ended before the response did."""
 
@@ -615,8 +624,11 @@ class WireClient:
                 )
         except TimeoutError:
             raise ConnectFailed(host, port) from None
-        except ssl.SSLError:
-            raise
+        except ssl.SSLCertVerificationError as exc:
+            # Not the network: a certificate this machine does not trust (SSL_CERT_FILE names extra CAs).
+            raise BadResponse(f"its TLS certificate cannot be verified ({exc.verify_message})") from None
+        except ssl.SSLError as exc:
+            raise TlsFailed(host, port, exc.reason or type(exc).__name__) from None
         except OSError:
             raise ConnectFailed(host, port) from None
         self.opened += 1
