@@ -66,6 +66,8 @@ ProgressCallback = Callable[[ProgressEvent], None]
 INTERRUPTIONS = (asyncio.CancelledError, KeyboardInterrupt, SourceError)
 #: Reserved for the manifest beyond its per-file entries.
 MANIFEST_ALLOWANCE = 4096
+#: Distinct verdicts kept for sharing (see _Run.share).
+_SHARED_VERDICTS = 4096
 Step = ArtifactStorageImportStep
 
 
@@ -122,6 +124,27 @@ class _Run:
     fetched: int = 0
     #: The model's verified signature, every file is held to (None: unsigned, or not checked).
     gate: SignatureGate | None = None
+    #: Verdicts said of many files alike ("not a pickle", the hub's "safe"), one object each (see :meth:`share`).
+    shared: dict[str, Verdict] = attrs.field(factory=dict)
+
+    def share(self, verdicts: Sequence[Verdict]) -> tuple[Verdict, ...]:
+        """``verdicts``, each replaced by an equal one kept already if there is one: a repository of 200,000
+        small files holds 200,000 results until the commit, most of their verdicts alike."""
+        out: list[Verdict] = []
+        for verdict in verdicts:
+            if verdict.verifier == "checksum":  # its data is the file's own digest: never alike
+                out.append(verdict)
+                continue
+            try:
+                key = json.dumps([verdict.verifier, verdict.ok, verdict.detail, verdict.data], sort_keys=True)
+            except (TypeError, ValueError):
+                out.append(verdict)
+                continue
+            kept = self.shared.get(key)
+            if kept is None and len(self.shared) < _SHARED_VERDICTS:
+                kept = self.shared[key] = verdict
+            out.append(kept or verdict)
+        return tuple(out)
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -379,6 +402,14 @@ class ImportPipeline:
 
     async def _end_failed(self, run: _Run, exc: BaseException, had_parked: bool) -> None:
         """Abort what the import wrote; if it was interrupted, park the verified files for the next import."""
+        if run.journal.commit_left:
+            # Interrupted inside the commit, once its renames were recorded: the next import (or verify)
+            # completes it from the record. Leave every byte where the record says it is.
+            for file in run.artifact.files:
+                if file.path in run.verified:
+                    run.emit(file, FileState.PARKED, None, file.size or 0)
+            log.info("interrupted during the commit: the next import of the same revision, or verify, completes it")
+            return
         if self.keep_partial and isinstance(exc, INTERRUPTIONS) and not run.refused:
             parked = await run.journal.park(run.artifact, run.pending, run.verified, run.incomplete_kept)
             if parked or run.incomplete_kept:
@@ -410,25 +441,28 @@ class ImportPipeline:
         return sum(f.size or 0 for f in todo) + MANIFEST_ALLOWANCE + sum(len(f.path) + 1024 for f in artifact.files)
 
     async def _import_files(self, run: _Run, download: DownloadStep) -> list[FileResult]:
-        limit = asyncio.Semaphore(self.max_concurrent_files)
-
-        async def one(file: ArtifactFile) -> FileResult:
-            async with limit:
-                try:
-                    return await self._import_file(run, download, file)
-                except Exception as exc:
-                    run.emit(file, FileState.FAILED, None, 0, str(exc))
-                    raise
-
         if not run.todo:
             return []
         for file in run.todo:
             run.emit(file, FileState.QUEUED, None, 0)
         # Largest first: the long poles start early and small files fill the gaps.
-        ordered = sorted(run.todo, key=lambda f: f.size or 0, reverse=True)
-        tasks = [asyncio.create_task(one(f), name=f"import:{f.path}") for f in ordered]
+        files = iter(sorted(run.todo, key=lambda f: f.size or 0, reverse=True))
+        results: list[FileResult] = []
+
+        async def worker() -> None:
+            for file in files:  # one iterator shared by the workers: each file is taken once
+                try:
+                    results.append(await self._import_file(run, download, file))
+                except Exception as exc:
+                    run.emit(file, FileState.FAILED, None, 0, str(exc))
+                    raise
+
+        # As many workers as files in flight, not a task per file: a repository of 200,000 files would hold
+        # 200,000 tasks (and their frames) for the whole import.
+        count = min(self.max_concurrent_files, len(run.todo))
+        workers = [asyncio.create_task(worker(), name=f"import-worker-{i}") for i in range(count)]
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            done, _ = await asyncio.wait(workers, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 if not task.cancelled() and task.exception() is not None:
                     exc = task.exception()
@@ -436,11 +470,11 @@ class ImportPipeline:
                         # A refused file ends the import for good: the others must not be parked.
                         run.refused = True
                     raise exc  # type: ignore[misc]
-            return [t.result() for t in tasks]
+            return results
         finally:
-            for task in tasks:
+            for task in workers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*workers, return_exceptions=True)
 
     async def _import_file(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
         try:
@@ -459,6 +493,7 @@ class ImportPipeline:
     async def _import_file_once(self, run: _Run, download: DownloadStep, file: ArtifactFile) -> FileResult:
         verdicts: list[Verdict] = []
         source: tuple[AbstractStorage, str] | None = None
+        written: PendingWrite | None = None
         for index, p in enumerate(run.passes):
             final = index == len(run.passes) - 1
             chunks: AsyncIterator[bytes]
@@ -482,12 +517,17 @@ class ImportPipeline:
                 raise
             if final:
                 run.pending.append(pending)
+                written = pending
             else:
                 run.staged.append((p.storage, path))
                 await pending.commit()
                 source = (p.storage, path)
         checksum = next(v for v in verdicts if v.verifier == "checksum")
-        result = FileResult(file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), tuple(verdicts))
+        # The stamp now (the write is flushed): the commit then need not make a second result of each file.
+        stamp = written.stamp if written is not None else None
+        result = FileResult(
+            file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), run.share(verdicts), stamp=stamp
+        )
         if run.gate is not None:
             run.gate.check_file(result)  # refused now, not after the other files have arrived
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)

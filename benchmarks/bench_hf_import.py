@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from tests.hub import parse_size, small_files
@@ -41,10 +42,17 @@ snapshot_download(sys.argv[1], cache_dir=sys.argv[2])
 
 
 def start_hub(
-    large: int, small: int, data_dir: Path, *, files: dict[str, int] | None = None, rate: int = 0
+    large: int,
+    small: int,
+    data_dir: Path,
+    *,
+    files: dict[str, int] | None = None,
+    rate: int = 0,
+    cdn_url: str = "",
 ) -> tuple[subprocess.Popen[str], str]:
     """The local hub in a process of its own, serving ``REPO``: ``files`` (default: one ``large`` file) and
-    ``small`` JSON files, each connection capped at ``rate`` bytes/s (0: no cap)."""
+    ``small`` JSON files, each connection capped at ``rate`` bytes/s (0: no cap). ``cdn_url``: LFS files
+    redirect there (nginx serving ``data_dir/blobs``, see ``tests/nginx.py``) rather than to the hub."""
     compile_package()  # every benchmark that starts a hub then runs ours
     files = files if files is not None else {"model.safetensors": large}
     proc = subprocess.Popen(
@@ -62,6 +70,8 @@ def start_hub(
             str(small),
             "--rate",
             str(rate),
+            "--cdn-url",
+            cdn_url,
         ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
@@ -85,8 +95,23 @@ def compile_package() -> None:
     subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "artifact_import")], check=True)
 
 
-def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS in MiB of one child process."""
+@dataclass(frozen=True)
+class Usage:
+    """What one child process took: wall seconds, peak RSS (MiB), CPU seconds in user and kernel mode."""
+
+    seconds: float
+    rss: float
+    user: float
+    system: float
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+def run_child(cmd: list[str], env: dict[str, str]) -> Usage:
+    """Run ``cmd`` to its end; its usage from ``wait4`` (CPU includes the processes it started and waited for,
+    the kernel's accounting of a child)."""
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -95,7 +120,13 @@ def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
     if proc.returncode != 0:
         assert proc.stderr is not None
         raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.read().decode()[-2000:]}")
-    return elapsed, usage.ru_maxrss / 1024
+    return Usage(elapsed, usage.ru_maxrss / 1024, usage.ru_utime, usage.ru_stime)
+
+
+def measure(cmd: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MiB of one child process."""
+    usage = run_child(cmd, env)
+    return usage.seconds, usage.rss
 
 
 def main() -> None:

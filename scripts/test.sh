@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v clamd >/dev/null 2>&1 || [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon)  # malware scanning
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)  # the fleet's task store
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)  # the CDN the speed tests and benchmarks serve from
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]} (for the tests)..." >&2
     SUDO=""

@@ -143,9 +143,11 @@ async def _close_registries() -> AsyncIterator[None]:
         await _registries.pop().aclose()
 
 
-async def verdict_of(verifier: Verifier, name: str, data: bytes, chunk: int = 65536) -> Verdict:
-    """What ``verifier`` says of ``data`` fed as an import feeds it, ``chunk`` bytes at a time."""
-    session = verifier.start(ArtifactFile(name, len(data)))
+async def verdict_of(verifier: Verifier, name: str, data: bytes, chunk: int = 65536, *, listed: bool = True) -> Verdict:
+    """What ``verifier`` says of ``data`` fed as an import feeds it, ``chunk`` bytes at a time; not ``listed``:
+    a file whose size the source did not say (the content scanners then read it in a thread as it comes,
+    whatever its size, chunk boundaries and all)."""
+    session = verifier.start(ArtifactFile(name, len(data) if listed else None))
     for off in range(0, len(data), chunk):
         await session.feed(data[off : off + chunk])
     return await session.finish()

@@ -142,6 +142,8 @@ class Faults:
     extra_length: dict[str, int] = field(default_factory=dict)
     #: Link the next page of a tree listing on this origin (``scheme://host:port``) instead of the hub's.
     next_link_origin: str | None = None
+    #: A hostile hub: the next page of its tree listing is on this base URL (another host).
+    tree_next_base: str | None = None
 
 
 #: How the Hub lists a file its scanners found clean.
@@ -196,12 +198,18 @@ class LocalHub:
         #: The path of every API call (revision, tree, model info).
         self.api_requests: list[str] = []
         self.base_url = ""
-        #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN.
+        #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN. Set before
+        #: the server starts to redirect to a CDN of one's own (nginx serving ``data_dir/blobs``, see
+        #: tests/nginx.py); otherwise the hub serves them itself on 127.0.0.2.
         self.cdn_url = ""
         #: Redirects to the CDN handed out (each a freshly signed URL).
         self.redirects = 0
         #: Entries per page of a tree listing (the Hub's pages hold about a thousand).
         self.tree_page_size = 1000
+        #: Keep each listing once built (for a repository of many files, whose every page would otherwise
+        #: build it all again); only where nothing changes the listing (``serve``), not in the tests.
+        self.cache_listings = False
+        self._listings: dict[tuple[object, ...], list[dict[str, Any]]] = {}
         #: The Hub's own scan of a file ((repo id, path) -> ``securityFileStatus``), listed with ``expand=true``;
         #: files not here are listed as scanned and safe, as the Hub lists clean files.
         self.scans: dict[tuple[str, str], dict[str, Any]] = {}
@@ -425,6 +433,32 @@ class LocalHub:
         prefix = f"{base}/" if base else ""
         recursive = request.query.get("recursive", "").lower() == "true"
         expand = request.query.get("expand", "").lower() == "true"
+        key = (repo.repo_id, sha, base, recursive, expand)
+        listed = self._listings.get(key) if self.cache_listings else None
+        if listed is None:
+            listed = self._list(repo, sha, files, prefix, recursive, expand)
+            if self.cache_listings:
+                self._listings[key] = listed
+        if base and not listed:
+            return self._error(404, "EntryNotFound", f"{base} does not exist")
+        # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
+        start = int(request.query.get("cursor", "0"))
+        page = listed[start : start + self.tree_page_size]
+        headers = {}
+        if start + self.tree_page_size < len(listed):
+            query = {k: v for k, v in request.query.items() if k != "cursor"}
+            query["cursor"] = str(start + self.tree_page_size)
+            next_url = str(request.url.with_query(query))
+            if self.faults.tree_next_base is not None:
+                next_url = self.faults.tree_next_base + request.url.with_query(query).path_qs
+            if self.faults.next_link_origin is not None:
+                next_url = str(URL(self.faults.next_link_origin).with_path(request.url.path).with_query(query))
+            headers["Link"] = f'<{next_url}>; rel="next"'
+        return web.json_response(page, headers=headers)
+
+    def _list(
+        self, repo: HubRepo, sha: str, files: dict[str, HubFile], prefix: str, recursive: bool, expand: bool
+    ) -> list[dict[str, Any]]:
         entries: dict[str, dict[str, Any]] = {}
         for f in sorted(files.values(), key=lambda f: f.path):
             if not f.path.startswith(prefix):
@@ -437,21 +471,7 @@ class LocalHub:
                     entries.setdefault(folder, {"type": "directory", "oid": oid, "size": 0, "path": folder})
             if recursive or len(rest) == 1:
                 entries[f.path] = self._file_entry(repo, f, sha, expand=expand)
-        if base and not entries:
-            return self._error(404, "EntryNotFound", f"{base} does not exist")
-        # Paged as the Hub pages it: a Link header with rel="next" and an opaque cursor.
-        listed = list(entries.values())
-        start = int(request.query.get("cursor", "0"))
-        page = listed[start : start + self.tree_page_size]
-        headers = {}
-        if start + self.tree_page_size < len(listed):
-            query = {k: v for k, v in request.query.items() if k != "cursor"}
-            query["cursor"] = str(start + self.tree_page_size)
-            next_url = request.url.with_query(query)
-            if self.faults.next_link_origin is not None:
-                next_url = URL(self.faults.next_link_origin).with_path(next_url.path).with_query(query)
-            headers["Link"] = f'<{next_url}>; rel="next"'
-        return web.json_response(page, headers=headers)
+        return list(entries.values())
 
     async def _resolve(self, request: web.Request, repo_id: str, rev: str, path: str) -> web.StreamResponse:
         if self.faults.redirect_to is not None:
@@ -626,7 +646,8 @@ class HubServer:
         await self._runner.setup()
         self.url = await self._site("127.0.0.1", self._port)
         self.hub.base_url = self.url
-        self.hub.cdn_url = await self._site("127.0.0.2", 0)
+        if not self.hub.cdn_url:
+            self.hub.cdn_url = await self._site("127.0.0.2", 0)
 
     async def _site(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> str:
         assert self._runner is not None
@@ -657,7 +678,13 @@ DEMO_FILES: dict[str, bytes | int] = {
 
 
 def small_files(count: int) -> dict[str, bytes | int]:
-    """The ``--small-files`` of ``serve``: JSON files of varied small sizes under ``small/``."""
+    """The ``--small-files`` of ``serve``: JSON files of varied small sizes under ``small/`` (more than a
+    thousand: in folders of a thousand, ``small/007/file-007123.json``, as datasets shard them)."""
+    if count > 1000:
+        return {
+            f"small/{i // 1000:03d}/file-{i:06d}.json": json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
+            for i in range(count)
+        }
     return {
         f"small/file-{i:03d}.json": json.dumps({"index": i, "pad": "x" * (i * 37 % 4000)}).encode()
         for i in range(count)
@@ -684,6 +711,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--small-files", type=int, default=0, help="this many small JSON files under small/")
     serve.add_argument(
         "--rate", type=parse_size, default=0, help="cap each connection at this many bytes per second, e.g. 50M"
+    )
+    serve.add_argument(
+        "--cdn-url",
+        default="",
+        help="redirect LFS files to this base URL (a server of DATA_DIR/blobs as /lfs/SHA256, e.g. nginx); "
+        "default: the hub serves them itself on 127.0.0.2",
     )
     args = parser.parse_args(argv)
 
@@ -715,6 +748,8 @@ def _serve(args: argparse.Namespace, data_dir: Path) -> None:
     started = time.monotonic()
     hub.create_repo(args.repo, files)
     hub.faults.slow_bps = args.rate
+    hub.cdn_url = args.cdn_url.rstrip("/")
+    hub.cache_listings = True
     server = HubServer(hub, args.port)
     url = server.start()
     print(json.dumps({"url": url, "repo": args.repo, "generated_in": round(time.monotonic() - started, 2)}))

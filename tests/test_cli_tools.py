@@ -190,3 +190,22 @@ def test_a_hub_import_into_a_directory_loads_no_s3_client(tmp_path: Path) -> Non
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False", "True"]
+
+
+def test_a_hub_import_loads_neither_aiohttp_nor_huggingface_hubs_api_client(hub: LocalHub, tmp_path: Path) -> None:
+    """Loading them was about 0.2 CPU-seconds of every import, a tenth of what a GiB costs: the hub's three calls
+    go through our own client (``registries/wire.py``); huggingface_hub only builds the headers (its token)."""
+    repo = repo_name("lean")
+    hub.create_repo(repo, {"config.json": b"{}", "model.safetensors": 2 << 20})
+    probe = (
+        "import sys\n"
+        "from artifact_import.cli import main\n"
+        "try:\n"
+        f"    main(['-q', 'import', 'hf://{repo}', '--to', {str(tmp_path / 'm')!r}], standalone_mode=False)\n"
+        "finally:\n"
+        "    print(sorted(m for m in ('aiohttp', 'huggingface_hub.hf_api', 'httpx') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env={**os.environ}, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    assert (tmp_path / "m" / "model.safetensors").stat().st_size == 2 << 20

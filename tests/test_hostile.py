@@ -284,6 +284,39 @@ async def test_the_listing_is_read_page_by_page_and_a_page_too_large_is_refused(
         hub.tree_page_size = 1000
 
 
+async def test_a_listing_that_continues_on_another_host_is_refused_before_the_token_goes_there(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """The hub's next page link is followed with the hub's token: a link to another host would hand it over."""
+    import asyncio
+
+    from artifact_import import HuggingFaceRegistry, RetryPolicy
+
+    seen: list[bytes] = []
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(65536))
+        writer.close()
+
+    elsewhere = await asyncio.start_server(record, "127.0.0.1", 0)
+    port = elsewhere.sockets[0].getsockname()[1]
+    repo = repo_name("paged")
+    hub.create_repo(repo, {f"f/{i:03d}.json": b"{}" for i in range(20)}, token="hf_ListingSecret")
+    hub.tree_page_size = 7
+    hub.faults.tree_next_base = f"http://localhost:{port}"
+    registry = HuggingFaceRegistry(token="hf_ListingSecret", retry=RetryPolicy(max_attempts=1))
+    try:
+        with pytest.raises(SourceError, match="listing continues on another host"):
+            await import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry)
+    finally:
+        await registry.aclose()
+        hub.tree_page_size = 1000
+        elsewhere.close()
+        await elsewhere.wait_closed()
+    assert seen == [], "nothing, the token least of all, went to the other host"
+    assert not (tmp_path / "m").exists()
+
+
 @pytest.mark.parametrize("verbosity", [[], ["-vv"], ["--json"]])
 def test_secrets_planted_in_every_variable_appear_in_no_output(tmp_path: Path, verbosity: list[str]) -> None:
     """Failing imports from and to unreachable servers, with a secret in each variable that can hold one."""

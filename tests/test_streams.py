@@ -105,3 +105,42 @@ async def test_cleanup_survives_a_cancel_and_the_cancel_is_kept() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert finished.is_set()
+
+
+@pytest.mark.parametrize("sizes", [[10, 300_000, 7, 1 << 20, 5], [1 << 20] * 9 + [3], [100] * 50])
+async def test_digest_worker_hashes_every_chunk_in_order_whatever_their_sizes(sizes: list[int]) -> None:
+    import random
+    import threading
+
+    from artifact_import.streams import DigestWorker
+
+    rng = random.Random(len(sizes))
+    chunks = [rng.randbytes(n) for n in sizes]
+    sha256, md5 = hashlib.sha256(), hashlib.md5()
+    before = threading.active_count()
+    worker = DigestWorker([sha256, md5])
+    for chunk in chunks:
+        await worker.update(chunk)
+    await worker.finish()
+    data = b"".join(chunks)
+    assert sha256.hexdigest() == hashlib.sha256(data).hexdigest()
+    assert md5.hexdigest() == hashlib.md5(data).hexdigest()
+    await asyncio.sleep(0.05)
+    assert threading.active_count() == before, "its thread ends with the file"
+
+
+async def test_a_digest_worker_abandoned_mid_file_lets_its_thread_go() -> None:
+    import threading
+
+    from artifact_import.streams import DigestWorker
+
+    before = threading.active_count()
+    worker = DigestWorker([hashlib.sha256()])
+    for _ in range(3):
+        await worker.update(bytes(1 << 20))
+    worker.close()
+    for _ in range(100):
+        if threading.active_count() == before:
+            break
+        await asyncio.sleep(0.01)
+    assert threading.active_count() == before

@@ -40,8 +40,9 @@ from ..errors import (
 )
 from ..paths import path_problem
 from ..storages.base import FileInfo, PendingWrite
-from ..storages.vfs import PART_SUFFIX, WRITEBACK_WINDOW, VFSStorage
-from ..storages.vfs import _start_writeback as _writeback
+from ..storages.sink import WRITEBACK_WINDOW
+from ..storages.sink import _start_writeback as _writeback
+from ..storages.vfs import PART_SUFFIX, VFSStorage
 from ..units import human_bytes
 from ..volumes.base import AbstractVolume, VFolderID
 from ..volumes.quota import QuotaLedger

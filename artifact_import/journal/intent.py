@@ -16,57 +16,78 @@ their pending files sit under names the intent can point at.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError
 from ..paths import PARTIAL_DIR, RESERVED_DIR
 from ..storages.base import AbstractStorage, PendingWrite
 from ..streams import one_chunk
-from .jsonfile import read_json, write_json
+from .jsonfile import read_json
 from .manifest import MANIFEST_PATH
 
 log = logging.getLogger(__name__)
 
 INTENT_PATH = f"{RESERVED_DIR}/commit.json"
-#: Commits made at once: on object storage each is a request (a completion, a copy), worth overlapping.
-COMMIT_CONCURRENCY = 8
 
 
 async def commit(
     storage: AbstractStorage,
     pending: Sequence[PendingWrite],
-    manifest: bytes,
+    manifest: Iterable[bytes],
+    *,
     before_manifest: Callable[[], Awaitable[None]] | None = None,
+    on_recorded: Callable[[], None] | None = None,
 ) -> None:
-    """Make every pending write visible, then ``manifest`` (the manifest's bytes) that vouches for them.
+    """Make every pending write visible, then ``manifest`` (the manifest's bytes in chunks, the same bytes each
+    time it is iterated) that vouches for them.
 
     The manifest's bytes are written first, so that a destination that
     cannot take them (full, gone) fails the import before any file is
     visible; it is committed last, so that a destination with a manifest
     holds every file it lists. Where a commit is a series of moves, the moves
     and the manifest are recorded first: a process killed among them is
-    completed by whoever comes next, never left half visible. ``before_manifest`` runs once every file is
-    committed (:meth:`AbstractStorage.publish`); if it fails, the manifest is not committed.
+    completed by whoever comes next, never left half visible. So is one
+    interrupted (cancelled, Ctrl-C, SIGTERM) once they are recorded: it stops
+    at once and leaves the record (``on_recorded`` was called), rather than
+    undo or finish a commit of many files before it can exit.
+    ``before_manifest`` runs once every file is committed
+    (:meth:`AbstractStorage.publish`); if it fails, the manifest is not committed.
     """
-    written = await storage.open_write(MANIFEST_PATH, size_hint=len(manifest))
+    written = await storage.open_write(MANIFEST_PATH)
     try:
-        await written.write(manifest)
+        for chunk in manifest:
+            await written.write(chunk)
         await written.flush()
     except BaseException:
         await run_to_completion(written.abort())
         raise
-    journaled = False
+    journaled = recorded = False
     try:
         journals = [await write.prepare_commit() for write in pending]
-        journaled = bool(pending) and all(journal is not None for journal in journals)
+        manifest_journal = await written.prepare_commit()
+        journaled = bool(pending) and all(j is not None for j in journals)
         if journaled:
-            await record_intent(storage, [(str(j), w.path) for j, w in zip(journals, pending, strict=True)], manifest)
-        await _commit_each(pending)
+            renames = [(str(j), w.path) for j, w in zip(journals, pending, strict=True)]
+            if manifest_journal is not None:
+                # The manifest's bytes wait under a journal name of their own: its move is the last one.
+                await record_intent(storage, [*renames, (str(manifest_journal), MANIFEST_PATH)])
+            else:
+                await record_intent(storage, renames, b"".join(manifest))
+            del renames
+            recorded = True
+            if on_recorded is not None:
+                on_recorded()
+        await storage.commit_writes(pending)
         if before_manifest is not None:
             await before_manifest()
         await written.commit()
+    except (asyncio.CancelledError, KeyboardInterrupt):
+        if not recorded:
+            await run_to_completion(written.abort())
+        raise
     except BaseException:
         await run_to_completion(written.abort())
         if journaled:
@@ -76,22 +97,24 @@ async def commit(
         await drop_intent(storage)
 
 
-async def _commit_each(pending: Sequence[PendingWrite]) -> None:
-    """Commit every write, several at a time; the first failure is raised once none is still running."""
-    limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+async def record_intent(
+    storage: AbstractStorage, renames: Sequence[tuple[str, str]], manifest: bytes | None = None
+) -> None:
+    """The renames of a commit, written a thousand at a time (a commit of 200,000 files names 400,000 paths),
+    and the manifest's text where the manifest is not itself one of them."""
 
-    async def one(write: PendingWrite) -> None:
-        async with limit:
-            await write.commit()
+    async def chunks() -> AsyncIterator[bytes]:
+        if manifest is not None:
+            yield b'{"manifest": ' + json.dumps(manifest.decode()).encode() + b", "
+        else:
+            yield b"{"
+        yield b'"renames": ['
+        for at in range(0, len(renames), 1000):
+            pairs = ",\n".join(json.dumps(list(pair)) for pair in renames[at : at + 1000])
+            yield (("," if at else "") + "\n" + pairs).encode()
+        yield b"\n]}\n"
 
-    outcomes = await asyncio.gather(*(one(w) for w in pending), return_exceptions=True)
-    for outcome in outcomes:
-        if isinstance(outcome, BaseException):
-            raise outcome
-
-
-async def record_intent(storage: AbstractStorage, renames: Sequence[tuple[str, str]], manifest: bytes) -> None:
-    await write_json(storage, INTENT_PATH, {"renames": [list(pair) for pair in renames], "manifest": manifest.decode()})
+    await storage.stream_upload(INTENT_PATH, chunks())
 
 
 async def drop_intent(storage: AbstractStorage) -> None:
@@ -115,16 +138,18 @@ async def finish_interrupted_commit(storage: AbstractStorage) -> bool:
     if intent is None:
         return False
     renames = intent.get("renames") if isinstance(intent, dict) else None
+    # Intents of earlier versions carry the manifest's text; now its move is the last rename.
     manifest = intent.get("manifest") if isinstance(intent, dict) else None
-    if not isinstance(renames, list) or not isinstance(manifest, str):
+    if not isinstance(renames, list) or not isinstance(manifest, str | None):
         log.warning("%s: %s is unreadable; ignored", storage.describe(), INTENT_PATH)
         await drop_intent(storage)
         return False
-    moved = 0
-    for pair in renames:
-        if isinstance(pair, list) and len(pair) == 2 and await storage.move(str(pair[0]), str(pair[1])):
-            moved += 1
-    await storage.stream_upload(MANIFEST_PATH, one_chunk(manifest.encode()))
+    # All at once, in order: a directory renames them folder by folder (see VFSStorage.move_many).
+    moved = await storage.move_many(
+        [(str(pair[0]), str(pair[1])) for pair in renames if isinstance(pair, list) and len(pair) == 2]
+    )
+    if manifest is not None:
+        await storage.stream_upload(MANIFEST_PATH, one_chunk(manifest.encode()))
     # The commit took every file the import had; what its partial folder still holds is stale.
     try:
         await storage.delete_folder(PARTIAL_DIR)

@@ -28,7 +28,7 @@ from ..storages.hflocal import is_bookkeeping
 from ..streams import closing
 from ..verifiers.base import Verifier
 from . import fsck, intent, present, record
-from .manifest import MANIFEST_PATH, build_manifest, encode_manifest, manifest_files, read_manifest
+from .manifest import MANIFEST_PATH, ManifestChunks, manifest_files, read_manifest
 from .plan import Action, ImportPlan, PlannedFile
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,9 @@ class Journal:
         self.storage = storage
         #: Files whose bytes the destination already holds under another name (see :meth:`find_local`), by path.
         self._local: dict[str, str] = {}
+        #: An interruption stopped :meth:`commit` after its renames were recorded: whoever comes next (an import,
+        #: ``verify``) completes it; nothing of this import is to be parked or aborted.
+        self.commit_left = False
 
     # -- before the first byte -------------------------------------------------------------------------------------
 
@@ -163,17 +166,33 @@ class Journal:
     ) -> str:
         """Make every verified file visible, then what the storage's layout needs besides
         (:meth:`AbstractStorage.publish`), then the manifest that vouches for them; its path."""
-        stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
-        files = [attrs.evolve(f, stamp=stamps.get(f.path, f.stamp)) for f in files]
+        # Results made before their write's stamp was known get it now (those the pipeline made carry it).
+        if any(f.stamp is None for f in files):
+            stamps = {write.path: write.stamp for write in pending if write.stamp is not None}
+            files = [f if f.stamp is not None else attrs.evolve(f, stamp=stamps.get(f.path)) for f in files]
         digests = {f.path: f.sha256 for f in files}
         for write in pending:
             write.sha256 = digests.get(write.path, write.sha256)
+        recorded = False
+
+        def mark() -> None:
+            nonlocal recorded
+            recorded = True
 
         async def publish() -> None:
             await self.storage.publish(artifact, files)
 
-        manifest = build_manifest(artifact, files, signature=signature)
-        await intent.commit(self.storage, pending, encode_manifest(manifest), before_manifest=publish)
+        try:
+            await intent.commit(
+                self.storage,
+                pending,
+                ManifestChunks(artifact, files, signature=signature),
+                before_manifest=publish,
+                on_recorded=mark,
+            )
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            self.commit_left = recorded
+            raise
         return MANIFEST_PATH
 
     async def park(

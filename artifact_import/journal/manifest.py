@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from .. import __version__
@@ -37,6 +37,32 @@ def build_manifest(
         # What the import found of the model's signature: who signed, how it was checked (see .signing).
         manifest["signature"] = signature.to_dict()
     return manifest
+
+
+class ManifestChunks:
+    """The manifest of :func:`build_manifest` as JSON bytes, a file entry per line, a thousand entries a chunk:
+    never the whole of it in memory (at 200,000 files the indented document alone was 250 MB). Iterable as
+    often as needed, the same bytes each time."""
+
+    def __init__(
+        self,
+        artifact: ResolvedArtifact,
+        files: Sequence[FileResult],
+        *,
+        signature: SignatureVerdict | None = None,
+        per_chunk: int = 1000,
+    ) -> None:
+        head = {k: v for k, v in build_manifest(artifact, [], signature=signature).items() if k != "files"}
+        self._head = json.dumps(head, indent=2)[: -len("\n}")] + ',\n  "files": ['
+        self._files = sorted(files, key=lambda f: f.path)
+        self._per_chunk = per_chunk
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield self._head.encode()
+        for at in range(0, len(self._files), self._per_chunk):
+            lines = (json.dumps(f.to_dict(), separators=(",", ":")) for f in self._files[at : at + self._per_chunk])
+            yield (("," if at else "") + "\n    " + ",\n    ".join(lines)).encode()
+        yield b"\n  ]\n}\n"
 
 
 def encode_manifest(manifest: dict[str, Any]) -> bytes:

@@ -8,23 +8,22 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from urllib.parse import urlsplit
 
-import aiohttp
 import attrs
-from yarl import URL
 
 from ..errors import AccessDeniedError, ConfigError, DownloadError, IntegrityError
-from ..streams import closing, rechunk
-from ..units import human_bytes
+from ..streams import closing
 from .ranges import RangeIgnored, SameVersion
+from .wire import BadResponse, Response, TooSlow, WireClient, WireError, content_length_of
 
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 #: Seconds a body that announced more than the listed size is given to send it, once every listed byte is in.
 _MORE_GRACE = 1.0
-_TRANSIENT_ERRORS = (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, asyncio.TimeoutError)
+_TRANSIENT_ERRORS = (WireError, asyncio.TimeoutError)
 
 
 @attrs.frozen
@@ -93,8 +92,16 @@ class HttpTimeouts:
             values["min_rate"] = min_rate
         return cls(**values)
 
-    def client_timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=None, sock_connect=self.connect, sock_read=self.read)
+    def wire_client(self, chunk_size: int) -> WireClient:
+        """The client file bodies are downloaded with, with these timeouts."""
+        return WireClient(
+            chunk_size=chunk_size,
+            connect_timeout=self.connect,
+            read_timeout=self.read,
+            answer_timeout=self.answer,
+            min_rate=self.min_rate,
+            rate_window=self.rate_window,
+        )
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -120,16 +127,25 @@ def _content_range_start(value: str | None) -> int | None:
         return None
 
 
-def same_origin(a: str | URL, b: str | URL) -> bool:
+def same_origin(a: str, b: str) -> bool:
     """Whether two URLs share scheme, host and port (default ports spelled or not): where a token may go."""
+    return _origin_of(a) is not None and _origin_of(a) == _origin_of(b)
+
+
+def _origin_of(url: str) -> tuple[str, str, int] | None:
     try:
-        return URL(str(a)).origin() == URL(str(b)).origin()
+        parts = urlsplit(str(url))
+        scheme = parts.scheme.lower()
+        port = parts.port or {"http": 80, "https": 443}.get(scheme)
     except ValueError:
-        return False
+        return None
+    if not parts.hostname or port is None:
+        return None
+    return scheme, parts.hostname.lower(), port
 
 
 async def stream_url(
-    session: aiohttp.ClientSession,
+    client: WireClient,
     url: str,
     *,
     name: str,
@@ -137,13 +153,13 @@ async def stream_url(
     denied_hint: str,
     headers: Mapping[str, str],
     expected_size: int | None,
-    chunk_size: int,
     retry: RetryPolicy,
     timeouts: HttpTimeouts | None = None,
     offset: int = 0,
     end: int | None = None,
     same_version: SameVersion | None = None,
     commit: str | None = None,
+    trouble: Callable[[], None] | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield the body of ``url`` from byte ``offset`` once, whatever drops and retries happen underneath.
 
@@ -156,14 +172,16 @@ async def stream_url(
     file raises :class:`~.ranges.RangeIgnored`. ``same_version`` is shared
     by the ranges of one file: every response must carry the same ETag.
     ``commit``: a response naming another one (the Hub's ``X-Repo-Commit``)
-    is refused.
+    is refused. ``trouble`` is called on every failure worth a retry (the
+    connections adapt to it, see :class:`~.ranges.AdaptiveLimit`).
 
     A source cannot hold the transfer: an answer must come within
     ``timeouts.answer`` seconds, the body must average ``timeouts.min_rate``
     bytes a second (transfers below it are dropped and resumed, and after
     ``retry.max_attempts`` such drops the file fails), reading stops at the
     listed size whatever ``Content-Length`` announced, and an encoded body
-    (``Content-Encoding``) is refused at once.
+    (``Content-Encoding``) is refused at once (see the client's settings,
+    :meth:`HttpTimeouts.wire_client`).
     """
     timeouts = timeouts or HttpTimeouts()
     received = offset
@@ -181,9 +199,7 @@ async def stream_url(
             request_headers["Range"] = f"bytes={received}-"
         retry_after: float | None = None
         try:
-            async with asyncio.timeout(timeouts.answer):
-                resp = await session.get(url, headers=request_headers, allow_redirects=True, read_bufsize=chunk_size)
-            async with resp:
+            async with client.request("GET", url, request_headers) as resp:
                 if resp.status in RETRYABLE_STATUS:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                     reason = f"HTTP {resp.status}"
@@ -199,7 +215,7 @@ async def stream_url(
                 elif resp.status == 200 and partial:
                     raise RangeIgnored(f"{name}: the source ignores Range", path=name)
                 else:
-                    _check_encoding(resp, name)
+                    _check_encoding(resp.headers, name)
                     served = resp.headers.get("X-Repo-Commit")
                     if commit is not None and served is not None and served != commit:
                         raise IntegrityError(
@@ -220,8 +236,8 @@ async def stream_url(
                             )
                     # Bytes of this body we want: up to the listed size, however many its Content-Length claims.
                     wanted = skip + stop - received if stop is not None else None
-                    meter = _RateMeter(timeouts.min_rate, timeouts.rate_window)
-                    body = rechunk(_pieces(resp.content, meter, wanted, resp.content_length), chunk_size)
+                    # Chunks of the client's chunk size, received into one buffer and copied out once.
+                    body = resp.iter_chunks(until=wanted)
                     async with closing(body):
                         async for chunk in body:
                             if skip:
@@ -240,24 +256,36 @@ async def stream_url(
                                     path=name,
                                 )
                             yield chunk
+                            if stop is not None and received == stop and wanted is not None:
+                                promised = content_length_of(resp.headers)
+                                if await _more_than_listed(resp, promised, wanted):
+                                    raise IntegrityError(
+                                        f"{name}: the source sent more than the {expected_size} bytes it listed"
+                                        if end is None
+                                        else f"{name}: the source sent more than the range {offset}-{end} asked for",
+                                        path=name,
+                                    )
+                                return
                     if stop is None or received == stop:
                         return
                     reason = f"connection closed after {received} of {stop} bytes"
-        except _TooSlow as exc:
+        except TooSlow as exc:
             slow += 1
-            reason = exc.reason
+            reason = str(exc)
             if slow >= retry.max_attempts:
                 raise DownloadError(
-                    f"{name}: the source sent {exc.reason} ({slow} times); giving up on it. A link that slow "
+                    f"{name}: the source sent {exc} ({slow} times); giving up on it. A link that slow "
                     "needs a lower minimum rate (--min-rate)",
                     path=name,
                 ) from None
         except _TRANSIENT_ERRORS as exc:
             reason = _describe(exc)
-        except aiohttp.ClientError as exc:
+        except BadResponse as exc:
             # Not a network hiccup: the source answered something no retry will fix.
-            raise DownloadError(f"{name}: {_hostile(exc)}; the source is misbehaving", path=name) from None
+            raise DownloadError(f"{name}: {exc}; the source is misbehaving", path=name) from None
         failures += 1
+        if trouble is not None:
+            trouble()
         if failures >= retry.max_attempts:
             raise DownloadError(
                 f"{name}: download failed after {failures} attempts in a row ({reason}); "
@@ -269,10 +297,10 @@ async def stream_url(
         await asyncio.sleep(delay)
 
 
-def _check_encoding(resp: aiohttp.ClientResponse, name: str) -> None:
+def _check_encoding(headers: Mapping[str, str], name: str) -> None:
     """Refuse an encoded body at once: its bytes are not the file's, so sizes, digests and ``Range`` offsets
     would all be wrong (we ask for ``Accept-Encoding: identity`` and never decompress)."""
-    encoding = resp.headers.get("Content-Encoding", "").strip()
+    encoding = headers.get("Content-Encoding", "").strip()
     if encoding.lower() not in ("", "identity"):
         shown = "".join(c for c in encoding[:40] if c.isprintable())
         raise DownloadError(
@@ -282,89 +310,20 @@ def _check_encoding(resp: aiohttp.ClientResponse, name: str) -> None:
         )
 
 
-class _TooSlow(Exception):
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class _RateMeter:
-    """Raises :class:`_TooSlow` when a body averages under ``min_rate`` bytes a second over a window.
-
-    Checked as pieces arrive; a source sending nothing at all is the stall timeout's (``sock_read``), so the
-    longest a trickle lasts is about one window plus one stall timeout.
-    """
-
-    def __init__(self, min_rate: float, window: float) -> None:
-        self.min_rate = min_rate
-        self.window = window
-        self.start = time.monotonic()
-        self.bytes = 0
-
-    def add(self, count: int) -> None:
-        if not self.min_rate:
-            return
-        self.bytes += count
-        now = time.monotonic()
-        elapsed = now - self.start
-        if elapsed < self.window:
-            return
-        if self.bytes < self.min_rate * elapsed:
-            raise _TooSlow(
-                f"{self.bytes} bytes in {elapsed:.0f}s, under the minimum rate of {human_bytes(int(self.min_rate))}/s"
-            )
-        self.start, self.bytes = now, 0
-
-
-async def _pieces(
-    content: aiohttp.StreamReader, meter: _RateMeter, wanted: int | None, promised: int | None
-) -> AsyncIterator[bytes]:
-    """The body as aiohttp buffered it, piece by piece, until ``wanted`` bytes (None: its end).
-
-    ``iter_chunked(n)`` joins pieces into a new ``n``-byte object on every
-    read and :func:`rechunk` would join again: measured on loopback, the
-    extra copy and its allocations cost more CPU than receiving the bytes
-    (``benchmarks/README.md``). Here each byte is copied once, by rechunk.
-
-    Reading stops once ``wanted`` bytes are in, without waiting for the end
-    a larger ``Content-Length`` (``promised``) announces for more than
-    :data:`_MORE_GRACE` seconds; bytes beyond ``wanted`` that arrive by then
-    are handed on, for the caller to refuse.
-    """
-    taken = 0
-    async for piece, _ in content.iter_chunks():
-        meter.add(len(piece))
-        taken += len(piece)
-        yield piece
-        if wanted is not None and taken >= wanted:
-            if taken == wanted and promised is not None and promised > wanted:
-                # More was announced: a listing that lies sends it at once (refused by the caller, with a clear
-                # message); a source that holds the connection open instead is not waited for past a moment.
-                with contextlib.suppress(TimeoutError, aiohttp.ClientPayloadError):
-                    async with asyncio.timeout(_MORE_GRACE):
-                        extra = await content.readany()
-                        if extra:
-                            yield extra
-            return
-
-
-def _hostile(exc: aiohttp.ClientError) -> str:
-    """What a malformed answer was, without the URL (it may carry a signature)."""
-    if isinstance(exc, aiohttp.TooManyRedirects):
-        return "it redirected too many times (a redirect loop)"
-    if isinstance(exc, aiohttp.NonHttpUrlRedirectClientError | aiohttp.InvalidUrlRedirectClientError):
-        return "it redirected to a URL that is not http(s)"
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"its response is not valid HTTP ({type(exc).__name__}, status {exc.status})"
-    return f"its answer could not be used ({type(exc).__name__})"
+async def _more_than_listed(resp: Response, promised: int | None, wanted: int) -> bytes:
+    """Bytes past the listed size that a response announcing more (``promised``) sends within a moment: a
+    listing that lies sends them at once (refused by the caller, with a clear message); a source that holds
+    the connection open instead is not waited for."""
+    if promised is None or promised <= wanted:
+        return b""
+    with contextlib.suppress(WireError, TimeoutError):
+        return await resp.next_chunk(_MORE_GRACE) or b""
+    return b""
 
 
 def _describe(exc: BaseException) -> str:
+    if isinstance(exc, WireError):
+        return exc.describe()
     if isinstance(exc, asyncio.TimeoutError):
         return "timed out waiting for data"
-    if isinstance(exc, aiohttp.ClientPayloadError):
-        return "connection dropped mid-transfer"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}"
-    # Other aiohttp messages may quote the URL; the class name is enough.
     return type(exc).__name__

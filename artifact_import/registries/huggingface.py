@@ -3,30 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import re
-import threading
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Any, TypeVar
-from urllib.parse import quote, urljoin, urlsplit
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+from urllib.parse import quote, urlencode, urljoin, urlsplit
 
-import aiohttp
-from huggingface_hub import HfApi, constants
-from huggingface_hub.errors import (
-    GatedRepoError,
-    HfHubHTTPError,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub import constants
 from huggingface_hub.utils._headers import build_hf_headers
+from multidict import CIMultiDictProxy
 
 from .. import __version__
 from ..errors import (
     AccessDeniedError,
-    ArtifactImportError,
     ConfigError,
     DownloadError,
     SourceError,
@@ -45,9 +36,9 @@ from ..units import human_bytes
 from .base import AbstractRegistry
 from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, same_origin, stream_url
 from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
+from .wire import BadResponse, TooLarge, WireClient, WireError
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 #: New signed CDN URLs one range asks for before a refusal is taken as final.
 _MAX_RENEWALS = 3
@@ -67,11 +58,16 @@ def _offline(env: Mapping[str, str]) -> bool:
 
 
 class HuggingFaceRegistry(AbstractRegistry):
-    """Lists through ``huggingface_hub.HfApi``; streams bodies with ``aiohttp``.
+    """Speaks the Hub's HTTP API (revision, tree listing, resolve) with :mod:`.wire`.
 
     ``endpoint`` and ``token`` default to what ``huggingface_hub`` would use
-    (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login), read when the registry
-    is created rather than when ``huggingface_hub`` was imported.
+    (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login, through its own
+    ``build_hf_headers``), read when the registry is created rather than when
+    ``huggingface_hub`` was imported. Its ``HfApi`` (and aiohttp) are not
+    used: loading them took about 0.2 CPU-seconds, more than a tenth of what
+    a 1 GiB import costs (``benchmarks/README.md``); the three calls an
+    import makes are made here, and their errors said as ``huggingface_hub``
+    would raise them.
     """
 
     def __init__(
@@ -100,21 +96,17 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.timeouts = timeouts or HttpTimeouts.from_env(os.environ)
         self.chunk_size = chunk_size
         self.parallel = parallel or ParallelPolicy()
-        # The connection budget bounds the downloads; a few more for listings running beside them.
-        self._max_connections = max(max_connections, self.parallel.connections + 4)
+        #: Kept for compatibility: the connections in use are bounded by ``parallel`` (downloads) and the
+        #: calls an import makes one at a time (listings).
+        self.max_connections = max_connections
         #: The connections this registry's downloads share; made anew by aclose (its semaphores belong to a loop).
-        self.budget = ConnectionBudget(self.parallel)
-        self._session: aiohttp.ClientSession | None = None
+        self.budget = self._new_budget()
+        self._wire: WireClient | None = None
         #: List with ``expand=true``, which adds the Hub's own per-file scan (and costs a slower listing).
         self.hub_scan = hub_scan
 
-    def _api(self) -> HfApi:
-        return HfApi(
-            endpoint=self.endpoint,
-            token=self._token,
-            library_name="artifact-import",
-            library_version=__version__,
-        )
+    def _headers(self) -> dict[str, str]:
+        return build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
 
     async def resolve(self, model: ModelTarget) -> ResolvedArtifact:
         if _offline(os.environ):
@@ -122,12 +114,8 @@ class HuggingFaceRegistry(AbstractRegistry):
                 f"{model.uri}: offline mode is on (HF_HUB_OFFLINE is set) and importing from the Hub needs "
                 "the network: unset HF_HUB_OFFLINE to import"
             )
-        api = self._api()
         where = model.uri
-        info = await self._call(
-            where, model, lambda: api.repo_info(model.repo_id, revision=model.revision, repo_type=model.repo_type)
-        )
-        commit = info.sha
+        commit = await self._commit_of(where, model)
         if not commit:
             raise SourceError(f"{where}: the hub did not say which commit the revision points to")
         if not _COMMIT.fullmatch(commit):
@@ -146,22 +134,49 @@ class HuggingFaceRegistry(AbstractRegistry):
             repo_type=model.repo_type,
         )
 
+    async def _commit_of(self, where: str, model: ModelTarget) -> str | None:
+        """The commit ``model.revision`` points to (``HfApi.repo_info``'s call: ``/api/KIND/REPO/revision/REV``)."""
+        kind = REPO_TYPES[model.repo_type].rstrip("/") or "models"
+        url = f"{self.endpoint}/api/{kind}/{model.repo_id}/revision/{quote(model.revision, safe='')}"
+        body, _ = await self._api_get(where, url, model, listing=False)
+        try:
+            info = json.loads(body)
+        except ValueError:
+            raise SourceError(f"{where}: the hub's answer about the revision is not JSON") from None
+        sha = info.get("sha") if isinstance(info, dict) else None
+        if sha is not None and not isinstance(sha, str):
+            raise SourceError(f"{where}: the hub answered a commit id that is not one ({_clip(repr(sha))})")
+        return sha
+
     async def _list_tree(self, where: str, model: ModelTarget, commit: str) -> list[ArtifactFile]:
         """Every file of the repository at ``commit``, page by page (the Hub's ``Link: rel="next"``).
 
         Listed here rather than through ``HfApi.list_repo_tree``, which reads each page whole however large:
         a page above ``max_listing_bytes`` or a listing of more than ``max_files`` entries is refused, and
-        each page becomes ArtifactFiles before the next is read.
+        each page becomes ArtifactFiles before the next is read. A next page on another host than the hub's
+        is refused: the token goes with every page.
         """
         kind = REPO_TYPES[model.repo_type].rstrip("/") or "models"
-        url: str | None = f"{self.endpoint}/api/{kind}/{model.repo_id}/tree/{commit}"
-        params: dict[str, str] | None = {"recursive": "true", "expand": "true" if self.hub_scan else "false"}
-        headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
+        query = urlencode({"recursive": "true", "expand": "true" if self.hub_scan else "false"})
+        url: str | None = f"{self.endpoint}/api/{kind}/{model.repo_id}/tree/{commit}?{query}"
         selected: list[ArtifactFile] = []
+        scans: dict[str, Mapping[str, Any]] = {}  # the Hub's scans, one object per distinct one
         count = 0
         while url is not None:
-            page, url = await self._tree_page(where, url, params, headers)
-            params = None  # the next link carries the query
+            body, headers = await self._api_get(where, url, model, listing=True)
+            try:
+                page = json.loads(body)
+            except ValueError:
+                raise SourceError(f"{where}: the hub's file listing is not JSON") from None
+            if not isinstance(page, list):
+                raise SourceError(f"{where}: the hub's file listing is not a list of entries")
+            del body
+            url = _next_page(headers.get("Link"), url)
+            if url is not None and not same_origin(url, self.endpoint):
+                raise SourceError(
+                    f"{where}: the hub's listing continues on another host ({_clip(urlsplit(url).netloc)}); "
+                    "refusing to send the token there"
+                )
             for entry in page:
                 count += 1
                 if count > self.max_files:
@@ -170,46 +185,39 @@ class HuggingFaceRegistry(AbstractRegistry):
                         "max_files if the repository really is that large)"
                     )
                 if isinstance(entry, dict) and entry.get("type") == "file" and model.selects(str(entry["path"])):
-                    selected.append(_artifact_file(entry))
+                    selected.append(_artifact_file(entry, scans))
         return selected
 
-    async def _tree_page(
-        self, where: str, url: str, params: dict[str, str] | None, headers: dict[str, str]
-    ) -> tuple[list[Any], str | None]:
-        """One page of the listing and the URL of the next, retrying what a retry can fix."""
+    async def _api_get(
+        self, where: str, url: str, model: ModelTarget, *, listing: bool
+    ) -> tuple[bytes, CIMultiDictProxy[str]]:
+        """The body (at most ``max_listing_bytes``) and headers of a GET of the hub's API, retrying what a
+        retry can fix, each attempt abandoned after the listing deadline (``HF_HUB_ETAG_TIMEOUT``)."""
         failures = 0
         while True:
             retry_after: float | None = None
             try:
                 async with asyncio.timeout(self.timeouts.listing):
-                    async with self._client().get(url, params=params, headers=headers) as resp:
+                    async with self._bodies().request("GET", url, self._headers()) as resp:
                         if resp.status == 200:
-                            body = await _read_capped(resp.content, self.max_listing_bytes, where)
-                            following = resp.links.get("next")
-                            next_url = str(following["url"]) if following is not None else None
-                            if next_url is not None and not same_origin(next_url, self.endpoint):
-                                # The next request carries the token: it goes to the hub the user named, or
-                                # nowhere (a hub must not make us fetch, with our token, any URL it likes).
-                                raise SourceError(
-                                    f"{where}: the hub's file listing links its next page to another origin than "
-                                    f"{self.endpoint}; refusing to follow it"
-                                )
-                            break
+                            return await resp.read(self.max_listing_bytes), resp.headers
                         if resp.status in RETRYABLE_STATUS:
                             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
                             reason = f"HTTP {resp.status}"
-                        elif resp.status in (401, 403, 404):
-                            raise RepoMissing(
-                                f"{where}: the hub refused its file listing (HTTP {resp.status}"
-                                f"{', ' + resp.headers['X-Error-Code'] if 'X-Error-Code' in resp.headers else ''}). "
-                                "Check the name, or set HF_TOKEN to a token that can read it."
-                            )
                         else:
-                            raise SourceError(f"{where}: the hub answered HTTP {resp.status} while listing files")
+                            raise self._refused(where, model, resp.status, resp.headers, listing=listing)
             except TimeoutError:
                 reason = f"no answer within {self.timeouts.listing:g}s"
-            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as exc:
-                reason = type(exc).__name__
+            except WireError as exc:
+                reason = exc.describe()
+            except TooLarge:
+                limit = human_bytes(self.max_listing_bytes)
+                raise SourceError(
+                    f"{where}: a page of the hub's file listing is larger than {limit}; refusing it "
+                    "(raise max_listing_bytes if the hub really sends pages that large)"
+                ) from None
+            except BadResponse as exc:
+                raise SourceError(f"{where}: the hub's answer could not be used: {exc}") from None
             failures += 1
             if failures >= self.retry.max_attempts:
                 raise SourceError(
@@ -217,84 +225,66 @@ class HuggingFaceRegistry(AbstractRegistry):
                     "Check HF_ENDPOINT and the network, then try again."
                 )
             await asyncio.sleep(self.retry.delay(failures, retry_after))
-        try:
-            page = json.loads(body)
-        except ValueError:
-            raise SourceError(f"{where}: the hub's file listing is not JSON") from None
-        if not isinstance(page, list):
-            raise SourceError(f"{where}: the hub's file listing is not a list of entries")
-        return page, next_url
 
-    async def _call(self, where: str, model: ModelTarget, fn: Callable[[], T]) -> T:
-        """Run a synchronous ``HfApi`` call in a thread, retrying transient failures."""
-        failures = 0
-        while True:
-            try:
-                return await asyncio.wait_for(_in_own_thread(fn), self.timeouts.listing)
-            except ArtifactImportError:
-                raise  # said by fn itself
-            except TimeoutError:
-                reason = f"no answer within {self.timeouts.listing:g}s"
-            except GatedRepoError:
-                raise AccessDeniedError(
-                    f"{where}: the repository is gated. Accept its conditions on the hub with your account, "
-                    "then set HF_TOKEN to a token of that account."
-                ) from None
-            except RepositoryNotFoundError:
-                raise RepoMissing(
-                    f"{where}: repository not found on {self.endpoint}, or it is private and no token "
-                    "with access was given. Check the name, or set HF_TOKEN."
-                ) from None
-            except RevisionNotFoundError:
-                raise RevisionMissing(
-                    f"{where}: revision {model.revision!r} not found. Use an existing branch, tag or commit id."
-                ) from None
-            except HfHubHTTPError as exc:
-                status = exc.response.status_code if exc.response is not None else None
-                if status in (401, 403):
-                    raise AccessDeniedError(
-                        f"{where}: access denied (HTTP {status}). Set HF_TOKEN to a token that can read it."
-                    ) from None
-                if status not in RETRYABLE_STATUS:
-                    raise SourceError(f"{where}: the hub answered HTTP {status} while listing files") from None
-                reason = f"HTTP {status}"
-            except (OSError, ConnectionError) as exc:
-                reason = type(exc).__name__
-            except Exception as exc:
-                # httpx transport errors are not OSErrors; their text may quote URLs, so
-                # only the class name is reported.
-                name = type(exc).__name__
-                if "Timeout" not in name and "Connect" not in name and "Network" not in name:
-                    raise SourceError(f"{where}: listing files from {self.endpoint} failed ({name})") from None
-                reason = name
-            failures += 1
-            if failures >= self.retry.max_attempts:
-                raise SourceError(
-                    f"{where}: cannot list files from {self.endpoint} ({reason}, {failures} attempts). "
-                    "Check HF_ENDPOINT and the network, then try again."
-                ) from None
-            await asyncio.sleep(self.retry.delay(failures, None))
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=self.timeouts.client_timeout(),
-                connector=aiohttp.TCPConnector(limit=self._max_connections),
-                auto_decompress=False,
-                read_bufsize=self.chunk_size,
+    def _refused(
+        self, where: str, model: ModelTarget, status: int, headers: CIMultiDictProxy[str], *, listing: bool
+    ) -> SourceError:
+        """What an error answer means, as ``huggingface_hub`` reads it (``X-Error-Code``, then the status)."""
+        code = headers.get("X-Error-Code", "")
+        if listing:
+            if status in (401, 403, 404):
+                return RepoMissing(
+                    f"{where}: the hub refused its file listing (HTTP {status}{', ' + code if code else ''}). "
+                    "Check the name, or set HF_TOKEN to a token that can read it."
+                )
+            return SourceError(f"{where}: the hub answered HTTP {status} while listing files")
+        if code == "GatedRepo":
+            return AccessDeniedError(
+                f"{where}: the repository is gated. Accept its conditions on the hub with your account, "
+                "then set HF_TOKEN to a token of that account."
             )
-        return self._session
+        if code == "RevisionNotFound":
+            return RevisionMissing(
+                f"{where}: revision {model.revision!r} not found. Use an existing branch, tag or commit id."
+            )
+        invalid_token = headers.get("X-Error-Message", "") == "Invalid credentials in Authorization header"
+        if code == "RepoNotFound" or (status == 401 and not invalid_token):
+            return RepoMissing(
+                f"{where}: repository not found on {self.endpoint}, or it is private and no token "
+                "with access was given. Check the name, or set HF_TOKEN."
+            )
+        if status in (401, 403):
+            return AccessDeniedError(
+                f"{where}: access denied (HTTP {status}). Set HF_TOKEN to a token that can read it."
+            )
+        return SourceError(f"{where}: the hub answered HTTP {status} while listing files")
+
+    def _bodies(self) -> WireClient:
+        """The client every request goes through (see :mod:`.wire` for why not aiohttp)."""
+        if self._wire is None or self._wire.closed:
+            self._wire = self.timeouts.wire_client(self.chunk_size)
+            self._wire.meter = self._meter
+        return self._wire
+
+    def _new_budget(self) -> ConnectionBudget:
+        budget = ConnectionBudget(self.parallel)
+        budget.metered = True  # every read is counted as it arrives (_meter)
+        return budget
+
+    def _meter(self, nbytes: int) -> None:
+        self.budget.connections.received(nbytes)
 
     def file_url(self, artifact: ResolvedArtifact, file: ArtifactFile) -> str:
         prefix = REPO_TYPES[artifact.repo_type]
         return f"{self.endpoint}/{prefix}{artifact.repo_id}/resolve/{artifact.commit}/{quote(file.path)}"
 
     def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
-        headers = build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
+        headers = self._headers()
         # Bytes as stored: a Content-Encoding would break sizes, digests and Range offsets.
         headers["Accept-Encoding"] = "identity"
         url = self.file_url(artifact, file)
         same_version = SameVersion(file.path)
+        budget = self.budget
         redirect: asyncio.Future[tuple[str, dict[str, str]]] | None = None
 
         async def target() -> tuple[str, dict[str, str]]:
@@ -317,7 +307,7 @@ class HuggingFaceRegistry(AbstractRegistry):
                 resolved = await target() if end is not None else None
                 where, where_headers = resolved or (url, headers)
                 chunks = stream_url(
-                    self._client(),
+                    self._bodies(),
                     where,
                     name=file.path,
                     source=f"{artifact.source}@{artifact.revision}",
@@ -327,13 +317,13 @@ class HuggingFaceRegistry(AbstractRegistry):
                     ),
                     headers=where_headers,
                     expected_size=file.size,
-                    chunk_size=self.chunk_size,
                     retry=self.retry,
                     timeouts=self.timeouts,
                     offset=start + received,
                     end=end,
                     same_version=same_version,
                     commit=artifact.commit,
+                    trouble=budget.connections.trouble,
                 )
                 try:
                     async with closing(chunks):
@@ -352,17 +342,16 @@ class HuggingFaceRegistry(AbstractRegistry):
 
         if file.size is None:
             return open_range(offset, None)
-        return fetch(open_range, file.size, offset, self.budget, name=file.path)
+        return fetch(open_range, file.size, offset, budget, name=file.path)
 
     async def _follow_redirect(self, url: str, headers: dict[str, str], name: str) -> tuple[str, dict[str, str]]:
         """Where ``url`` redirects to, and the headers to send there: the token only to the hub's own origin
         (scheme, host and port: an https hub's token never goes over plain http, even to the same host)."""
         try:
             async with asyncio.timeout(self.timeouts.answer):
-                resp = await self._client().head(url, headers=headers, allow_redirects=False)
-            async with resp:
-                location = resp.headers.get("Location") if resp.status in (301, 302, 303, 307, 308) else None
-        except (TimeoutError, aiohttp.ClientError):
+                async with self._bodies().request("HEAD", url, headers, redirects=False) as resp:
+                    location = resp.headers.get("Location") if resp.status in (301, 302, 303, 307, 308) else None
+        except (TimeoutError, WireError, BadResponse):
             return url, headers  # the ranges find out themselves, with their retries
         if not location:
             return url, headers
@@ -376,38 +365,10 @@ class HuggingFaceRegistry(AbstractRegistry):
         return final, headers
 
     async def aclose(self) -> None:
-        self.budget = ConnectionBudget(self.parallel)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-
-def _in_own_thread(fn: Callable[[], T]) -> asyncio.Future[T]:
-    """``fn`` in a daemon thread of its own: a call that never returns (a hub that accepts the connection and
-    never answers) is abandoned at its deadline, and holds neither the loop's executor nor the exit."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[T] = loop.create_future()
-
-    def settle(result: T | None, error: BaseException | None) -> None:
-        if future.done():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)  # type: ignore[arg-type]
-
-    def run() -> None:
-        try:
-            result = fn()
-        except BaseException as exc:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(settle, None, exc)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits any more
-            loop.call_soon_threadsafe(settle, result, None)
-
-    threading.Thread(target=run, name="hub-listing", daemon=True).start()
-    return future
+        self.budget = self._new_budget()
+        if self._wire is not None:
+            await self._wire.close()
+            self._wire = None
 
 
 def _check_endpoint(endpoint: str) -> str:
@@ -420,14 +381,18 @@ def _check_endpoint(endpoint: str) -> str:
     return endpoint.rstrip("/")
 
 
-def _artifact_file(entry: dict[str, Any]) -> ArtifactFile:
+def _artifact_file(entry: dict[str, Any], scans: dict[str, Mapping[str, Any]] | None = None) -> ArtifactFile:
     """A file entry of the Hub's tree listing (``type``, ``path``, ``size``, ``oid``, ``lfs``, and with
-    ``expand=true`` the Hub's own scan, ``securityFileStatus``)."""
+    ``expand=true`` the Hub's own scan, ``securityFileStatus``). ``scans``: the scans seen so far, so that
+    files scanned alike share one (a listing of 200,000 files says "safe" 200,000 times)."""
     path = str(entry["path"])
     security = entry.get("securityFileStatus")
-    scan = (
+    scan: Mapping[str, Any] | None = (
         {k: security.get(k) for k in ("status", "avScan", "pickleImportScan")} if isinstance(security, dict) else None
     )
+    if scan is not None and scans is not None:
+        key = json.dumps(scan, sort_keys=True, default=str)
+        scan = scans.setdefault(key, scan) if len(scans) < 4096 else scans.get(key, scan)
     lfs = entry.get("lfs")
     if isinstance(lfs, dict):
         sha256 = str(lfs["oid"])
@@ -438,16 +403,22 @@ def _artifact_file(entry: dict[str, Any]) -> ArtifactFile:
     )
 
 
-async def _read_capped(content: aiohttp.StreamReader, limit: int, where: str) -> bytes:
-    """The whole body, refused once it passes ``limit`` bytes (a hostile hub's endless page)."""
-    parts: list[bytes] = []
-    held = 0
-    async for piece, _ in content.iter_chunks():
-        held += len(piece)
-        if held > limit:
-            raise SourceError(
-                f"{where}: a page of the hub's file listing is larger than {human_bytes(limit)}; refusing it "
-                "(raise max_listing_bytes if the hub really sends pages that large)"
-            )
-        parts.append(piece)
-    return b"".join(parts)
+_LINK = re.compile(r"<([^>]*)>([^<]*)")
+_REL_NEXT = re.compile(r'(?i);\s*rel\s*=\s*"?(?:[^";,]*\s)?next(?:\s[^";,]*)?"?\s*(?:[;,]|$)')
+
+
+def _next_page(link: str | None, base: str) -> str | None:
+    """The ``rel="next"`` target of a ``Link`` header (the Hub pages its tree listing with one)."""
+    for m in _LINK.finditer(link or ""):
+        if _REL_NEXT.search(m[2]):
+            return urljoin(base, str(m[1]).strip())
+    return None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = None
+    return parts.scheme.lower(), (parts.hostname or "").lower(), port

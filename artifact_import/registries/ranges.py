@@ -16,12 +16,22 @@ deadlock.
 A server that answers a range with the whole file (it ignores ``Range``)
 ends the parallel attempt: the file goes on over one connection from the
 first byte not yet handed on.
+
+How many connections are used at once adapts (:class:`AdaptiveLimit`):
+``connections`` is the ceiling, not the number. A CDN that caps each
+connection rewards every connection added; a LAN, a busy CPU or a full disk
+does not, and there each connection only costs. So an import starts with a
+few, doubles them while the throughput grows about as much as they do,
+steps back when it stops growing, and halves them when the source answers
+429/5xx or connections fail (as hf_xet's adaptive concurrency does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import attrs
@@ -46,7 +56,9 @@ class ParallelPolicy:
     """How many connections an import uses and how a file is cut.
 
     ``connections`` is shared by every file of an import (a file smaller than
-    ``min_size`` uses one). Chosen by measurement, see ``benchmarks/README.md``.
+    ``min_size`` uses one), and is the most the import uses: it starts with
+    ``initial_connections`` and adapts (see the module's docstring). Chosen by
+    measurement, see ``benchmarks/README.md``.
     """
 
     connections: int = 16
@@ -54,6 +66,10 @@ class ParallelPolicy:
     min_size: int = 32 * MiB
     #: At most this many of a file's ranges at once (a file alone still leaves connections to the others).
     per_file: int = 16
+    #: Connections at the start; at most ``connections``. Equal to it: no adapting.
+    initial_connections: int = 4
+    #: Seconds of transfer each decision to add or keep connections is measured over.
+    adapt_window: float = 0.2
 
     @property
     def tickets(self) -> int:
@@ -65,6 +81,165 @@ class ParallelPolicy:
             raise ValueError("connections must be at least 1")
         if self.range_size < 64 * 1024:
             raise ValueError("range_size must be at least 64 KiB")
+        if self.initial_connections < 1 or self.adapt_window <= 0:
+            raise ValueError("initial_connections must be at least 1 and adapt_window positive")
+
+
+#: Doubling the connections must bring at least this share of the doubled throughput (+40%) to be kept.
+_WORTH = 0.4
+#: The connections in use (averaged over a window) against the limit, for the limit to be what held it back.
+_BUSY = 0.75
+#: After connections stopped paying, or errors cut them: seconds before trying more again.
+_HOLD_NO_GAIN = 2.0
+_HOLD_TROUBLE = 5.0
+
+
+class AdaptiveLimit:
+    """How many connections the files of an import use at once, between 1 and ``ceiling``.
+
+    A semaphore whose size changes: :meth:`acquire` / :meth:`release` around
+    each transfer, :meth:`received` for every chunk that arrives,
+    :meth:`trouble` for every failure the source may be causing (429, 5xx,
+    a dropped or stalled connection). Decisions are taken on windows of
+    ``window`` seconds of transfer, only when the limit is what held the
+    import back (connections busy and more wanted): doubling while each
+    doubling brings at least 40% more throughput (slow start), then, after a
+    pause, a quarter more at a time; a step that brings too little is taken
+    back. Trouble halves the limit and pauses growth for a while.
+    """
+
+    def __init__(self, ceiling: int, *, start: int, window: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ceiling = ceiling
+        self.limit = max(1, min(start, ceiling))
+        self.window = window
+        self._clock = clock
+        self.in_use = 0
+        #: The most connections ever in use at once.
+        self.peak = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._slow_start = True
+        self._probe: tuple[int, float] | None = None  # (limit before the step, its throughput)
+        self._hold_until = 0.0
+        # Not judged: the first window (it ends with the first byte: the wait for the listing, not the source)
+        # and the one after it (connections opening, the pipeline's threads and buffers starting).
+        self._unjudged = 2
+        self._window_start = self._busy_since = self._busy = 0.0
+        self._bytes = self._wanted = 0
+        self._start_window(clock())
+        #: (seconds since the first transfer, new limit, why) of every change, for logs and tests.
+        self.changes: list[tuple[float, int, str]] = []
+        self._born = clock()
+
+    # --- the semaphore ------------------------------------------------------------------------------------
+
+    async def acquire(self) -> None:
+        if self.in_use < self.limit and not self._waiters:
+            self._take()
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        self._wanted = max(self._wanted, self.in_use + len(self._waiters))
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # granted and cancelled at once: give it back
+            elif waiter in self._waiters:
+                self._waiters.remove(waiter)
+            raise
+
+    def _take(self) -> None:
+        self._account()
+        self.in_use += 1
+        self.peak = max(self.peak, self.in_use)
+        self._wanted = max(self._wanted, self.in_use + len(self._waiters))
+
+    def release(self) -> None:
+        self._account()
+        self.in_use -= 1
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters and self.in_use < self.limit:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                self._take()
+                waiter.set_result(None)
+
+    async def __aenter__(self) -> None:
+        await self.acquire()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.release()
+
+    # --- measuring and deciding ---------------------------------------------------------------------------
+
+    def _account(self) -> None:
+        now = self._clock()
+        self._busy += self.in_use * (now - self._busy_since)
+        self._busy_since = now
+
+    def _start_window(self, now: float) -> None:
+        self._window_start = now
+        self._busy_since = now
+        self._busy = 0.0
+        self._bytes = 0
+        self._wanted = self.in_use + len(self._waiters)
+
+    def received(self, nbytes: int) -> None:
+        """``nbytes`` arrived from the source."""
+        self._bytes += nbytes
+        now = self._clock()
+        if now - self._window_start >= self.window:
+            self._decide(now)
+
+    def trouble(self) -> None:
+        """The source failed a request in a way more connections could be causing: fewer of them."""
+        now = self._clock()
+        if self.changes and self.changes[-1][2] == "trouble" and now - self._born - self.changes[-1][0] < self.window:
+            return  # one cut per burst of failures
+        self._probe = None
+        self._slow_start = False
+        self._hold_until = now + _HOLD_TROUBLE
+        self._set(max(1, self.limit // 2), now, "trouble")
+
+    def _decide(self, now: float) -> None:
+        self._account()
+        elapsed = now - self._window_start
+        rate = self._bytes / elapsed
+        busy = self._busy / (self.limit * elapsed) >= _BUSY
+        wanted_more = self._wanted > self.limit
+        if self._unjudged:
+            self._unjudged -= 1
+        elif self._probe is not None:
+            before, before_rate = self._probe
+            self._probe = None
+            gained = rate >= before_rate * (1 + _WORTH * (self.limit / before - 1))
+            if not gained:
+                self._slow_start = False
+                self._hold_until = now + _HOLD_NO_GAIN
+                self._set(before, now, "no gain")
+            elif self._slow_start and busy and wanted_more:
+                self._grow(rate, now)
+        elif busy and wanted_more and now >= self._hold_until:
+            self._grow(rate, now)
+        self._start_window(now)
+
+    def _grow(self, rate: float, now: float) -> None:
+        if self.limit >= self.ceiling:
+            self._slow_start = False
+            return
+        step = self.limit if self._slow_start else max(1, self.limit // 4)
+        self._probe = (self.limit, rate)
+        self._set(min(self.ceiling, self.limit + step), now, "grow")
+
+    def _set(self, limit: int, now: float, why: str) -> None:
+        if limit != self.limit:
+            self.limit = limit
+            self.changes.append((round(now - self._born, 3), limit, why))
+            log.debug("connections: %d (%s)", limit, why)
+            self._wake()
+        self._start_window(now)
 
 
 class ConnectionBudget:
@@ -72,7 +247,12 @@ class ConnectionBudget:
 
     def __init__(self, policy: ParallelPolicy) -> None:
         self.policy = policy
-        self.connections = asyncio.Semaphore(policy.connections)
+        #: The source reports every byte as it arrives (``connections.received``) itself; otherwise the
+        #: ranges count each chunk they hand on.
+        self.metered = False
+        self.connections = AdaptiveLimit(
+            policy.connections, start=policy.initial_connections, window=policy.adapt_window
+        )
         # A few more tickets than connections: ranges that arrived early wait their turn without idling
         # every connection that could fetch the next ones.
         self.tickets = asyncio.Semaphore(policy.tickets)
@@ -107,6 +287,8 @@ async def fetch(
     if size - offset < policy.min_size or policy.connections == 1:
         async with budget.connections:
             async for chunk in _all_of(open_range(offset, None)):
+                if not budget.metered:
+                    budget.connections.received(len(chunk))
                 yield chunk
         return
     delivered = offset
@@ -118,6 +300,8 @@ async def fetch(
         log.info("%s: the source ignores Range; going on over one connection from byte %d", name, delivered)
         async with budget.connections:
             async for chunk in _all_of(open_range(delivered, None)):
+                if not budget.metered:
+                    budget.connections.received(len(chunk))
                 yield chunk
 
 
@@ -153,6 +337,8 @@ async def _in_order(open_range: OpenRange, size: int, offset: int, budget: Conne
                 chunks = open_range(start, end)
                 async with budget.connections, closing(chunks):
                     async for chunk in chunks:
+                        if not budget.metered:
+                            budget.connections.received(len(chunk))
                         queue.put_nowait(chunk)
             except Exception as exc:  # handed to the consumer, in order
                 queue.put_nowait(exc)

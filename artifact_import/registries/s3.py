@@ -92,15 +92,17 @@ class S3Registry(AbstractRegistry):
     def open(self, artifact: ResolvedArtifact, file: ArtifactFile, offset: int = 0) -> AsyncIterator[bytes]:
         storage = self._bucket(ModelTarget(artifact.repo_id, scheme="s3"))
 
+        budget = self.budget
+
         def open_range(start: int, end: int | None) -> AsyncIterator[bytes]:
-            return self._range(storage, file, start, end)
+            return self._range(storage, file, start, end, budget)
 
         if file.size is None:
-            return self._range(storage, file, offset, None)
-        return fetch(open_range, file.size, offset, self.budget, name=file.path)
+            return self._range(storage, file, offset, None, budget)
+        return fetch(open_range, file.size, offset, budget, name=file.path)
 
     async def _range(
-        self, storage: ObjectStorage, file: ArtifactFile, start: int, end: int | None
+        self, storage: ObjectStorage, file: ArtifactFile, start: int, end: int | None, budget: ConnectionBudget
     ) -> AsyncIterator[bytes]:
         """Bytes ``[start, end)`` of the object (to its end if ``end`` is None), retried and resumed; every
         GET carries the listed ETag (``If-Match``), so all ranges come from one version."""
@@ -129,6 +131,7 @@ class S3Registry(AbstractRegistry):
                     raise
                 reason = exc.message
             failures += 1
+            budget.connections.trouble()
             if failures >= self.retry.max_attempts:
                 raise DownloadError(
                     f"{file.path}: download failed after {failures} attempts ({reason})", path=file.path

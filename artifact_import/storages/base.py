@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,7 +12,12 @@ from typing import TYPE_CHECKING
 import attrs
 
 from .._aio import run_to_completion
-from ..errors import ReadOnlyStorageError, StorageError, StorageNotFoundError
+from ..errors import ArtifactImportError, ReadOnlyStorageError, StorageError, StorageNotFoundError
+
+log = logging.getLogger(__name__)
+
+#: Commits made at once by default: on object storage each is a request (a completion, a copy), worth overlapping.
+COMMIT_CONCURRENCY = 8
 
 if TYPE_CHECKING:
     from ..model import ArtifactFile, FileResult, ResolvedArtifact
@@ -35,6 +41,9 @@ class PendingWrite(abc.ABC):
     ``commit`` or twice is a no-op, so cleanup paths can call it freely.
     """
 
+    # Slots, so that a storage's own writes can do without a __dict__ (a commit of 200,000 files holds as many).
+    __slots__ = ("_local_path", "bytes_written", "journal", "path", "sha256", "stamp")
+
     def __init__(self, path: str) -> None:
         self.path = path
         self.bytes_written = 0
@@ -42,12 +51,20 @@ class PendingWrite(abc.ABC):
         self.stamp: str | None = None
         #: Where the bytes wait, as a path in the storage, when commit is a move (see :mod:`..journal.intent`).
         self.journal: str | None = None
-        #: The file holding the bytes, where the storage keeps them on a local filesystem: for checks that
-        #: read whole files (a storage proxy's verifier plugins) before anything becomes visible.
-        self.local_path: Path | None = None
+        self._local_path: Path | None = None
         #: The sha256 the verifiers found the bytes to have, told by the journal before :meth:`commit`
         #: (storages that name what they store by its content use it: the Hugging Face cache).
         self.sha256: str | None = None
+
+    @property
+    def local_path(self) -> Path | None:
+        """The file holding the bytes, where the storage keeps them on a local filesystem: for checks that
+        read whole files (a storage proxy's verifier plugins) before anything becomes visible."""
+        return self._local_path
+
+    @local_path.setter
+    def local_path(self, value: Path | None) -> None:
+        self._local_path = value
 
     @abc.abstractmethod
     async def write(self, chunk: bytes) -> None: ...
@@ -138,6 +155,13 @@ class AbstractStorage(abc.ABC):
         killed import had started."""
         raise StorageError(f"{self.describe()}: cannot move files")
 
+    async def move_many(self, moves: Sequence[tuple[str, str]]) -> int:
+        """:meth:`move` each ``(src, dst)`` in order; how many were moved (the others were moved already)."""
+        moved = 0
+        for src, dst in moves:
+            moved += await self.move(src, dst)
+        return moved
+
     async def remove_leftovers(self) -> list[str]:
         """Remove what imports that died before cleaning up left (part files); the paths removed."""
         return []
@@ -200,6 +224,36 @@ class AbstractStorage(abc.ABC):
     @abc.abstractmethod
     async def get_file_info(self, filepath: str) -> FileInfo:
         """Size of ``filepath``; raises :class:`StorageFileNotFoundError` if absent."""
+
+    async def commit_writes(self, writes: Sequence[PendingWrite]) -> None:
+        """Commit every write, several at a time; the first failure is raised once none is still running.
+
+        Storages that commit many files cheaper together (a directory: renames folder by folder) override it.
+        """
+        import asyncio
+
+        limit = asyncio.Semaphore(COMMIT_CONCURRENCY)
+
+        async def one(write: PendingWrite) -> None:
+            async with limit:
+                await write.commit()
+
+        outcomes = await asyncio.gather(*(one(w) for w in writes), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+
+    async def park_writes(self, parks: Sequence[tuple[PendingWrite, str]]) -> list[bool]:
+        """:meth:`PendingWrite.park` each ``(write, path)``; whether each was parked. A write that fails to
+        park is not parked (the caller aborts it)."""
+        parked: list[bool] = []
+        for write, path in parks:
+            try:
+                parked.append(await write.park(path))
+            except ArtifactImportError:
+                log.warning("%s: could not be parked", write.path, exc_info=True)
+                parked.append(False)
+        return parked
 
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see

@@ -10,14 +10,14 @@ import fcntl
 import logging
 import os
 import shutil
+import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 
 import aiofiles
 import aiofiles.os
-from aiofiles.threadpool.binary import AsyncBufferedIOBase
 
 from .._aio import run_to_completion
 from ..errors import (
@@ -33,6 +33,7 @@ from ..streams import DEFAULT_CHUNK_SIZE, one_chunk
 from ..units import human_bytes
 from . import hflocal
 from .base import AbstractStorage, FileInfo, PendingWrite
+from .sink import DIRECT_MIN, FileSink
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,9 @@ class VFSStorage(AbstractStorage):
         self.hf_metadata = hf_metadata
         self._folders = _FolderLedger(self.root)
         self.journals_writes = True
+        #: Each folder's real path, checked inside ``root`` once (see :meth:`_resolve_fast`).
+        self._real_folders: dict[str, Path] = {}
+        self._dir_strings: dict[Path, str] = {}
 
     def describe(self) -> str:
         return f"{self.name} ({self.root})"
@@ -123,6 +127,36 @@ class VFSStorage(AbstractStorage):
     async def _resolve(self, filepath: str) -> Path:
         # realpath walks the tree with one syscall per segment: off the loop.
         return await asyncio.to_thread(self.resolve_path, filepath, internal=True)
+
+    async def _resolve_fast(self, filepath: str) -> Path:
+        """Where the write path puts ``filepath``: its folder resolved as :meth:`resolve_path` does, once per
+        folder (a thread hop and a walk per file was most of the cost of a repository of many small files).
+
+        The file's own name is not followed (a link there is replaced by the rename, never written through),
+        and every folder is opened again without following links when the file is (see :func:`_open_folder`):
+        a folder swapped for a link after it was resolved is refused then, not followed.
+        """
+        problem = path_problem(filepath)
+        if problem is not None and not problem.startswith("inside the reserved"):
+            raise UnsafePathError([(filepath, problem)])
+        folder, _, name = filepath.rpartition("/")
+        real = self._real_folders.get(folder)
+        if real is None:
+            real = await asyncio.to_thread(self._resolve_folder, folder)
+            if len(self._real_folders) >= _FOLDER_CACHE:
+                self._real_folders.clear()
+            self._real_folders[folder] = real
+        return real / name
+
+    def _resolve_folder(self, folder: str) -> Path:
+        root = os.path.realpath(self.root)
+        try:
+            target = os.path.realpath(os.path.join(root, folder)) if folder else root
+        except OSError:
+            raise UnsafePathError([(folder, "changed while it was checked (a folder replaced by a link?)")]) from None
+        if os.path.commonpath([root, target]) != root:
+            raise UnsafePathError([(folder, "resolves outside the storage root")])
+        return Path(target)
 
     def subpath(self, path: str) -> VFSStorage:
         problem = path_problem(path.strip("/"))
@@ -181,11 +215,21 @@ class VFSStorage(AbstractStorage):
         first one, and are renamed into place at commit: whatever ends this process (SIGKILL included), the
         next import finds them there and goes on. The library's own files use a hidden temp file beside."""
         self.check_writable()
-        target = await self._resolve(filepath)
-        journal = None if is_reserved(filepath) else await self._resolve(incomplete_path(filepath))
+        target = await self._resolve_fast(filepath)
+        journal = None if is_reserved(filepath) else await self._resolve_fast(incomplete_path(filepath))
         where = journal if journal is not None else target
-        folders = (where.parent, *where.parent.parents)
-        opening = asyncio.ensure_future(self._open_temp(target, folders, journal))
+        folders = self._folders.chain(where.parent)
+        if size_hint is not None and size_hint <= SMALL_MAX:
+            # Opened, written and closed in one hop at flush: a small file's bytes wait in memory till then.
+            await self._folders.hold(folders)
+            temp = journal if journal is not None else target.parent / _temp_name(target.name, _name_max(target.parent))
+            pending = _VFSPendingWrite(self, filepath, target, temp, None, folders)
+            pending.replaces = journal is not None
+            if journal is None:
+                pending.journal = self._relative(temp)  # a file's own is derived from its path (prepare_commit)
+            return pending
+        direct = size_hint is not None and size_hint >= DIRECT_MIN
+        opening = asyncio.ensure_future(self._open_temp(target, folders, journal, direct))
         try:
             temp, handle = await asyncio.shield(opening)
         except asyncio.CancelledError:
@@ -197,12 +241,24 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(folders, remove_empty=True)
             raise StorageError(f"{filepath}: cannot write in {self.describe()}: {exc.strerror}") from exc
         pending = _VFSPendingWrite(self, filepath, target, temp, handle, folders)
-        pending.journal = incomplete_path(filepath) if journal is not None else None
+        # The library's own files (the manifest) wait under their temp name: a commit cut short moves it too.
+        if journal is None:
+            pending.journal = self._relative(temp)
         return pending
 
-    async def _undo_open(
-        self, opening: asyncio.Future[tuple[Path, AsyncBufferedIOBase]], folders: tuple[Path, ...]
-    ) -> None:
+    def _relative(self, path: Path) -> str:
+        return path.relative_to(os.path.realpath(self.root)).as_posix()
+
+    def _dir_string(self, folder: Path) -> str:
+        """``str(folder)``, one string for every file of the folder."""
+        text = self._dir_strings.get(folder)
+        if text is None:
+            if len(self._dir_strings) >= _FOLDER_CACHE:
+                self._dir_strings.clear()
+            text = self._dir_strings[folder] = str(folder)
+        return text
+
+    async def _undo_open(self, opening: asyncio.Future[tuple[Path, FileSink]], folders: tuple[Path, ...]) -> None:
         with contextlib.suppress(Exception):
             temp, handle = await opening
             await handle.close()
@@ -210,17 +266,137 @@ class VFSStorage(AbstractStorage):
         await self._folders.release(folders, remove_empty=True)
 
     async def _open_temp(
-        self, target: Path, folders: tuple[Path, ...], temp: Path | None
-    ) -> tuple[Path, AsyncBufferedIOBase]:
+        self, target: Path, folders: tuple[Path, ...], temp: Path | None, direct: bool
+    ) -> tuple[Path, FileSink]:
         await self._folders.hold(folders)
         if temp is not None:
             # One import per destination at a time (its lock), so this name is this write's own; what an
             # earlier import left there and this one did not adopt is replaced.
             fd = await asyncio.to_thread(_open_file_within, self.root, temp, "replace")
-            return temp, await aiofiles.open(fd, "wb")
+            return temp, FileSink(fd, direct=direct)
         temp = target.parent / _temp_name(target.name, _name_max(target.parent))
         fd = await asyncio.to_thread(_open_file_within, self.root, temp, "new")
-        return temp, await aiofiles.open(fd, "wb")
+        return temp, FileSink(fd, direct=direct)
+
+    async def commit_writes(self, writes: Sequence[PendingWrite]) -> None:
+        """Make ``writes`` visible: renamed into place folder by folder, up to :data:`_BATCH` renames in one
+        thread hop (a hop per file, and each file's folders opened again from the root, was most of a commit of
+        many files); the small files made durable first, by one ``syncfs`` when there are many. Every write is
+        tried; the first failure is raised once all are done, the failed ones aborted."""
+        ours: list[_VFSPendingWrite | _VFSParkedWrite] = []
+        for write in writes:
+            if isinstance(write, _VFSPendingWrite | _VFSParkedWrite) and write._storage is self:
+                if write._done:
+                    raise StorageError(f"{write.path}: pending write already ended")
+                ours.append(write)
+            else:
+                await write.commit()
+        for write in ours:
+            if isinstance(write, _VFSPendingWrite):
+                await write.flush()
+        failures = await self._move_all(ours)
+        first: BaseException | None = None
+        for write in ours:
+            problem = failures.get(id(write))
+            if problem is None:
+                write._done = True
+                if isinstance(write, _VFSPendingWrite):
+                    # The journal folders this write made (empty now) go; the target's stay, holding the file.
+                    folders = write._folders
+                    await self._folders.release(folders, remove_empty=str(folders[0]) != write._target_dir)
+                continue
+            if isinstance(write, _VFSPendingWrite):
+                await write.abort()
+            first = first or problem
+        if first is not None:
+            raise first
+
+    async def park_writes(self, parks: Sequence[tuple[PendingWrite, str]]) -> list[bool]:
+        """Park many writes at once (see :meth:`commit_writes`): what an interrupted import of many files
+        keeps is renamed folder by folder, so that stopping takes seconds whatever the count."""
+        done: dict[int, bool] = {}
+        moves: list[tuple[_VFSPendingWrite, str]] = []
+        for write, path in parks:
+            if isinstance(write, _VFSParkedWrite):
+                done[id(write)] = not write._done  # still parked where it was
+            elif not isinstance(write, _VFSPendingWrite) or write._storage is not self:
+                done[id(write)] = await write.park(path)
+            elif write._done:
+                done[id(write)] = False
+            else:
+                try:
+                    await write.flush()
+                    moves.append((write, str(await self._resolve_fast(path))))
+                except (OSError, StorageError):
+                    log.warning("%s: could not be kept for a later import; removed", write.path, exc_info=True)
+                    done[id(write)] = False
+        targets = {id(write): parked for write, parked in moves}
+        failures = await self._move_all([write for write, _ in moves], targets)
+        for write, _ in moves:
+            problem = failures.get(id(write))
+            if problem is not None:
+                log.warning("%s: could not be kept for a later import (%s); removed", write.path, problem)
+                done[id(write)] = False
+                continue
+            write._done = True
+            done[id(write)] = True
+            await self._folders.release(write._folders, remove_empty=True)
+        return [done[id(write)] for write, _ in parks]
+
+    async def _move_all(
+        self, writes: Sequence[_VFSPendingWrite | _VFSParkedWrite], targets: Mapping[int, str] | None = None
+    ) -> dict[int, BaseException]:
+        """Rename each write's bytes to its target (or to ``targets[id(write)]``, an absolute path), folder by
+        folder; the failures by ``id(write)``. Writes whose bytes are not yet durable are made so first. The
+        names of a batch are made for that batch only: a commit of 200,000 files holds no list of them all."""
+        unsynced = [w for w in writes if isinstance(w, _VFSPendingWrite) and w.needs_sync]
+        if len(unsynced) >= _SYNCFS_MIN:
+            await run_to_completion(asyncio.to_thread(_syncfs, self.root))
+            for late in unsynced:
+                late.needs_sync = False
+        del unsynced
+
+        def ends(write: _VFSPendingWrite | _VFSParkedWrite) -> tuple[str, str]:
+            target = targets[id(write)] if targets is not None else write.target_path
+            return write.temp_path, target
+
+        groups: dict[tuple[str, str], list[_VFSPendingWrite | _VFSParkedWrite]] = {}
+        for write in writes:
+            source, target = ends(write)
+            groups.setdefault((os.path.dirname(source), os.path.dirname(target)), []).append(write)
+        failures: dict[int, BaseException] = {}
+        for (source_folder, target_folder), members in groups.items():
+            # Held (created if need be) once for the group; removed after if it was made for nothing.
+            held = self._folders.chain(Path(target_folder))
+            await self._folders.hold(held)
+            try:
+                for at in range(0, len(members), _BATCH):
+                    batch = members[at : at + _BATCH]
+                    items = [
+                        (os.path.basename(source), os.path.basename(target), bool(getattr(w, "needs_sync", False)))
+                        for w in batch
+                        for source, target in (ends(w),)
+                    ]
+                    try:
+                        problems = await run_to_completion(
+                            asyncio.to_thread(_rename_batch, self.root, source_folder, target_folder, items)
+                        )
+                    except (OSError, UnsafePathError) as exc:
+                        # The folder itself could not be opened (gone, or swapped for a link): none of these moved.
+                        for write in batch:
+                            failures[id(write)] = (
+                                exc if isinstance(exc, UnsafePathError) else StorageError(f"{write.path}: {exc}")
+                            )
+                        continue
+                    for index, _, problem in problems:
+                        failures[id(batch[index])] = StorageError(f"{batch[index].path}: {problem}")
+                    for write in batch:
+                        if id(write) not in failures and isinstance(write, _VFSPendingWrite):
+                            write.needs_sync = False
+            finally:
+                moved = any(id(w) not in failures for w in members)
+                await self._folders.release(held, remove_empty=not moved)
+        return failures
 
     async def stream_download(self, filepath: str) -> AsyncIterator[bytes]:
         path = await self._resolve(filepath)
@@ -259,7 +435,7 @@ class VFSStorage(AbstractStorage):
         await self._folders.hold(folders)
         try:
             fd = await asyncio.to_thread(_open_file_within, self.root, source, "append")
-            handle = await aiofiles.open(fd, "ab")
+            handle = FileSink(fd, st.st_size)
         except (OSError, UnsafePathError):
             await self._folders.release(folders, remove_empty=True)
             return None
@@ -283,6 +459,37 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(folders, remove_empty=False)
         await self._folders.prune((source.parent, *source.parent.parents))
         return True
+
+    async def move_many(self, moves: Sequence[tuple[str, str]]) -> int:
+        """:meth:`move` each ``(src, dst)``, folder by folder, up to :data:`_BATCH` in a thread hop: completing the
+        commit of 200,000 files a killed import left took a hop and two walks from the root per file."""
+        groups: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        for src, dst in moves:
+            source, target = await self._resolve_fast(src), await self._resolve_fast(dst)
+            groups.setdefault((str(source.parent), str(target.parent)), []).append((source.name, target.name))
+        moved = 0
+        for (source_folder, target_folder), names in groups.items():
+            held = self._folders.chain(Path(target_folder))
+            await self._folders.hold(held)
+            try:
+                for at in range(0, len(names), _BATCH):
+                    batch = [(a, b, False) for a, b in names[at : at + _BATCH]]
+                    try:
+                        problems = await run_to_completion(
+                            asyncio.to_thread(_rename_batch, self.root, source_folder, target_folder, batch)
+                        )
+                    except FileNotFoundError:
+                        continue  # the whole folder moved already
+                    except OSError as exc:
+                        raise StorageError(f"{target_folder}: cannot move files into place: {exc.strerror}") from exc
+                    for index, number, problem in problems:
+                        if number != errno.ENOENT:  # not there: moved already
+                            raise StorageError(f"{names[at + index][1]}: cannot move it into place: {problem}")
+                    moved += len(batch) - len(problems)
+            finally:
+                await self._folders.release(held, remove_empty=False)
+            await self._folders.prune(self._folders.chain(Path(source_folder)))
+        return moved
 
     async def remove_leftovers(self) -> list[str]:
         """Hidden ``.*.artifact-import-part`` files killed imports left: beside the files (earlier versions)
@@ -369,15 +576,32 @@ class _FolderLedger:
         self._users: collections.Counter[Path] = collections.Counter()
         self._created: set[Path] = set()
         self._lock = asyncio.Lock()
+        self._chains: dict[Path, tuple[Path, ...]] = {}
+
+    def chain(self, folder: Path) -> tuple[Path, ...]:
+        """``folder`` and its ancestors, one tuple per folder (many files of one folder share it)."""
+        chain = self._chains.get(folder)
+        if chain is None:
+            if len(self._chains) >= _FOLDER_CACHE:
+                self._chains.clear()
+            chain = self._chains[folder] = (folder, *folder.parents)
+        return chain
 
     async def hold(self, folders: tuple[Path, ...]) -> None:
         """Count ``folders`` (a folder and its ancestors) as in use, creating what is missing.
 
-        They count as in use even if creating them fails: ``release`` them anyway.
+        They count as in use even if creating them fails: ``release`` them anyway. Folders another write
+        holds exist already (a folder is removed only once nobody holds it): no thread hop for those.
         """
-        async with self._lock:
+        if all(self._users[f] > 0 for f in folders):
             self._users.update(folders)
-            self._created.update(await asyncio.to_thread(_make_parents, folders[0], self._root))
+            return
+        async with self._lock:
+            try:
+                self._created.update(await asyncio.to_thread(_make_parents, folders[0], self._root))
+            finally:
+                # Counted once they exist (the check above takes a counted folder for one that exists).
+                self._users.update(folders)
 
     async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
         await run_to_completion(self._release(folders, remove_empty, held=True))
@@ -399,102 +623,142 @@ class _FolderLedger:
 
 
 class _VFSPendingWrite(PendingWrite):
+    """Bytes on their way to ``temp`` (the journal location), renamed to ``target`` at commit.
+
+    A small file (``handle`` None: see :data:`SMALL_MAX`) keeps its bytes in
+    memory and is opened, written and closed in one hop at :meth:`flush`;
+    it is made durable (``needs_sync``) with the other small files of its
+    commit, by one ``syncfs`` rather than an fsync each.
+    """
+
+    __slots__ = (
+        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "_target_dir",
+        "_temp_dir", "_temp_name", "needs_sync", "replaces",
+    )  # fmt: skip
+
     def __init__(
         self,
         storage: VFSStorage,
         path: str,
         target: Path,
         temp: Path,
-        handle: AsyncBufferedIOBase,
+        handle: FileSink | None,
         folders: tuple[Path, ...],
     ) -> None:
         super().__init__(path)
         self._storage = storage
-        self._target = target
-        self._temp = temp
-        self.local_path = temp
+        # Folders as strings shared by the files of a folder, names derived from ``path`` where they are its
+        # own: a Path a file (twice) was half a kilobyte of every file of a repository of 200,000.
+        name = path.rpartition("/")[2]
+        self._target_dir = storage._dir_string(target.parent)
+        self._temp_dir = storage._dir_string(temp.parent)
+        self._temp_name: str | None = None if temp.name == name else temp.name
         self._handle = handle
         self._ledger = storage._folders
         self._folders = folders
         self._fsync = storage.fsync
-        #: Bytes whose writeback to disk was started (see _start_writeback).
-        self._written_back = 0
         self._closed = False
         self._done = False
+        #: A small file's bytes, written at flush.
+        self._held: list[bytes] | None = [] if handle is None else None
+        #: Whether ``temp`` may already exist (the journal location: replaced) or must not (a temp name).
+        self.replaces = True
+        #: Written and closed, not yet fsynced: made durable before it becomes visible or is parked.
+        self.needs_sync = False
+
+    @property
+    def target_path(self) -> str:
+        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
+
+    @property
+    def temp_path(self) -> str:
+        return os.path.join(self._temp_dir, self._temp_name or self.path.rpartition("/")[2])
+
+    @property
+    def local_path(self) -> Path | None:
+        # Derived, not kept: a Path per file is what the strings above save.
+        return self._local_path or Path(self.temp_path)
+
+    @local_path.setter
+    def local_path(self, value: Path | None) -> None:
+        self._local_path = value
+
+    @property
+    def temp(self) -> Path:
+        return Path(self.temp_path)
+
+    async def prepare_commit(self) -> str | None:
+        # A file's journal location is derived from its path rather than kept (see __init__).
+        if self.journal is None and self._temp_name is None and not is_reserved(self.path):
+            return incomplete_path(self.path)
+        return self.journal
 
     async def write(self, chunk: bytes) -> None:
+        if self._held is not None:
+            self._held.append(chunk)
+            self.bytes_written += len(chunk)
+            if self.bytes_written > SMALL_MAX:
+                await self._open_now()  # larger than its listed size said: written as it comes from now on
+            return
+        assert self._handle is not None
         try:
             await self._handle.write(chunk)
             self.bytes_written += len(chunk)
-            if self._fsync and self.bytes_written - self._written_back >= WRITEBACK_WINDOW:
-                start, self._written_back = self._written_back, self.bytes_written
-                await asyncio.to_thread(_start_writeback, self._handle.fileno(), start, self.bytes_written - start)
+        except OSError as exc:
+            raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
+
+    async def _open_now(self) -> None:
+        held, self._held = self._held or [], None
+        mode = "replace" if self.replaces else "new"
+        try:
+            fd = await run_to_completion(asyncio.to_thread(_open_file_within, self._storage.root, self.temp, mode))
+            self._handle = FileSink(fd, direct=False)
+            for chunk in held:
+                await self._handle.write(chunk)
         except OSError as exc:
             raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
     async def _close(self) -> None:
         if not self._closed:
             self._closed = True
-            await self._handle.close()
+            self._held = None
+            if self._handle is not None:
+                await self._handle.close()
+                self._handle = None
 
     async def _flush(self) -> None:
         if self._closed:
             return
+        if self._held is not None:
+            data = b"".join(self._held)
+            mode = "replace" if self.replaces else "new"
+            # Waited for whatever cancels us: the file is there (and removed by abort) or not, never half.
+            st = await run_to_completion(asyncio.to_thread(_write_whole, self._storage.root, self.temp, mode, data))
+            self.stamp = stamp_of(st)
+            self.needs_sync = self._fsync
+            self._closed = True
+            self._held = None
+            return
+        assert self._handle is not None
         await self._handle.flush()
         if self._fsync:
-            await asyncio.to_thread(os.fsync, self._handle.fileno())
+            await asyncio.to_thread(os.fsync, self._handle.fd)
         # rename keeps mtime and inode: the stamp read now is the committed file's.
-        self.stamp = stamp_of(await asyncio.to_thread(os.fstat, self._handle.fileno()))
+        self.stamp = stamp_of(await asyncio.to_thread(os.fstat, self._handle.fd))
         await self._close()
 
     async def flush(self) -> None:
-        """Everything on disk and the file closed: a repo of many files holds no descriptor per file."""
+        """Everything written and the file closed: a repo of many files holds no descriptor per file."""
         try:
             await self._flush()
         except OSError as exc:
             raise StorageError(f"{self.path}: write failed: {exc.strerror}") from exc
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
-        if self._done:
-            return False
-        try:
-            await self._flush()
-            parked = await self._storage._resolve(path)
-            folders = (parked.parent, *parked.parent.parents)
-            await self._ledger.hold(folders)
-            try:
-                await asyncio.to_thread(_replace_within, self._storage.root, self._temp, parked)
-            finally:
-                await self._ledger.release(folders, remove_empty=False)
-        except (OSError, StorageError):
-            log.warning("%s: could not be kept for a later import; removed", self.path, exc_info=True)
-            return False
-        self._done = True
-        await self._ledger.release(self._folders, remove_empty=True)
-        return True
+        return (await self._storage.park_writes([(self, path)]))[0]
 
     async def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"{self.path}: pending write already ended")
-        targets = (self._target.parent, *self._target.parent.parents)
-        await self._ledger.hold(targets)
-        try:
-            await self._flush()
-            if await aiofiles.os.path.isdir(self._target):
-                raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await asyncio.to_thread(_replace_within, self._storage.root, self._temp, self._target)
-        except OSError as exc:
-            await self._ledger.release(targets, remove_empty=True)
-            await self.abort()
-            raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
-        except BaseException:
-            await self._ledger.release(targets, remove_empty=True)
-            await self.abort()
-            raise
-        self._done = True
-        await self._ledger.release(targets, remove_empty=False)
-        # The journal folders this write made (empty now) go; the target's stay, holding the file.
-        await self._ledger.release(self._folders, remove_empty=self._folders[0] != self._target.parent)
+        await self._storage.commit_writes([self])
 
     async def abort(self) -> None:
         if self._done:
@@ -502,12 +766,22 @@ class _VFSPendingWrite(PendingWrite):
         self._done = True
         await self._close()
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self._temp)
+            await aiofiles.os.remove(self.temp_path)
         await self._ledger.release(self._folders, remove_empty=True)
 
 
 class _VFSParkedWrite(PendingWrite):
     """A file parked by an earlier import, renamed into place on commit."""
+
+    __slots__ = ("_done", "_parked", "_storage", "_target")
+
+    @property
+    def target_path(self) -> str:
+        return str(self._target)
+
+    @property
+    def temp_path(self) -> str:
+        return str(self._parked)
 
     def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
         super().__init__(path)
@@ -522,22 +796,7 @@ class _VFSParkedWrite(PendingWrite):
         raise StorageError(f"{self.path}: a parked file takes no more bytes")
 
     async def commit(self) -> None:
-        if self._done:
-            raise StorageError(f"{self.path}: pending write already ended")
-        folders = (self._target.parent, *self._target.parent.parents)
-        await self._storage._folders.hold(folders)
-        try:
-            if await aiofiles.os.path.isdir(self._target):
-                raise StorageError(f"{self.path}: a folder of that name exists in the destination")
-            await asyncio.to_thread(_replace_within, self._storage.root, self._parked, self._target)
-        except OSError as exc:
-            await self._storage._folders.release(folders, remove_empty=True)
-            raise StorageError(f"{self.path}: commit failed: {exc.strerror}") from exc
-        except BaseException:
-            await self._storage._folders.release(folders, remove_empty=True)
-            raise
-        self._done = True
-        await self._storage._folders.release(folders, remove_empty=False)
+        await self._storage.commit_writes([self])
 
     async def park(self, path: str, *, complete: bool = True) -> bool:
         # Still parked where it was: nothing to do.
@@ -583,8 +842,75 @@ async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], N
         await asyncio.sleep(0.2)
 
 
-#: Every this many bytes written, the disk is told to start writing them.
-WRITEBACK_WINDOW = 16 << 20
+#: Files listed at most this long are written in one hop at flush (see _VFSPendingWrite).
+SMALL_MAX = 256 << 10
+#: Folders whose resolution (and ancestor chain) is remembered.
+_FOLDER_CACHE = 4096
+#: Renames made in one thread hop.
+_BATCH = 1000
+#: From this many files not yet durable, one syncfs instead of an fsync each.
+_SYNCFS_MIN = 32
+
+
+def _write_whole(root: Path, path: Path, mode: str, data: bytes) -> os.stat_result:
+    """Create ``path`` (as :func:`_open_file_within` opens it) holding ``data``; its stat."""
+    fd = _open_file_within(root, path, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        return os.fstat(fd)
+    finally:
+        os.close(fd)
+
+
+def _rename_batch(
+    root: Path, source: str, target: str, items: Sequence[tuple[str, str, bool]]
+) -> list[tuple[int, int, str]]:
+    """Rename each ``(name, new name, fsync it first)`` from folder ``source`` to folder ``target``, both opened
+    once as :func:`_open_folder` opens them; the failures: index, errno (0: not an OSError), what."""
+    real_root = Path(os.path.realpath(root))
+    source_fd = _open_folder(real_root, Path(source).relative_to(real_root).parts)
+    problems: list[tuple[int, int, str]] = []
+    try:
+        target_fd = (
+            source_fd if target == source else _open_folder(real_root, Path(target).relative_to(real_root).parts)
+        )
+        try:
+            for index, (name, new_name, sync) in enumerate(items):
+                try:
+                    with contextlib.suppress(FileNotFoundError):
+                        if stat.S_ISDIR(os.stat(new_name, dir_fd=target_fd, follow_symlinks=False).st_mode):
+                            problems.append((index, 0, "a folder of that name exists in the destination"))
+                            continue
+                    if sync:
+                        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=source_fd)
+                        try:
+                            os.fsync(fd)
+                        finally:
+                            os.close(fd)
+                    os.replace(name, new_name, src_dir_fd=source_fd, dst_dir_fd=target_fd)
+                except OSError as exc:
+                    problems.append((index, exc.errno or 0, f"commit failed: {exc.strerror}"))
+        finally:
+            if target_fd != source_fd:
+                os.close(target_fd)
+    finally:
+        os.close(source_fd)
+    return problems
+
+
+def _syncfs(root: Path) -> None:
+    """Every dirty byte of ``root``'s filesystem on disk: ``syncfs(2)``, or ``sync(2)`` where there is none."""
+    import ctypes
+
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
 
 
 def _free_bytes(root: Path) -> int | None:
@@ -618,18 +944,6 @@ def _temp_name(name: str, limit: int) -> str:
     if len(encoded) > room:
         name = encoded[:room].decode(errors="ignore")
     return f".{name}{suffix}"
-
-
-def _start_writeback(fd: int, offset: int, length: int) -> None:
-    """Start writing ``[offset, offset+length)`` to disk now, without waiting for it.
-
-    Linux's ``POSIX_FADV_DONTNEED`` starts writeback of dirty pages (and drops them from the cache once
-    clean, so a 50 GB import does not push everything else out of memory). Without it the kernel would
-    write lazily and the fsync before the rename would wait for the whole file; with it, the disk works
-    while the network does, and the fsync waits only for the tail.
-    """
-    with contextlib.suppress(OSError, AttributeError):
-        os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
 
 
 def stamp_of(st: os.stat_result) -> str:

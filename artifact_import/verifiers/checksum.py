@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 from ..model import ArtifactFile, Verdict
-from ..streams import Hasher, git_blob_prefix
+from ..streams import DigestWorker, git_blob_prefix
 from .base import Verifier, VerifierSession
 
 
@@ -25,24 +26,26 @@ class ChecksumVerifier(Verifier):
 class _ChecksumSession(VerifierSession):
     def __init__(self, file: ArtifactFile) -> None:
         self._file = file
-        self._sha256 = Hasher("sha256")
+        self._sha256 = hashlib.sha256()
         # git's blob sha1 needs the size up front; it is only published with it.
         self._sha1 = (
-            Hasher("sha1", git_blob_prefix(file.size)) if file.git_sha1 is not None and file.size is not None else None
+            hashlib.sha1(git_blob_prefix(file.size)) if file.git_sha1 is not None and file.size is not None else None
         )
-        self._md5 = Hasher("md5") if file.md5 is not None and file.sha256 is None else None
+        self._md5 = hashlib.md5() if file.md5 is not None and file.sha256 is None else None
+        # All of them in one thread, fed chunk after chunk (see DigestWorker).
+        self._worker = DigestWorker([h for h in (self._sha256, self._sha1, self._md5) if h is not None])
         self._size = 0
 
     async def feed(self, chunk: bytes) -> None:
         self._size += len(chunk)
-        await self._sha256.update(chunk)
-        if self._sha1 is not None:
-            await self._sha1.update(chunk)
-        if self._md5 is not None:
-            await self._md5.update(chunk)
+        await self._worker.update(chunk)
+
+    async def cancel(self) -> None:
+        self._worker.close()
 
     async def finish(self) -> Verdict:
         file = self._file
+        await self._worker.finish()
         sha256 = self._sha256.hexdigest()
         data = {"sha256": sha256, "size": self._size}
         if file.size is not None and self._size != file.size:
@@ -60,7 +63,11 @@ def _verdict(ok: bool, detail: str, data: dict[str, Any]) -> Verdict:
     return Verdict(ChecksumVerifier.name, ok, detail, data)
 
 
+#: One string each, not one per file.
+_MATCHES = {kind: f"{kind} matches" for kind in ("sha256", "git blob sha1", "md5")}
+
+
 def _compare(kind: str, expected: str, actual: str, data: dict[str, Any]) -> Verdict:
     if actual != expected.lower():
         return _verdict(False, f"{kind} mismatch: expected {expected}, got {actual}", data)
-    return _verdict(True, f"{kind} matches", data)
+    return _verdict(True, _MATCHES[kind], data)

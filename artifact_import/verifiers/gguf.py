@@ -25,7 +25,7 @@ import attrs
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import Bound, ChunkFeed, Reader, Unscannable
+from .reader import Bound, Reader, Unscannable
 from .threaded import ThreadedSession
 
 MAX_COUNT = 1 << 24
@@ -64,7 +64,7 @@ class _GgufSession(ThreadedSession[GgufHeader]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> GgufHeader:
+    def parse(self, feed: Reader) -> GgufHeader:
         return read_header(feed)
 
     def verdict(self, result: GgufHeader | None, error: BaseException | None) -> Verdict:

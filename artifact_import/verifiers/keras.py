@@ -25,7 +25,7 @@ from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .contentscan import EXPAND_LIMIT
 from .policy import FormatVerifier, judge
-from .reader import ChunkFeed, Reader, Unscannable
+from .reader import Reader, Unscannable
 from .threaded import ThreadedSession
 from .zipscan import scan_zip
 
@@ -58,7 +58,7 @@ class _KerasSession(ThreadedSession[list[str]]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> list[str]:
+    def parse(self, feed: Reader) -> list[str]:
         if self.file.path.lower().endswith(".keras"):
             findings: list[str] = []
             seen = scan_zip(feed, self.file.path, lambda member, name: _member(member, name, findings), EXPAND_LIMIT)

@@ -20,7 +20,7 @@ import re
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import ChunkFeed, Decompressed, Limited, Reader, Unscannable
+from .reader import Decompressed, Limited, Reader, Unscannable
 from .threaded import ThreadedSession
 
 #: What NeMo models instantiate: their own modules, torch's layers, optimizers and data utilities, Lightning,
@@ -62,7 +62,7 @@ class _NemoSession(ThreadedSession[list[str]]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> list[str]:
+    def parse(self, feed: Reader) -> list[str]:
         reader: Reader = Decompressed(feed, "gzip") if feed.peek(2) == b"\x1f\x8b" else feed
         return _scan_tar(reader)
 

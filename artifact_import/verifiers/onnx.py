@@ -19,7 +19,7 @@ import posixpath
 from ..model import ArtifactFile, Verdict
 from .base import VerifierSession
 from .policy import FormatVerifier, judge
-from .reader import Bound, ChunkFeed, Limited, Reader, Unscannable
+from .reader import Bound, Limited, Reader, Unscannable
 from .threaded import ThreadedSession
 
 #: Nested messages (and groups) followed; protobuf's parsers stop at 100.
@@ -61,7 +61,7 @@ class _OnnxSession(ThreadedSession[list[str]]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> list[str]:
+    def parse(self, feed: Reader) -> list[str]:
         locations: list[str] = []
         _walk(feed, "model", locations, 0)
         return locations

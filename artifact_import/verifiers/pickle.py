@@ -23,7 +23,7 @@ from ..model import ArtifactFile, Verdict
 from .base import Verifier, VerifierSession
 from .contentscan import Findings, scan
 from .policy import Policy, judge
-from .reader import ChunkFeed, Unscannable
+from .reader import Reader, Unscannable
 from .threaded import ThreadedSession
 
 #: Kept for callers of the earlier API; the policy enum is shared by the content verifiers.
@@ -150,7 +150,7 @@ class _PickleSession(ThreadedSession[Findings]):
         self._v = verifier
         super().__init__(file)
 
-    def parse(self, feed: ChunkFeed) -> Findings:
+    def parse(self, feed: Reader) -> Findings:
         return scan(feed, self.file.path)
 
     def verdict(self, result: Findings | None, error: BaseException | None) -> Verdict:

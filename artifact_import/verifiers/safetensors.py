@@ -29,7 +29,7 @@ from typing import Any
 
 from ..model import ArtifactFile, Verdict
 from .base import Verifier, VerifierSession
-from .reader import Bound, ChunkFeed, Limited, Reader
+from .reader import Bound, Limited, Reader
 from .threaded import ThreadedSession
 
 #: safetensors itself refuses headers over 100 MB.
@@ -113,7 +113,7 @@ class _SafetensorsSession(ThreadedSession["_Header"]):
         self._size += len(chunk)  # the data section's size: counted here, past where the parser stops
         await super().feed(chunk)
 
-    def parse(self, feed: ChunkFeed) -> _Header:
+    def parse(self, feed: Reader) -> _Header:
         head = feed.read(8)
         if len(head) < 8:
             raise Invalid("the 8-byte header length is missing")

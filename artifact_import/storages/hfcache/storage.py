@@ -394,7 +394,8 @@ class _BlobWrite(PendingWrite):
 
     async def commit(self) -> None:
         blob = self._storage.blob_for(self.path, self.sha256)
-        where = self._inner.journal
+        # Where the bytes wait (a directory derives it from the path rather than keeping it).
+        where = await self._inner.prepare_commit()
         if where is None:
             raise StorageError(f"{self.path}: its bytes are not where a commit can move them from")
         try:
