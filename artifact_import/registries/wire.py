@@ -391,7 +391,10 @@ class _Connection(asyncio.BufferedProtocol):
         while True:
             left = read_timeout - (self.loop.time() - self.last_activity)
             try:
-                await asyncio.wait_for(asyncio.shield(self._head_ready), max(left, 0.0))
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives as
+                # the awaited future completes, and the cancelled reader then waits for ever.
+                async with asyncio.timeout(max(left, 0.0)):
+                    await asyncio.shield(self._head_ready)
             except TimeoutError:
                 if self.loop.time() - self.last_activity >= read_timeout:
                     self._close()
@@ -515,7 +518,8 @@ class _Connection(asyncio.BufferedProtocol):
                     elapsed = 0.0
                 left = min(left, window - elapsed)
             try:
-                await asyncio.wait_for(waiter, left)
+                async with asyncio.timeout(left):  # not wait_for: see head()
+                    await waiter
             except TimeoutError:
                 continue
             finally:

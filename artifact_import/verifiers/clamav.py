@@ -100,7 +100,9 @@ class ClamAVVerifier(Verifier):
 
     async def _connect(self, what: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         try:
-            return await asyncio.wait_for(self.address.connect(), self.timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can lose a cancellation (see registries.wire).
+            async with asyncio.timeout(self.timeout):
+                return await self.address.connect()
         except (OSError, TimeoutError) as exc:
             raise ScannerError(
                 f"{what}: malware scan failed: cannot connect to clamd at {self.address.text} "
@@ -110,7 +112,8 @@ class ClamAVVerifier(Verifier):
 
     async def _reply(self, what: str, reader: asyncio.StreamReader) -> str:
         try:
-            raw = await asyncio.wait_for(reader.readuntil(b"\0"), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                raw = await reader.readuntil(b"\0")
         except TimeoutError:
             raise ScannerError(
                 f"{what}: malware scan failed: clamd did not answer in {self.timeout:.0f}s", path=what
@@ -180,7 +183,8 @@ class _ClamSession(VerifierSession):
         window.writer.write(data)
         window.sent += len(data)
         try:
-            await asyncio.wait_for(window.writer.drain(), self._v.timeout)
+            async with asyncio.timeout(self._v.timeout):
+                await window.writer.drain()
         except (OSError, TimeoutError):
             # clamd may have said why it closed the stream (e.g. a size limit).
             reason = await self._reply_if_any(window)
@@ -192,7 +196,8 @@ class _ClamSession(VerifierSession):
 
     async def _reply_if_any(self, window: _Window) -> str:
         with contextlib.suppress(Exception):
-            raw = await asyncio.wait_for(window.reader.read(4096), 1.0)
+            async with asyncio.timeout(1.0):
+                raw = await window.reader.read(4096)
             return raw.rstrip(b"\0").decode(errors="replace").strip()
         return ""
 
