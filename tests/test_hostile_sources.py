@@ -24,7 +24,7 @@ TOKEN = "hf_TestTokenThatMustStayHome0123"
 def _registry(**timeouts: float) -> HuggingFaceRegistry:
     return HuggingFaceRegistry(
         retry=RetryPolicy(max_attempts=2, backoff_base=0.01, backoff_max=0.05),
-        timeouts=HttpTimeouts(read=5.0, **timeouts),
+        timeouts=HttpTimeouts(**{"read": 5.0, **timeouts}),
         token=TOKEN,
     )
 
@@ -63,9 +63,9 @@ async def test_a_content_length_larger_than_the_body_ends_at_the_listed_size(hub
     repo = repo_name("overlong")
     hub.create_repo(repo, {"config.json": b'{"a": 1}', "model.safetensors": 64 * 1024})
     hub.faults.extra_length = {"config.json": 1000, "model.safetensors": 1}
-    registry = _registry()
+    registry = _registry(read=60.0)  # not the stall timeout: the listed bytes end the body
     try:
-        result = await asyncio.wait_for(import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry), 30)
+        result = await asyncio.wait_for(import_artifact(f"hf://{repo}", tmp_path / "m", registry=registry), 20)
     finally:
         await registry.aclose()
     assert len(result.files) == 2

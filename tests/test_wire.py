@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from artifact_import.registries.wire import MAX_HEAD, BadResponse, Dropped, Stalled, WireClient
+from artifact_import.registries.wire import MAX_HEAD, BadResponse, Dropped, Stalled, TooSlow, WireClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
 
@@ -311,6 +311,84 @@ async def test_a_stalled_body_hands_over_what_arrived_then_times_out() -> None:
     finally:
         await client.close()
     assert received == 1000 and loop.time() - started < 3
+
+
+async def test_a_head_trickled_a_byte_at_a_time_ends_at_the_answer_deadline() -> None:
+    """Every byte comes before the stall timeout, so only the deadline for a whole answer ends it."""
+    client = WireClient(chunk_size=1 << 16, connect_timeout=5.0, read_timeout=1.0, answer_timeout=1.5)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 1000:
+            writer.write(bytes([byte]))
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with RawServer(trickle) as server:
+            with pytest.raises(Stalled, match=r"no complete answer within 1\.5s"):
+                async with client.request("GET", f"{server.url}/f", {}):
+                    pass
+    finally:
+        await client.close()
+    assert loop.time() - started < 5
+
+
+async def test_a_body_under_the_minimum_rate_fails_after_its_window_with_what_arrived() -> None:
+    client = WireClient(chunk_size=1 << 20, connect_timeout=5.0, read_timeout=1.0, min_rate=1000, rate_window=1.0)
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+        for _ in range(100):
+            writer.write(b"x" * 10)  # 100 bytes a second: never a stall, far under the minimum rate
+            await writer.drain()
+            await asyncio.sleep(0.1)
+
+    received = 0
+    try:
+        async with RawServer(trickle) as server, client.request("GET", f"{server.url}/f", {}) as resp:
+            with pytest.raises(TooSlow, match="under the minimum rate"):
+                async for chunk in resp.iter_chunks():
+                    received += len(chunk)
+    finally:
+        await client.close()
+    assert 0 < received < 1000, "what arrived is handed over before the failure"
+
+
+async def test_a_reader_that_pauses_the_body_is_not_taken_for_a_slow_source() -> None:
+    client = WireClient(chunk_size=1 << 10, connect_timeout=5.0, read_timeout=5.0, min_rate=100_000, rate_window=0.5)
+    body = b"y" * (256 << 10)
+    received = b""
+    try:
+        async with RawServer(_respond(body)) as server, client.request("GET", f"{server.url}/f", {}) as resp:
+            async for chunk in resp.iter_chunks():
+                received += chunk
+                if len(received) == 1 << 10:
+                    await asyncio.sleep(1.5)  # the disk is slow: reading stops, the source is not to blame
+    finally:
+        await client.close()
+    assert received == body
+
+
+async def test_the_bytes_a_reader_wants_are_handed_on_without_waiting_for_what_a_length_promises() -> None:
+    client = _client(chunk_size=1 << 20, read_timeout=30.0)
+
+    async def overlong(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n" + b"z" * 1000)
+        await writer.drain()
+        await asyncio.sleep(10)
+
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        async with RawServer(overlong) as server, client.request("GET", f"{server.url}/f", {}) as resp:
+            chunks = resp.iter_chunks(until=1000)
+            first = await chunks.__anext__()
+            await chunks.aclose()
+    finally:
+        await client.close()
+    assert first == b"z" * 1000 and loop.time() - started < 5
 
 
 # --- TLS, as the Hub and its CDN speak it ------------------------------------------------------------------
