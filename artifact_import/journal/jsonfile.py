@@ -9,16 +9,33 @@ from ..errors import StorageFileNotFoundError
 from ..storages.base import AbstractStorage
 from ..streams import one_chunk
 
-#: A file of the library's own (manifest, record) larger than this is not trusted, nor read into memory.
+#: A file of the library's own read whole (an earlier version's indented manifest) larger than this is not
+#: trusted, nor read into memory.
 MAX_JSON_BYTES = 64 << 20
+#: The manifest and the record of parked files list one file a line (see :class:`.manifest.ManifestChunks`):
+#: read line by line, never whole, so a repository of 200,000 files (a manifest of 150 MB) is no reason to
+#: distrust them. Their lines, and the whole, are still bounded.
+MAX_LINE_BYTES = 64 << 20
+MAX_LISTED_BYTES = 4 << 30
+_OPEN = b'"files": ['
+
+
+class _NotLined(Exception):
+    """The file is not one file a line: read it whole."""
 
 
 async def read_json(storage: AbstractStorage, path: str) -> Any:
-    """The parsed JSON of a small file the library wrote at ``path``; ``None`` if there is none.
+    """The parsed JSON of a file the library wrote at ``path``; ``None`` if there is none.
 
     Raises ``ValueError`` if it is too large or not JSON, and the storage's
     error if it cannot be read.
     """
+    try:
+        return await _read_lined(storage, path)
+    except _NotLined:
+        pass
+    except StorageFileNotFoundError:
+        return None
     chunks: list[bytes] = []
     size = 0
     try:
@@ -30,6 +47,56 @@ async def read_json(storage: AbstractStorage, path: str) -> Any:
     except StorageFileNotFoundError:
         return None
     return json.loads(b"".join(chunks))
+
+
+async def _read_lined(storage: AbstractStorage, path: str) -> Any:
+    """A document whose ``"files"`` list holds one entry a line, parsed an entry at a time: the text around
+    the list is parsed as a document of its own, the entries one by one."""
+    outer: list[bytes] = []
+    files: list[Any] = []
+    state = "head"  # head | files | tail
+    size = 0
+    pending = bytearray()
+
+    def line_of(raw: bytes) -> None:
+        nonlocal state
+        if state == "files":
+            entry = raw.strip().rstrip(b",")
+            if entry.startswith(b"]"):
+                outer.append(raw)
+                state = "tail"
+            elif entry:
+                try:
+                    files.append(json.loads(entry))
+                except ValueError:
+                    raise _NotLined from None
+            return
+        outer.append(raw)
+        if state == "head" and raw.rstrip().endswith(_OPEN):
+            state = "files"
+
+    async for chunk in storage.stream_download(path):
+        size += len(chunk)
+        if size > MAX_LISTED_BYTES:
+            raise ValueError(f"larger than {MAX_LISTED_BYTES} bytes")
+        pending += chunk
+        start = 0
+        while (end := pending.find(b"\n", start)) >= 0:
+            line_of(bytes(pending[start:end]))
+            start = end + 1
+        del pending[:start]
+        if len(pending) > MAX_LINE_BYTES:
+            raise _NotLined if state == "head" else ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
+        if state == "head" and size > MAX_JSON_BYTES:
+            raise _NotLined
+    if pending:
+        line_of(bytes(pending))
+    if state != "tail":
+        raise _NotLined
+    document = json.loads(b"\n".join(outer))
+    if isinstance(document, dict) and document.get("files") == []:
+        document["files"] = files
+    return document
 
 
 async def write_json(storage: AbstractStorage, path: str, body: Any, *, indent: int | None = None) -> None:
