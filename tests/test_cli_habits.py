@@ -15,6 +15,7 @@ from artifact_import.progress import LineProgress
 
 from .conftest import ROOT, files_under, repo_name
 from .hub import LocalHub
+from .terminal import run_in_terminal
 
 DOWNLOAD = ArtifactStorageImportStep.DOWNLOAD
 FILES: dict[str, bytes | int] = {
@@ -277,42 +278,9 @@ def test_without_a_terminal_progress_lines_come_at_a_steady_interval() -> None:
 # --- a clean terminal ---------------------------------------------------------------------------
 
 
-def _run_in_a_terminal(args: list[str], cwd: Path, *, sized: bool, timeout: float = 60) -> tuple[int, str]:
-    """The CLI with a pseudo-terminal as stdin, stdout and stderr, as a user at a shell runs it; ``sized``:
-    the terminal reports 120x40, as a window does (else 0x0, as some CI runners' terminals do)."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-    import time
-
-    leader, follower = pty.openpty()
-    if sized:
-        fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", *args],
-        stdin=follower, stdout=follower, stderr=follower, cwd=cwd,
-        env={**env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}, close_fds=True,
-    )  # fmt: skip
-    os.close(follower)
-    out = bytearray()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    return proc.wait(timeout=10), out.decode(errors="replace")
+def _run_in_a_terminal(args: list[str], cwd: Path, *, sized: bool) -> tuple[int, str]:
+    code, out = run_in_terminal(args, cwd, sized=sized)
+    return code, out.decode(errors="replace")
 
 
 @pytest.mark.parametrize("sized", [True, False])

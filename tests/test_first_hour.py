@@ -19,6 +19,7 @@ from artifact_import.cli import main
 
 from .conftest import ROOT, repo_name, run_cli
 from .hub import LocalHub
+from .terminal import run_in_terminal
 
 COMMANDS = ([], ["import"], ["ls"], ["verify"], ["serve"])
 
@@ -158,54 +159,14 @@ def test_serve_needs_a_config_naming_where_imports_go(tmp_path: Path) -> None:
     assert f"{empty}: serve needs at least one [storage.NAME] or [volume.NAME]" in nowhere.stderr
 
 
-def _ctrl_c_in_a_terminal(args: list[str], cwd: Path, *, when: bytes, timeout: float = 60) -> tuple[int, bytes]:
-    """The CLI on a pseudo-terminal that is its controlling terminal, as at a shell: once ``when`` has been
-    drawn, the user presses Ctrl-C (the terminal sends SIGINT and, unless told not to, echoes ``^C``)."""
-    import fcntl
-    import pty
-    import select
-    import struct
-    import termios
-
-    leader, follower = pty.openpty()
-    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_TOKEN", "HF_HUB_OFFLINE")}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", *args],
-        stdin=follower, stdout=follower, stderr=follower, cwd=cwd, start_new_session=True,
-        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
-        env={**env, "COLUMNS": "120", "LINES": "40", "TERM": "xterm"}, close_fds=True,
-    )  # fmt: skip
-    os.close(follower)
-    out = bytearray()
-    pressed = False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([leader], [], [], 0.2)
-        if ready:
-            try:
-                data = os.read(leader, 65536)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            out += data
-            if not pressed and out.count(when) >= 3:
-                os.write(leader, b"\x03")
-                pressed = True
-        elif proc.poll() is not None:
-            break
-    os.close(leader)
-    return proc.wait(timeout=10), bytes(out)
-
-
 def test_ctrl_c_on_a_terminal_leaves_one_overall_bar_and_no_file_bar(hub: LocalHub, tmp_path: Path) -> None:
     import pyte
 
     repo = repo_name("tty")
     hub.create_repo(repo, {"config.json": b"{}", "model.safetensors": 3 * 1024 * 1024, "w.bin": 3 * 1024 * 1024})
     hub.faults.slow_bps = 512 * 1024
-    code, out = _ctrl_c_in_a_terminal(["import", f"hf://{repo}", "--to", str(tmp_path / "m")], tmp_path, when=b"w.bin:")
+    args = ["import", f"hf://{repo}", "--to", str(tmp_path / "m")]
+    code, out = run_in_terminal(args, tmp_path, ctrl_c_after=b"w.bin:")
     assert code == 130, out
     screen = pyte.Screen(120, 40)
     pyte.ByteStream(screen).feed(out)
