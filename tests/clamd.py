@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from .daemon import Daemon
+from .ports import free_port
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 SIGNATURE = "Test.Eicar.UNOFFICIAL"
@@ -23,16 +24,10 @@ def clamd_binary() -> str | None:
     return shutil.which("clamd") or shutil.which("clamd", path="/usr/sbin:/usr/local/sbin")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Clamd(Daemon):
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"tcp://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 

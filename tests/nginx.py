@@ -21,6 +21,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .ports import free_port
+
 #: ``start end connection status range``: start and end in seconds since the epoch, with milliseconds.
 _LOG_FORMAT = "$msec $request_time $connection $status $http_range"
 
@@ -28,12 +30,6 @@ _LOG_FORMAT = "$msec $request_time $connection $status $http_range"
 def nginx_binary() -> str | None:
     """The nginx executable, or None where Debian's ``nginx-light`` is not installed."""
     return shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
-
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 class NginxCDN:
@@ -54,7 +50,7 @@ class NginxCDN:
         work_dir.mkdir(parents=True, exist_ok=True)
         for sub in ("tmp", "logs"):
             (work_dir / sub).mkdir(exist_ok=True)
-        port = _free_port(host)
+        port = free_port(host)
         temp = work_dir / "tmp"
         config = work_dir / "nginx.conf"
         config.write_text(

@@ -8,11 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .ports import free_port
 
 
 class RedisServer:
@@ -30,7 +26,7 @@ class RedisServer:
         binary = shutil.which("redis-server") or "/usr/bin/redis-server"
         if not Path(binary).exists():
             raise RuntimeError("redis-server is missing: apt-get install redis-server (scripts/test.sh does)")
-        port = port or _free_port()
+        port = port or free_port()
         work_dir.mkdir(parents=True, exist_ok=True)
         log = open(work_dir / "redis.log", "ab")  # noqa: SIM115 - lives as long as the server
         process = subprocess.Popen(

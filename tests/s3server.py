@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -31,6 +30,7 @@ from pathlib import Path
 from artifact_import.s3 import S3Credentials, S3Endpoint
 
 from .daemon import Daemon
+from .ports import free_port
 
 MOTO_ACCESS_KEY = "AKIAARTIFACTIMPORTTEST"
 MOTO_SECRET_KEY = "moto-secret-key-that-must-never-be-printed"
@@ -67,12 +67,6 @@ def _wait_ready(
             process.kill()
             raise RuntimeError(f"{url} did not come up; see {log}")
         time.sleep(0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class S3Server(Daemon):
@@ -120,7 +114,7 @@ class S3Server(Daemon):
              "--no-update", meta, "artifact-import-test"],
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
-        port = _free_port()
+        port = free_port()
         creds = S3Credentials("juicefs-test-access", f"juicefs-secret-never-printed-{os.getpid()}")
         env = {**os.environ, "MINIO_ROOT_USER": creds.access_key, "MINIO_ROOT_PASSWORD": creds.secret_key}
         log = open(work_dir / "gateway.log", "wb")  # noqa: SIM115 - lives as long as the server
@@ -142,7 +136,7 @@ class S3Server(Daemon):
         identity = {"name": "test", "credentials": [{"accessKey": creds.access_key, "secretKey": creds.secret_key}]}
         config = work_dir / "s3.json"
         config.write_text(json.dumps({"identities": [{**identity, "actions": ["Admin", "Read", "Write", "List"]}]}))
-        ports = {name: _free_port() for name in ("s3", "master", "volume", "filer")}
+        ports = {name: free_port() for name in ("s3", "master", "volume", "filer")}
         log = open(work_dir / "weed.log", "wb")  # noqa: SIM115 - lives as long as the server
         process = subprocess.Popen(
             [weed, "mini", f"-dir={work_dir}", f"-s3.port={ports['s3']}", f"-master.port={ports['master']}",
@@ -157,7 +151,7 @@ class S3Server(Daemon):
     @classmethod
     def start_moto(cls, log_dir: Path, *, auth: bool = False) -> S3Server:
         """moto's standalone server; with ``auth``, it refuses keys it does not know (all of them)."""
-        port = _free_port()
+        port = free_port()
         moto = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
         log = open(log_dir / f"moto-{port}.log", "wb")  # noqa: SIM115 - lives as long as the server
         env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"} if auth else None

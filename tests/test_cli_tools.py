@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 
 from .conftest import ROOT, repo_name, run_cli
 from .hub import LocalHub
+from .ports import free_port
 from .s3server import S3Server
 
 FILES: dict[str, bytes | int] = {"config.json": b'{"a": 1}', "model.safetensors": 300_000, "sub/x.bin": 20_000}
@@ -111,18 +111,12 @@ def test_every_command_has_help_with_examples() -> None:
     assert run_cli("--version").stdout.startswith("artifact-import, version")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_serve_runs_an_import_over_http_and_sigterm_shuts_down_cleanly(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("tools")
     hub.create_repo(repo, FILES)
     config = tmp_path / "proxy.toml"
     config.write_text(f'[storage.models]\nbackend = "vfs"\npath = "{tmp_path / "models"}"\n')
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(port)],
         cwd=ROOT,

@@ -18,7 +18,8 @@ import pytest
 
 from .conftest import ROOT, files_under, repo_name
 from .hub import LocalHub
-from .redisserver import RedisServer, _free_port
+from .ports import free_port
+from .redisserver import RedisServer
 
 FILES: dict[str, bytes | int] = {"config.json": b'{"a": 1}', "model.safetensors": 3 * 1024 * 1024}
 LEASE = 2
@@ -45,7 +46,7 @@ class Proxy:
     """One `artifact-import serve` process of the fleet."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.config, self.port, self.log = config, _free_port(), log
+        self.config, self.port, self.log = config, free_port(), log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(self.port)],
             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=open(log, "ab"),  # noqa: SIM115
@@ -265,10 +266,10 @@ def test_a_proxy_that_cannot_reach_the_destination_never_claims_the_task(
 
 def test_a_task_store_that_cannot_be_reached_stops_serve_with_one_line_and_no_password(tmp_path: Path) -> None:
     config = tmp_path / "proxy.toml"
-    port = _free_port()  # nothing listens there
+    port = free_port()  # nothing listens there
     config.write_text(f'[server]\ntask-store = "redis://:hunter2-secret@127.0.0.1:{port}/0"\n')
     done = subprocess.run(
-        [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(_free_port())],
+        [sys.executable, "-m", "artifact_import.cli", "--config", str(config), "serve", "--port", str(free_port())],
         capture_output=True, text=True, cwd=ROOT, timeout=60,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

@@ -23,7 +23,7 @@ import pytest
 
 from .conftest import ROOT, files_under, repo_name
 from .hub import LocalHub
-from .redisserver import _free_port
+from .ports import free_port
 
 TOKEN = "serve-token-for-the-tests-0123456789"
 
@@ -34,7 +34,7 @@ class Serve:
     def __init__(self, tmp_path: Path, config: str, *, env: dict[str, str] | None = None, nofile: int = 0) -> None:
         self.config = tmp_path / "proxy.toml"
         self.config.write_text(config)
-        self.port = _free_port()
+        self.port = free_port()
         self.log = tmp_path / "serve.log"
 
         def limit() -> None:
@@ -93,7 +93,7 @@ def _config(tmp_path: Path, extra: str = "") -> str:
 def test_serve_refuses_a_public_address_without_a_token_and_takes_one_from_a_file_or_the_environment(
     tmp_path: Path, serves: list[Serve]
 ) -> None:
-    port = str(_free_port())
+    port = str(free_port())
     storage = f'[storage.models]\nbackend = "vfs"\npath = "{tmp_path / "models"}"\nfsync = false\n'
     (tmp_path / "open.toml").write_text(storage)
     base = [sys.executable, "-m", "artifact_import.cli", "--config", str(tmp_path / "open.toml"), "serve"]
