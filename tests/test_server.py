@@ -261,7 +261,8 @@ async def test_completion_webhooks_are_retried_and_never_hold_the_import(hub: Lo
             webhooks=(str(server.make_url("/hook")) + "?token=s3cret", str(server.make_url("/slow"))),
             webhook_backoff=0.01,
         )
-        task_id = await proxy.start(proxy.body(repo))
+        (proxy.vfolder / "config.json").write_bytes(b"the user's own")  # replaced, and the webhook says so
+        task_id = await proxy.start(proxy.body(repo, replace_existing=True))
         assert (await proxy.finished(task_id))["state"] == "succeeded", "the slow receiver does not hold it"
         for _ in range(200):
             if len(received) == 3:
@@ -271,6 +272,7 @@ async def test_completion_webhooks_are_retried_and_never_hold_the_import(hub: Lo
         payload = received[-1]
         assert payload["event"] == "import.finished" and payload["id"] == task_id
         assert payload["state"] == "succeeded" and payload["models"][0]["file_count"] == 1
+        assert payload["models"][0]["replaced"] == ["config.json"]
 
 
 async def test_shutdown_cancels_running_imports_and_leaves_nothing_half_written(hub: LocalHub, make_proxy: Any) -> None:

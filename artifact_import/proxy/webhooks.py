@@ -35,6 +35,8 @@ def webhook_payload(task: ImportTask) -> dict[str, Any]:
                 "commit": m.result.commit if m.result else None,
                 "file_count": len(m.result.files) if m.result else None,
                 "total_bytes": m.result.total_bytes if m.result else None,
+                # Files of the destination no earlier import wrote, replaced by this one (someone's own).
+                "replaced": list(m.result.replaced) if m.result else None,
             }
             for m in task.models
         ],
