@@ -387,6 +387,28 @@ def test_an_import_goes_on_when_redis_restarts_without_its_data(
     assert len([r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]) == 1, "fetched once"
 
 
+def test_while_redis_is_down_a_proxy_answers_503_and_try_again_then_answers_as_before(
+    hub: LocalHub, fleet: list[Proxy], redis_server: RedisServer, redis_url: str
+) -> None:
+    repo = repo_name("fleet")
+    hub.create_repo(repo, {"config.json": b"{}"})
+    task_id = fleet[0].start(repo)
+    _until("the import's end", lambda: (t := fleet[1].task(task_id)) and t["state"] == "succeeded")
+    redis_server.stop()
+    try:
+        for path in (f"/import/{task_id}", "/import"):
+            request = urllib.request.Request(f"{fleet[1].base}{path}")
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(request, timeout=60)
+            assert refused.value.code == 503, path
+            assert refused.value.headers["Retry-After"] == "5"
+            assert json.loads(refused.value.read())["error"]["field"] == "task-store"
+    finally:
+        redis_server.restart_empty()
+    # The store is back (empty, as Redis without persistence restarts): the proxies answer as before.
+    assert fleet[1].call("GET", "/import")[0] == 200
+
+
 def test_a_task_whose_record_was_removed_stops_and_none_of_its_keys_come_back(
     hub: LocalHub, tmp_path: Path, fleet: list[Proxy], redis_url: str
 ) -> None:

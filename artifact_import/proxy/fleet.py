@@ -193,6 +193,12 @@ class FleetImportService(ImportService):
             self._redis = Redis.from_url(self.redis_url, decode_responses=True)
         return self._redis
 
+    @property
+    def store_errors(self) -> tuple[type[BaseException], ...]:
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        return (ConnectionError, TimeoutError)
+
     # --- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:

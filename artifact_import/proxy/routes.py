@@ -25,11 +25,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from ..config import ServerSettings, VerifySettings
 from ..errors import ArtifactImportError, ConfigError, ServiceBusyError, StorageNotFoundError
@@ -40,7 +42,7 @@ from ..storages.base import AbstractStoragePool
 from ..verifiers import build_verifiers
 from ..verifiers.base import Verifier
 from ..volumes.base import VFolderID, VFolderRef, VolumePool
-from .auth import token_middleware
+from .auth import Handler, token_middleware
 from .body import MAX_BODY
 from .body import BadRequest as _BadRequest
 from .body import read_json as _read_json
@@ -51,6 +53,11 @@ from .webhooks import WebhookNotifier
 
 Step = ArtifactStorageImportStep
 
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client is told to wait when the task store cannot be reached.
+_STORE_RETRY_AFTER = 5
 
 SERVICE = web.AppKey("artifact_import.service", ImportService)
 
@@ -116,6 +123,8 @@ def create_app(
     else:
         service = ImportService(registries, **common)
     middlewares = [token_middleware(settings.auth_token)] if authenticate and settings.auth_token else []
+    if service.store_errors:
+        middlewares.append(store_unavailable_middleware(service.store_errors))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SERVICE] = service
     app.add_routes(import_routes(service, limits=limits_of(settings)))
@@ -134,6 +143,26 @@ def create_app(
 
     app.on_shutdown.append(shutdown)
     return app
+
+
+def store_unavailable_middleware(errors: tuple[type[BaseException], ...]) -> Middleware:
+    """A request the task store cannot answer now (Redis restarting, unreachable): ``503`` saying to try again,
+    not a ``500``; nothing of the store's error (its address may hold a password) is in the answer."""
+
+    @web.middleware
+    async def unavailable(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except errors as exc:
+            what = type(exc).__name__
+            log.warning("%s %s: the task store cannot be reached (%s)", request.method, request.path, what)
+            return web.json_response(
+                {"error": {"field": "task-store", "message": "the task store cannot be reached; try again shortly"}},
+                status=503,
+                headers={"Retry-After": str(_STORE_RETRY_AFTER)},
+            )
+
+    return unavailable
 
 
 def limits_of(settings: ServerSettings) -> Limits:

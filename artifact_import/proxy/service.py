@@ -269,6 +269,11 @@ class ImportService:
         self._finished: collections.deque[str] = collections.deque()
         self._keep_finished = keep_finished
 
+    @property
+    def store_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors of the store that keeps the tasks when it cannot be reached: answered 503, not 500."""
+        return ()
+
     def mappings_for_vfolder(
         self, ref: VFolderRef, request_id: str
     ) -> tuple[VolumeStorageAdapter, dict[Step, StorageTarget]]:
