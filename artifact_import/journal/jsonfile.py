@@ -21,7 +21,7 @@ _OPEN = b'"files": ['
 
 
 class _NotLined(Exception):
-    """The file is not one file a line: read it whole."""
+    """The file lists its files over several lines each (an earlier version's indented manifest): read it whole."""
 
 
 async def read_json(storage: AbstractStorage, path: str) -> Any:
@@ -51,7 +51,8 @@ async def read_json(storage: AbstractStorage, path: str) -> Any:
 
 async def _read_lined(storage: AbstractStorage, path: str) -> Any:
     """A document whose ``"files"`` list holds one entry a line, parsed an entry at a time: the text around
-    the list is parsed as a document of its own, the entries one by one."""
+    the list is parsed as a document of its own, the entries one by one. A document without such a list is
+    parsed whole, from the same read (at most :data:`MAX_JSON_BYTES`)."""
     outer: list[bytes] = []
     files: list[Any] = []
     state = "head"  # head | files | tail
@@ -85,14 +86,12 @@ async def _read_lined(storage: AbstractStorage, path: str) -> Any:
             line_of(bytes(pending[start:end]))
             start = end + 1
         del pending[:start]
-        if len(pending) > MAX_LINE_BYTES:
-            raise _NotLined if state == "head" else ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
         if state == "head" and size > MAX_JSON_BYTES:
-            raise _NotLined
+            raise ValueError(f"larger than {MAX_JSON_BYTES} bytes")
+        if len(pending) > MAX_LINE_BYTES:
+            raise ValueError(f"a line longer than {MAX_LINE_BYTES} bytes")
     if pending:
         line_of(bytes(pending))
-    if state != "tail":
-        raise _NotLined
     document = json.loads(b"\n".join(outer))
     if isinstance(document, dict) and document.get("files") == []:
         document["files"] = files

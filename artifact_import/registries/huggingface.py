@@ -414,11 +414,3 @@ def _next_page(link: str | None, base: str) -> str | None:
             return urljoin(base, str(m[1]).strip())
     return None
 
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    try:
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError:
-        port = None
-    return parts.scheme.lower(), (parts.hostname or "").lower(), port
