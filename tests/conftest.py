@@ -70,6 +70,7 @@ def hub(hub_server: HubServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[Loca
     local = hub_server.hub
     local.faults = Faults()
     local.requests.clear()
+    local.unknown_requests.clear()
     local.lfs_redirect = True
     monkeypatch.setenv("HF_ENDPOINT", hub_server.url)
     yield local

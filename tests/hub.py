@@ -197,6 +197,8 @@ class LocalHub:
         self.requests: list[tuple[str, str, str | None]] = []
         #: The path of every API call (revision, tree, model info).
         self.api_requests: list[str] = []
+        #: (method, path) of every request the hub has no route for.
+        self.unknown_requests: list[tuple[str, str]] = []
         self.base_url = ""
         #: Redirect target for LFS files: another loopback host, as the Hub redirects to a CDN. Set before
         #: the server starts to redirect to a CDN of one's own (nginx serving ``data_dir/blobs``, see
@@ -320,6 +322,7 @@ class LocalHub:
         if content is not None and request.method in ("GET", "HEAD"):
             key = f"{content['kind'] or ''}{unquote(content['repo'])}"
             return await self._resolve(request, key, unquote(content["rev"]), unquote(content["path"]))
+        self.unknown_requests.append((request.method, raw))
         return web.Response(status=404)
 
     async def _maybe_stall(self) -> None:

@@ -40,6 +40,19 @@ def test_import_with_json_output(hub: LocalHub, tmp_path: Path) -> None:
     assert on_disk == {p: f.disk.read_bytes() for p, f in stored.items()}
 
 
+def test_an_import_asks_the_hub_for_the_repository_and_nothing_else(hub: LocalHub, tmp_path: Path) -> None:
+    """With telemetry left on (as users run it), huggingface_hub's header helper fetches an "agent harnesses"
+    registry from the endpoint, blocking for up to 3 s, and caches it in HF_HOME: an import must not."""
+    repo = repo_name("cli")
+    hub.create_repo(repo, FILES)
+    home = tmp_path / "hf-home"
+    env = {"HF_HUB_DISABLE_TELEMETRY": "", "HF_HOME": str(home)}
+    proc = run_cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert hub.unknown_requests == []
+    assert not home.exists() or not any(home.rglob("*")), "nothing written to the user's HF_HOME"
+
+
 def test_plain_output_when_not_a_terminal(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("cli")
     hub.create_repo(repo, FILES)

@@ -169,6 +169,19 @@ def test_the_token_saved_in_hf_home_is_used(hub: LocalHub, tmp_path: Path) -> No
     assert imported(tmp_path / "b") == stored(hub, repo)
 
 
+def test_hf_hub_disable_implicit_token_keeps_the_saved_token_at_home(hub: LocalHub, tmp_path: Path) -> None:
+    repo = repo_name("public")
+    hub.create_repo(repo, FILES)
+    home = tmp_path / "hf-home"
+    home.mkdir()
+    (home / "token").write_text("hf_saved_login_token\n")
+    hub.authorized.clear()
+    env = {"HF_HOME": str(home), "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1"}
+    done = cli("import", f"hf://{repo}", "--to", str(tmp_path / "m"), env=env)
+    assert done.returncode == 0, done.stderr
+    assert hub.authorized == [], "the saved login was not sent"
+
+
 def test_max_workers_is_the_file_concurrency(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("workers")
     hub.create_repo(repo, FILES)

@@ -6,13 +6,14 @@ import asyncio
 import json
 import logging
 import os
+import platform
 import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlsplit
 
+import huggingface_hub
 from huggingface_hub import constants
-from huggingface_hub.utils._headers import build_hf_headers
 from multidict import CIMultiDictProxy
 
 from .. import __version__
@@ -52,18 +53,34 @@ def _clip(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _offline(env: Mapping[str, str]) -> bool:
-    """``HF_HUB_OFFLINE`` as ``huggingface_hub`` reads it."""
-    return env.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+def _switched_on(env: Mapping[str, str], name: str) -> bool:
+    """A switch such as ``HF_HUB_OFFLINE``, as ``huggingface_hub`` reads it."""
+    return env.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _hub_headers(token: str | None) -> dict[str, str]:
+    """The user agent ``huggingface_hub`` would send (without its agent detection) and the token, if any."""
+    agent = f"artifact-import/{__version__}; hf_hub/{huggingface_hub.__version__}; python/{platform.python_version()}"
+    if origin := getattr(constants, "HF_HUB_USER_AGENT_ORIGIN", None):
+        agent += f"; origin/{origin}"
+    headers = {"user-agent": agent}
+    if token is None and not _switched_on(os.environ, "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
+        token = huggingface_hub.get_token()
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    return headers
 
 
 class HuggingFaceRegistry(AbstractRegistry):
     """Speaks the Hub's HTTP API (revision, tree listing, resolve) with :mod:`.wire`.
 
     ``endpoint`` and ``token`` default to what ``huggingface_hub`` would use
-    (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login, through its own
-    ``build_hf_headers``), read when the registry is created rather than when
-    ``huggingface_hub`` was imported. Its ``HfApi`` (and aiohttp) are not
+    (``HF_ENDPOINT``, ``HF_TOKEN`` or the saved login, unless
+    ``HF_HUB_DISABLE_IMPLICIT_TOKEN``), read when the registry is created
+    rather than when ``huggingface_hub`` was imported. Its ``build_hf_headers``
+    is not used: with telemetry on it fetches an "agent harnesses" registry
+    from the endpoint on its first call, synchronously (up to 3 s on the event
+    loop where the Hub is out of reach), and writes it into ``HF_HOME``. Its ``HfApi`` (and aiohttp) are not
     used: loading them took about 0.2 CPU-seconds, more than a tenth of what
     a 1 GiB import costs (``benchmarks/README.md``); the three calls an
     import makes are made here, and their errors said as ``huggingface_hub``
@@ -92,6 +109,7 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.max_files = max_files
         self.endpoint = _check_endpoint(endpoint or os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
         self._token = token
+        self._base_headers = _hub_headers(token)
         self.retry = retry or RetryPolicy()
         self.timeouts = timeouts or HttpTimeouts.from_env(os.environ)
         self.chunk_size = chunk_size
@@ -106,10 +124,10 @@ class HuggingFaceRegistry(AbstractRegistry):
         self.hub_scan = hub_scan
 
     def _headers(self) -> dict[str, str]:
-        return build_hf_headers(token=self._token, library_name="artifact-import", library_version=__version__)
+        return dict(self._base_headers)
 
     async def resolve(self, model: ModelTarget) -> ResolvedArtifact:
-        if _offline(os.environ):
+        if _switched_on(os.environ, "HF_HUB_OFFLINE"):
             raise ConfigError(
                 f"{model.uri}: offline mode is on (HF_HUB_OFFLINE is set) and importing from the Hub needs "
                 "the network: unset HF_HUB_OFFLINE to import"
