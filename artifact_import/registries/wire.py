@@ -33,6 +33,7 @@ import socket
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import cast
 from urllib.parse import quote, urljoin, urlsplit
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -170,8 +171,9 @@ class _Connection(asyncio.BufferedProtocol):
     # --- asyncio.BufferedProtocol -------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport, whatever its class: uvloop's (Backend.AI's storage proxy can run on it) are not
+        # subclasses of asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
 
     def get_buffer(self, sizehint: int) -> memoryview:
         state = self._state

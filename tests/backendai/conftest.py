@@ -35,11 +35,13 @@ os.environ["HF_HUB_DISABLE_XET"] = "1"
 os.environ["HF_HOME"] = _HOME
 os.environ.pop("HF_TOKEN", None)
 
+import asyncio  # noqa: E402
 import itertools  # noqa: E402
 import shutil  # noqa: E402
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping  # noqa: E402
 
 import pytest  # noqa: E402
+import uvloop  # noqa: E402
 from ai.backend.storage.context_types import ArtifactVerifierContext  # noqa: E402
 from ai.backend.storage.volumes.vfs import BaseVolume  # noqa: E402
 from aiohttp import web  # noqa: E402
@@ -54,6 +56,17 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     _DEFAULT_HUB.stop()
     shutil.rmtree(_DEFAULT_HUB.hub.data_dir, ignore_errors=True)
     shutil.rmtree(_HOME, ignore_errors=True)
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """Tests marked ``uvloop`` run on asyncio's loop and again on uvloop, the one their storage proxy runs
+    with ``event-loop = "uvloop"`` (uvloop is one of their package's dependencies)."""
+    loops: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {"asyncio": asyncio.new_event_loop}
+    if item.get_closest_marker("uvloop") is not None:
+        loops["uvloop"] = uvloop.new_event_loop
+    return loops
 
 
 def repo_name(prefix: str = "model") -> str:

@@ -90,6 +90,7 @@ async def finish(proxy: Proxy, task_id: str) -> Any:
     return await proxy.tasks.result(uuid.UUID(task_id))
 
 
+@pytest.mark.uvloop
 @pytest.mark.parametrize("prefix", [None, "/"])
 async def test_a_vfolder_import_lands_where_the_prefix_says_and_stays(
     prefix: str | None,

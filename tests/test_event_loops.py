@@ -1,0 +1,55 @@
+"""An import on uvloop, the event loop Backend.AI's storage proxy runs with ``event-loop = "uvloop"``.
+
+uvloop's transports are its own classes, not ``asyncio.Transport``'s subclasses; its thread-safe callbacks,
+executors and sockets are libuv's. The import here goes through all of them: ranges over many connections
+(the wire client's protocol), a dropped connection resumed, the digests hashed in their thread, the writes in
+the executor, the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from artifact_import import HuggingFaceRegistry, ParallelPolicy, RetryPolicy, VFSStorage, import_artifact
+from artifact_import.registries.http import HttpTimeouts
+
+from .conftest import files_under, repo_name
+from .hub import LocalHub
+
+MiB = 1 << 20
+LOOPS: dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.new_event_loop,
+    "uvloop": uvloop.new_event_loop,
+}
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_an_import_runs_the_same_on_either_event_loop(hub: LocalHub, tmp_path: Path, loop: str) -> None:
+    repo = repo_name("loop")
+    commit = hub.create_repo(repo, {"model.safetensors": 3 * MiB + 777, "config.json": b'{"hidden_size": 8}'})
+    hub.faults.drop_after["model.safetensors"] = [100_000]
+    registry = HuggingFaceRegistry(
+        retry=RetryPolicy(max_attempts=4, backoff_base=0.01, backoff_max=0.05),
+        timeouts=HttpTimeouts(read=5.0),
+        parallel=ParallelPolicy(connections=4, range_size=256 * 1024, min_size=MiB),
+    )
+
+    async def run() -> None:
+        try:
+            await import_artifact(f"hf://{repo}", VFSStorage("d", tmp_path / "m"), registry=registry)
+        finally:
+            await registry.aclose()
+
+    with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(run())
+    stored = hub.repos[repo].commits[commit]
+    on_disk = files_under(tmp_path / "m")
+    assert {p: hashlib.sha256(on_disk[p]).hexdigest() for p in stored} == {p: f.sha256 for p, f in stored.items()}
+    ranges = [r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]
+    assert len(ranges) == 13 + 1, "13 ranges of 256 KiB, and the dropped one resumed"
