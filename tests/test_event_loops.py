@@ -3,7 +3,7 @@
 uvloop's transports are its own classes, not ``asyncio.Transport``'s subclasses; its thread-safe callbacks,
 executors and sockets are libuv's. The import here goes through all of them: ranges over many connections
 (the wire client's protocol), a dropped connection resumed, the digests hashed in their thread, the writes in
-the executor, the commit.
+the executor, the commit; and clamd's verdict over a socket of uvloop's.
 """
 
 from __future__ import annotations
@@ -16,10 +16,19 @@ from pathlib import Path
 import pytest
 import uvloop
 
-from artifact_import import HuggingFaceRegistry, ParallelPolicy, RetryPolicy, VFSStorage, import_artifact
+from artifact_import import (
+    HuggingFaceRegistry,
+    ParallelPolicy,
+    RetryPolicy,
+    VerificationError,
+    VFSStorage,
+    import_artifact,
+)
 from artifact_import.registries.http import HttpTimeouts
+from artifact_import.verifiers.clamav import ClamAVVerifier
 
-from .conftest import files_under, repo_name
+from .clamd import EICAR, SIGNATURE, Clamd
+from .conftest import fast_registry, files_under, repo_name
 from .hub import LocalHub
 
 MiB = 1 << 20
@@ -53,3 +62,19 @@ def test_an_import_runs_the_same_on_either_event_loop(hub: LocalHub, tmp_path: P
     assert {p: hashlib.sha256(on_disk[p]).hexdigest() for p in stored} == {p: f.sha256 for p, f in stored.items()}
     ranges = [r for m, p, r in hub.requests if m == "GET" and p == "model.safetensors"]
     assert len(ranges) == 13 + 1, "13 ranges of 256 KiB, and the dropped one resumed"
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_clamd_finds_the_virus_on_either_event_loop(hub: LocalHub, clamd: Clamd, tmp_path: Path, loop: str) -> None:
+    repo = repo_name("loop")
+    hub.create_repo(repo, {"config.json": b"{}", "scripts/run.sh": b"#!/bin/sh\n" + EICAR + b"\n"})
+
+    async def run() -> None:
+        await import_artifact(
+            f"hf://{repo}", tmp_path / "m", registry=fast_registry(), verifiers=[ClamAVVerifier(clamd.address)]
+        )
+
+    with pytest.raises(VerificationError) as info, asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+        runner.run(run())
+    assert info.value.path == "scripts/run.sh" and f"infected: {SIGNATURE}" in str(info.value)
+    assert not (tmp_path / "m").exists()
