@@ -28,7 +28,7 @@ import attrs
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
-from ..paths import PARTIAL_DIR
+from ..paths import PARTIAL_DIR, incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
 from ..verifiers.base import Verifier
 from .jsonfile import read_json
@@ -174,15 +174,24 @@ async def adopt_parked(
     adopted: list[PendingWrite] = []
     results: dict[str, FileResult] = {}
     sizes = {f.path: f.size for f in todo}
-    for path, entry in offered.complete.items():
-        write = await storage.adopt(parked_path(path), path)
+    # All at once: a directory looks a folder at a time (a look per file was slower than fetching them again).
+    paths = list(offered.complete)
+    writes = await storage.adopt_many([(parked_path(path), path) for path in paths])
+    for path, write in zip(paths, writes, strict=True):
         if write is None or write.bytes_written != sizes[path]:
             if write is not None:
                 await write.park(parked_path(path))
             continue
         adopted.append(write)
-        results[path] = attrs.evolve(entry, resumed=True)
-    return Adopted(tuple(adopted), results, offered.incomplete - results.keys(), True)
+        results[path] = attrs.evolve(offered.complete[path], resumed=True)
+    incomplete = offered.incomplete - results.keys()
+    if storage.journals_writes:
+        # Its record lists every file the interrupted import was about to receive (see write_record): only
+        # those it received bytes of are worth a look each (Journal.resume_incomplete) by this one.
+        listed = sorted(incomplete)
+        held = await storage.sizes([incomplete_path(path) for path in listed])
+        incomplete = frozenset(path for path in listed if held.get(incomplete_path(path), 0) > 0)
+    return Adopted(tuple(adopted), results, incomplete, True)
 
 
 @attrs.frozen

@@ -421,7 +421,8 @@ class VFSStorage(AbstractStorage):
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         self.check_writable()
         source = await self._resolve(parked)
-        target = await self._resolve(filepath)
+        # As open_write resolves it: the folder once, the name itself not followed (the rename replaces a link).
+        target = await self._resolve_fast(filepath)
         try:
             st = await aiofiles.os.stat(source)
         except FileNotFoundError:
@@ -443,6 +444,56 @@ class VFSStorage(AbstractStorage):
         pending.bytes_written = st.st_size
         pending.journal = parked
         return pending
+
+    async def adopt_many(self, parked: Sequence[tuple[str, str]]) -> list[PendingWrite | None]:
+        """:meth:`adopt` each ``(parked, filepath)`` whole, with one thread hop per folder of parked files (up to
+        :data:`_BATCH` names) instead of a walk from the root and a stat per file: resuming 100,000 parked files
+        took longer than fetching them."""
+        self.check_writable()
+        found = await self._stat_many([where for where, _ in parked])
+        adopted: list[PendingWrite | None] = []
+        for where, path in parked:
+            st = found.get(where)
+            if st is None:
+                adopted.append(None)
+                continue
+            try:
+                write = _VFSParkedWrite(
+                    self, path, await self._resolve_fast(where), await self._resolve_fast(path), st.st_size
+                )
+            except (UnsafePathError, StorageError):
+                adopted.append(None)
+                continue
+            write.stamp = stamp_of(st)
+            write.journal = where
+            adopted.append(write)
+        return adopted
+
+    async def sizes(self, paths: Sequence[str]) -> dict[str, int]:
+        """Sizes of the regular files among ``paths``, one thread hop per folder (see :meth:`_stat_many`)."""
+        return {path: st.st_size for path, st in (await self._stat_many(paths)).items()}
+
+    async def _stat_many(self, paths: Sequence[str]) -> dict[str, os.stat_result]:
+        """The stat of each of ``paths`` that is a regular file, by path: folders resolved as the write path
+        resolves them (once each, see :meth:`_resolve_fast`) and opened without following links, names not
+        followed (a link is left out, as a missing file is)."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for path in paths:
+            try:
+                where = await self._resolve_fast(path)
+            except UnsafePathError:
+                continue
+            groups.setdefault(self._dir_string(where.parent), []).append((path, where.name))
+        found: dict[str, os.stat_result] = {}
+        for folder, members in groups.items():
+            for at in range(0, len(members), _BATCH):
+                batch = members[at : at + _BATCH]
+                try:
+                    stats = await asyncio.to_thread(_stat_batch, self.root, folder, [name for _, name in batch])
+                except (OSError, UnsafePathError):
+                    continue  # the folder is gone, or is a link now: none of these is there
+                found.update((path, st) for (path, _), st in zip(batch, stats, strict=True) if st is not None)
+        return found
 
     async def move(self, src: str, dst: str) -> bool:
         source = await self._resolve(src)
@@ -773,22 +824,35 @@ class _VFSPendingWrite(PendingWrite):
 class _VFSParkedWrite(PendingWrite):
     """A file parked by an earlier import, renamed into place on commit."""
 
-    __slots__ = ("_done", "_parked", "_storage", "_target")
+    __slots__ = ("_done", "_parked_dir", "_parked_name", "_storage", "_target_dir")
 
     @property
     def target_path(self) -> str:
-        return str(self._target)
+        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
 
     @property
     def temp_path(self) -> str:
-        return str(self._parked)
+        return os.path.join(self._parked_dir, self._parked_name or self.path.rpartition("/")[2])
+
+    @property
+    def local_path(self) -> Path | None:
+        return self._local_path or Path(self.temp_path)
+
+    @local_path.setter
+    def local_path(self, value: Path | None) -> None:
+        self._local_path = value
 
     def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
         super().__init__(path)
         self._storage = storage
-        self._parked = parked
-        self.local_path = parked
-        self._target = target
+        # Folder strings shared by the files of a folder, as _VFSPendingWrite keeps them: an import resuming
+        # 100,000 parked files holds one of these each until the commit.
+        name = path.rpartition("/")[2]
+        self._parked_dir = storage._dir_string(parked.parent)
+        self._parked_name: str | None = None if parked.name == name else parked.name
+        self._target_dir = storage._dir_string(target.parent)
+        if target.name != name:
+            raise StorageError(f"{path}: resolves to another name ({target.name})")
         self.bytes_written = size
         self._done = False
 
@@ -807,7 +871,7 @@ class _VFSParkedWrite(PendingWrite):
             return
         self._done = True
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self._parked)
+            await aiofiles.os.remove(self.temp_path)
 
 
 async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], None] | None, what: str) -> int:
@@ -898,6 +962,28 @@ def _rename_batch(
     finally:
         os.close(source_fd)
     return problems
+
+
+def _stat_batch(root: Path, folder: str, names: Sequence[str]) -> list[os.stat_result | None]:
+    """The stat of each of ``names`` in ``folder`` (opened as :func:`_open_folder` opens it), None for one that
+    is missing or not a regular file (a link is not followed). A missing folder: none is there."""
+    real_root = Path(os.path.realpath(root))
+    try:
+        fd = _open_folder(real_root, Path(folder).relative_to(real_root).parts)
+    except FileNotFoundError:
+        return [None] * len(names)
+    found: list[os.stat_result | None] = []
+    try:
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                found.append(None)
+                continue
+            found.append(st if stat.S_ISREG(st.st_mode) else None)
+    finally:
+        os.close(fd)
+    return found
 
 
 def _syncfs(root: Path) -> None:
