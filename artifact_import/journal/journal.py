@@ -237,7 +237,18 @@ class Journal:
                 with contextlib.suppress(ArtifactImportError):
                     await self.storage.get_file_info(record.parked_path(path))
                     whole[path] = entry
-            incomplete = offered.incomplete - whole.keys() if resume_bytes else frozenset()
+                    continue
+                if self.storage.journals_writes:
+                    # Kept where it was received (see record.adopt_parked): whole if unchanged since verified.
+                    with contextlib.suppress(ArtifactImportError):
+                        info = await self.storage.get_file_info(incomplete_path(path))
+                        if entry.stamp is not None and info.stamp == entry.stamp and info.size == entry.size:
+                            whole[path] = entry
+            incomplete = (
+                (offered.incomplete | (offered.complete.keys() - whole.keys())) - whole.keys()
+                if resume_bytes
+                else frozenset()
+            )
         todo = [f for f in todo if f.path not in whole]
         local = await self._held_elsewhere(todo) if skip_present and resume_bytes else {}
         planned: list[PlannedFile] = []

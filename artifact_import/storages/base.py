@@ -255,6 +255,12 @@ class AbstractStorage(abc.ABC):
                 parked.append(False)
         return parked
 
+    async def keep_in_place(self, writes: Sequence[PendingWrite]) -> list[bool]:
+        """End each of ``writes`` kept, durable, where its bytes already wait for the next import (its journal
+        location, ``incomplete_path(write.path)``), without moving it; whether each was. A storage whose
+        writes wait elsewhere keeps none (they are parked with :meth:`park_writes`)."""
+        return [False] * len(writes)
+
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see
         :meth:`PendingWrite.park`), or ``None`` if there is none or this storage does not park.

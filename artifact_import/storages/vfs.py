@@ -343,6 +343,37 @@ class VFSStorage(AbstractStorage):
             await self._folders.release(write._folders, remove_empty=True)
         return [done[id(write)] for write, _ in parks]
 
+    async def keep_in_place(self, writes: Sequence[PendingWrite]) -> list[bool]:
+        """A write of an artifact's file receives its bytes at its journal location (see :meth:`open_write`),
+        which the next import looks at: ended there, made durable (one ``syncfs`` for them all), not renamed.
+        A SIGTERM on an import of 200,000 files spent seconds renaming the verified ones into the partial
+        folder, past a container's grace period. Parked files adopted from there stay where they are."""
+        kept: dict[int, bool] = {}
+        ours: list[_VFSPendingWrite] = []
+        for write in writes:
+            if isinstance(write, _VFSParkedWrite) and write._storage is self:
+                kept[id(write)] = not write._done
+            elif (
+                isinstance(write, _VFSPendingWrite)
+                and write._storage is self
+                and not write._done
+                and await write.prepare_commit() == incomplete_path(write.path)
+            ):
+                try:
+                    await write.flush()
+                except StorageError:
+                    kept[id(write)] = False
+                    continue
+                ours.append(write)
+        if any(w.needs_sync for w in ours):
+            await run_to_completion(asyncio.to_thread(_syncfs, self.root))
+        for write in ours:
+            write.needs_sync = False
+            write._done = True
+            kept[id(write)] = True
+            await self._folders.release(write._folders, remove_empty=False)
+        return [kept.get(id(write), False) for write in writes]
+
     async def _move_all(
         self, writes: Sequence[_VFSPendingWrite | _VFSParkedWrite], targets: Mapping[int, str] | None = None
     ) -> dict[int, BaseException]:
