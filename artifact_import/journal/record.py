@@ -208,8 +208,8 @@ async def adopt_parked(
         # Its record lists every file the interrupted import was about to receive (see write_record): only
         # those it received bytes of are worth a look each (Journal.resume_incomplete) by this one.
         listed = sorted(incomplete)
-        held = await storage.sizes([incomplete_path(path) for path in listed])
-        incomplete = frozenset(path for path in listed if held.get(incomplete_path(path), 0) > 0)
+        held = await storage.file_infos([incomplete_path(path) for path in listed])
+        incomplete = frozenset(path for path in listed if (i := held.get(incomplete_path(path))) and i.size > 0)
     return Adopted(tuple(adopted), results, incomplete, True)
 
 

@@ -275,22 +275,22 @@ class AbstractStorage(abc.ABC):
         (a directory: one look per folder) overrides it."""
         return [await self.adopt(where, path) for where, path in parked]
 
-    async def sizes(self, paths: Sequence[str]) -> dict[str, int]:
-        """The sizes of those of ``paths`` that exist, by path (a missing one is left out, as is one that
-        cannot be read). Sixteen looks at a time; a directory overrides it with one look per folder."""
+    async def file_infos(self, paths: Sequence[str]) -> dict[str, FileInfo]:
+        """:meth:`get_file_info` of those of ``paths`` that exist, by path (a missing one is left out, as is
+        one that cannot be read). Sixteen looks at a time; a directory overrides it with one look per folder."""
         import asyncio
 
         limit = asyncio.Semaphore(16)
 
-        async def size(path: str) -> int | None:
+        async def info(path: str) -> FileInfo | None:
             async with limit:
                 try:
-                    return (await self.get_file_info(path)).size
+                    return await self.get_file_info(path)
                 except ArtifactImportError:
                     return None
 
-        found = await asyncio.gather(*(size(p) for p in paths))
-        return {p: n for p, n in zip(paths, found, strict=True) if n is not None}
+        found = await asyncio.gather(*(info(p) for p in paths))
+        return {p: i for p, i in zip(paths, found, strict=True) if i is not None}
 
     async def delete_folder(self, path: str) -> None:  # noqa: B027 - optional hook
         """Remove the folder ``path`` of the reserved folder with everything in it (parked files)."""
