@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .._aio import run_to_completion
+from .._aio import map_bounded, run_to_completion
 from ..errors import ArtifactImportError, ConfigError, StorageError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact, SignatureVerdict
 from ..paths import incomplete_path
@@ -99,7 +99,7 @@ class Journal:
                 except ArtifactImportError:
                     return file.path, None
 
-        found = await asyncio.gather(*(where(f) for f in todo))
+        found = await map_bounded(where, todo)
         return {path: at for path, at in found if at is not None}
 
     def forget_local(self, path: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import attrs
 
+from .._aio import map_bounded
 from ..errors import ArtifactImportError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage
@@ -72,7 +73,7 @@ async def already_present(
                     return None
         return attrs.evolve(entry, skipped=True, stamp=info.stamp)
 
-    checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
+    checked = await map_bounded(lambda pair: stored(*pair), candidates)
     return {r.path: r for r in checked if r is not None}
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .._aio import run_to_completion
+from .._aio import map_bounded, run_to_completion
 from ..errors import ArtifactImportError, ReadOnlyStorageError, StorageError, StorageNotFoundError
 
 log = logging.getLogger(__name__)
@@ -289,7 +289,7 @@ class AbstractStorage(abc.ABC):
                 except ArtifactImportError:
                     return None
 
-        found = await asyncio.gather(*(info(p) for p in paths))
+        found = await map_bounded(info, paths)
         return {p: i for p, i in zip(paths, found, strict=True) if i is not None}
 
     async def delete_folder(self, path: str) -> None:  # noqa: B027 - optional hook

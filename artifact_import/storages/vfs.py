@@ -19,7 +19,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from .._aio import run_to_completion
+from .._aio import map_bounded, run_to_completion
 from ..errors import (
     ArtifactImportError,
     InsufficientSpaceError,
@@ -195,7 +195,7 @@ class VFSStorage(AbstractStorage):
                 await plain.stream_upload(path, one_chunk(body))
 
         try:
-            await asyncio.gather(*(put(path, body) for path, body in written.items()))
+            await map_bounded(lambda item: put(*item), list(written.items()))
             path, body = hflocal.GITIGNORE
             if not await asyncio.to_thread(os.path.lexists, self.root / path):
                 await put(path, body)
