@@ -7,6 +7,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 import aiofiles
 import aiofiles.os
 
-from .._aio import map_bounded, run_to_completion
+from .._aio import run_bounded, run_to_completion
 from ..errors import (
     ArtifactImportError,
     InsufficientSpaceError,
@@ -177,25 +178,25 @@ class VFSStorage(AbstractStorage):
         Best effort: without it huggingface_hub only checks the files again, so a failure here is a warning,
         never a failed import. Not synced to disk one by one: losing it costs a re-check, nothing else.
         """
-        written = hflocal.download_metadata(artifact, files) if self.hf_metadata else {}
-        if not written:
+        if not self.hf_metadata:
+            return
+        written = hflocal.download_metadata(artifact, files)
+        first = next(written, None)
+        if first is None:
             return
         plain = VFSStorage(self.name, self.root, fsync=False, chunk_size=self.chunk_size, hf_metadata=False)
-        limit = asyncio.Semaphore(16)
-        skipped = {hflocal.metadata_path(f.path) for f in files if f.skipped}
 
-        async def put(path: str, body: bytes) -> None:
-            async with limit:
-                if path in skipped:
-                    # A file the import did not touch: its metadata stays if it already says the same.
-                    with contextlib.suppress(ArtifactImportError):
-                        old = b"".join([chunk async for chunk in plain.stream_download(path)])
-                        if hflocal.says_the_same(old, body):
-                            return
-                await plain.stream_upload(path, one_chunk(body))
+        async def put(path: str, body: bytes, skipped: bool = False) -> None:
+            if skipped:
+                # A file the import did not touch: its metadata stays if it already says the same.
+                with contextlib.suppress(ArtifactImportError):
+                    old = b"".join([chunk async for chunk in plain.stream_download(path)])
+                    if hflocal.says_the_same(old, body):
+                        return
+            await plain.stream_upload(path, one_chunk(body))
 
         try:
-            await map_bounded(lambda item: put(*item), list(written.items()))
+            await run_bounded(lambda item: put(item[1], item[2], item[0].skipped), itertools.chain([first], written))
             path, body = hflocal.GITIGNORE
             if not await asyncio.to_thread(os.path.lexists, self.root / path):
                 await put(path, body)
