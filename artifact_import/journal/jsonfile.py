@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import StorageFileNotFoundError
@@ -27,14 +28,17 @@ class _NotLined(Exception):
     """The file lists its files over several lines each (an earlier version's indented manifest): read it whole."""
 
 
-async def read_json(storage: AbstractStorage, path: str) -> Any:
+async def read_json(storage: AbstractStorage, path: str, *, entry: Callable[[Any], Any] | None = None) -> Any:
     """The parsed JSON of a file the library wrote at ``path``; ``None`` if there is none.
+
+    ``entry`` makes each entry of its one-a-line list (``files``, ``renames``) into what is kept of it, as
+    each is read: the parsed entries of 200,000 files are not all held at once beside what they are made into.
 
     Raises ``ValueError`` if it is too large or not JSON, and the storage's
     error if it cannot be read.
     """
     try:
-        return await _read_lined(storage, path)
+        return await _read_lined(storage, path, entry)
     except _NotLined:
         pass
     except StorageFileNotFoundError:
@@ -49,13 +53,17 @@ async def read_json(storage: AbstractStorage, path: str) -> Any:
             chunks.append(chunk)
     except StorageFileNotFoundError:
         return None
-    return json.loads(b"".join(chunks))
+    document = json.loads(b"".join(chunks))
+    if entry is not None and isinstance(document, dict):
+        for key in _OPENS.values():
+            if isinstance(document.get(key), list):
+                document[key] = [entry(item) for item in document[key]]
+    return document
 
 
-async def _read_lined(storage: AbstractStorage, path: str) -> Any:
-    """A document whose ``"files"`` (or ``"renames"``) list holds one entry a line, parsed an entry at a time:
-    the text around
-    the list is parsed as a document of its own, the entries one by one. A document without such a list is
+async def _read_lined(storage: AbstractStorage, path: str, entry: Callable[[Any], Any] | None = None) -> Any:
+    """A document whose ``"files"`` (or ``"renames"``) list holds one entry a line, parsed an entry at a time
+    (each made into what ``entry`` makes of it): the text around the list is parsed as a document of its own, the entries one by one. A document without such a list is
     parsed whole, from the same read (at most :data:`MAX_JSON_BYTES`)."""
     outer: list[bytes] = []
     files: list[Any] = []
@@ -67,15 +75,16 @@ async def _read_lined(storage: AbstractStorage, path: str) -> Any:
     def line_of(raw: bytes) -> None:
         nonlocal state, key
         if state == "files":
-            entry = raw.strip().rstrip(b",")
-            if entry.startswith(b"]"):
+            line = raw.strip().rstrip(b",")
+            if line.startswith(b"]"):
                 outer.append(raw)
                 state = "tail"
-            elif entry:
+            elif line:
                 try:
-                    files.append(json.loads(entry))
+                    parsed = json.loads(line)
                 except ValueError:
                     raise _NotLined from None
+                files.append(entry(parsed) if entry is not None else parsed)
             return
         outer.append(raw)
         if state == "head":

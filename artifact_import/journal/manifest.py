@@ -110,9 +110,11 @@ def encode_manifest(manifest: dict[str, Any]) -> bytes:
 
 
 async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
-    """The destination's manifest, or ``None`` if there is none or it cannot be used."""
+    """The destination's manifest, or ``None`` if there is none or it cannot be used. Its ``files`` are
+    :class:`FileResult` (None for an entry that is not well formed), made as each line is read (see
+    :class:`EntryParser`)."""
     try:
-        manifest = await read_json(storage, MANIFEST_PATH)
+        manifest = await read_json(storage, MANIFEST_PATH, entry=EntryParser())
     except (ArtifactImportError, ValueError) as exc:
         log.warning("%s: cannot use %s (%s); importing every file", storage.describe(), MANIFEST_PATH, exc)
         return None
@@ -121,17 +123,41 @@ async def read_manifest(storage: AbstractStorage) -> dict[str, Any] | None:
     return manifest
 
 
-def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
-    """The well-formed file entries of a manifest (or of a record of parked files), by path."""
-    found: dict[str, FileResult] = {}
-    for entry in manifest.get("files", []):
+class EntryParser:
+    """A file entry of a manifest or record as a :class:`FileResult`, None if it is not well formed.
+
+    A verdict said of many files alike ("not a pickle", the Hub's scan) is
+    one object for all of them, as the import that wrote them held it: the
+    manifest of 200,000 files read as a dict each, then a result each with
+    verdicts of its own, took an import that had nothing to fetch past 600 MB.
+    """
+
+    #: Distinct verdicts kept for sharing.
+    LIMIT = 4096
+
+    def __init__(self) -> None:
+        self._shared: dict[tuple[str, bool, str, str], Verdict] = {}
+
+    def verdict(self, raw: Any) -> Verdict:
+        made = Verdict(str(raw["verifier"]), bool(raw["ok"]), str(raw.get("detail", "")), dict(raw.get("data") or {}))
+        if made.verifier == "checksum":  # its data is the file's own digest: never alike
+            return made
         try:
-            verdicts = tuple(
-                Verdict(str(v["verifier"]), bool(v["ok"]), str(v.get("detail", "")), dict(v.get("data") or {}))
-                for v in entry.get("verdicts", [])
-            )
+            key = (made.verifier, made.ok, made.detail, json.dumps(made.data, sort_keys=True))
+        except (TypeError, ValueError):
+            return made
+        kept = self._shared.get(key)
+        if kept is None and len(self._shared) < self.LIMIT:
+            kept = self._shared[key] = made
+        return kept or made
+
+    def __call__(self, entry: Any) -> FileResult | None:
+        if isinstance(entry, FileResult):
+            return entry
+        try:
+            verdicts = tuple(self.verdict(v) for v in entry.get("verdicts", []))
             stamp = entry.get("stamp")
-            result = FileResult(
+            return FileResult(
                 str(entry["path"]),
                 int(entry["size"]),
                 str(entry["sha256"]).lower(),
@@ -139,6 +165,15 @@ def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
                 stamp=str(stamp) if stamp is not None else None,
             )
         except (KeyError, TypeError, ValueError, AttributeError):
-            continue
-        found[result.path] = result
+            return None
+
+
+def manifest_files(manifest: dict[str, Any]) -> dict[str, FileResult]:
+    """The well-formed file entries of a manifest (or of a record of parked files), by path."""
+    found: dict[str, FileResult] = {}
+    parse = EntryParser()
+    for entry in manifest.get("files", []):
+        result = parse(entry)
+        if result is not None:
+            found[result.path] = result
     return found

@@ -32,7 +32,7 @@ from ..paths import PARTIAL_DIR, incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
 from ..verifiers.base import Verifier
 from .jsonfile import read_json
-from .manifest import ResultLines, manifest_files
+from .manifest import EntryParser, ResultLines, manifest_files
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ async def write_record(
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:
     try:
-        record = await read_json(storage, RECORD_PATH)
+        record = await read_json(storage, RECORD_PATH, entry=EntryParser())
     except (ArtifactImportError, ValueError):
         return None
     return record if isinstance(record, dict) else None
