@@ -63,8 +63,9 @@ async def read_json(storage: AbstractStorage, path: str, *, entry: Callable[[Any
 
 async def _read_lined(storage: AbstractStorage, path: str, entry: Callable[[Any], Any] | None = None) -> Any:
     """A document whose ``"files"`` (or ``"renames"``) list holds one entry a line, parsed an entry at a time
-    (each made into what ``entry`` makes of it): the text around the list is parsed as a document of its own, the entries one by one. A document without such a list is
-    parsed whole, from the same read (at most :data:`MAX_JSON_BYTES`)."""
+    (each made into what ``entry`` makes of it): the text around the list is parsed as a document of its own,
+    the entries one by one. A document without such a list is parsed whole, from the same read (at most
+    :data:`MAX_JSON_BYTES`)."""
     outer: list[bytes] = []
     files: list[Any] = []
     key = ""
