@@ -193,13 +193,14 @@ def test_ctrl_c_cancels_and_leaves_nothing(hub: LocalHub, tmp_path: Path) -> Non
         "interrupted: the import was cancelled; nothing half-written is visible. What was already received "
         "(3 verified file(s) and 1 file(s) received in part) was kept aside: run the same command again to finish."
     ), err
-    # Nothing under the artifact's names, nothing half-written; the verified small files are parked.
+    # Nothing under the artifact's names, nothing half-written; the verified small files are kept where they
+    # were received (the record says they are whole and verified).
     left = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert left == [
-        ".artifact-import/partial/files/config.json",
-        ".artifact-import/partial/files/onnx/model.onnx",
-        ".artifact-import/partial/files/tokenizer/tokenizer.json",
+        ".artifact-import/partial/incomplete/config.json",
         ".artifact-import/partial/incomplete/model.safetensors",
+        ".artifact-import/partial/incomplete/onnx/model.onnx",
+        ".artifact-import/partial/incomplete/tokenizer/tokenizer.json",
         ".artifact-import/partial/record.json",
     ]
     kept = (dest / ".artifact-import/partial/incomplete/model.safetensors").stat().st_size

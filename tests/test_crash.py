@@ -271,6 +271,50 @@ def test_sigterm_during_the_commit_exits_at_once_and_the_next_run_completes_it(h
     assert run_cli("verify", str(dest)).returncode == 0
 
 
+#: The CLI with the bound of a journal file read whole lowered (argv[1], bytes), as 200,000 files are to it.
+_BOUNDED_CLI = (
+    "import sys\n"
+    "from artifact_import.journal import jsonfile\n"
+    "jsonfile.MAX_JSON_BYTES = int(sys.argv.pop(1))\n"
+    "from artifact_import.cli.command import main\n"
+    "main(prog_name='artifact-import')\n"
+)
+
+
+def test_sigterm_during_the_commit_of_a_journal_too_large_to_read_whole_the_next_run_fetches_nothing(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """At 200,000 files the manifest (150 MB) passed the bound of a journal file read whole (64 MiB): the run
+    after a SIGTERM in the commit completed it, then found the manifest unusable and fetched every file again.
+    At some 700,000 files the commit's intent would pass it too, and be ignored. Both processes here run with
+    the bound below the manifest's and the intent's sizes, as a repository of very many files is to it."""
+    repo = repo_name("commit")
+    files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
+    hub.create_repo(repo, files)
+    dest = tmp_path / "m"
+    bound = str(16 << 10)
+    command = [sys.executable, "-c", _BOUNDED_CLI, bound, "import", f"hf://{repo}", "--to", str(dest)]
+    proc = subprocess.Popen(
+        [*command, "-q"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    intent = dest / ".artifact-import" / "commit.json"
+    _until(intent.exists, proc, "the commit", timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 143, err
+    assert intent.exists() and intent.stat().st_size > int(bound), "the recorded commit is larger than the bound"
+    hub.requests.clear()
+    again = subprocess.run([*command, "--json"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stderr
+    assert (dest / MANIFEST_PATH).stat().st_size > int(bound)
+    assert [r for r in hub.requests if r[0] == "GET"] == [], "everything was verified before: nothing fetched"
+    assert json.loads(again.stdout)["skipped_count"] == len(files)
+    assert not intent.exists() and not (dest / ".artifact-import" / "partial").exists()
+    on_disk = files_under(dest)
+    on_disk.pop(MANIFEST_PATH)
+    assert on_disk == _expected(hub, repo)
+
+
 def test_killed_mid_multipart_upload_the_next_run_leaves_no_incomplete_upload(
     hub: LocalHub, s3: S3Server, tmp_path: Path
 ) -> None:

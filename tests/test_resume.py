@@ -82,10 +82,11 @@ async def test_a_cancelled_import_parks_verified_files_and_the_next_one_finishes
     events = await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
     assert {e.path for e in events if e.state is FileState.PARKED} == {"config.json", "tok/vocab.json", "big.bin"}
     left = files_under(dest)
+    # The verified files stay where they were received (no rename on the way out); the record says they are whole.
     assert sorted(left) == [
-        f"{PARTIAL_DIR}/files/config.json",
-        f"{PARTIAL_DIR}/files/tok/vocab.json",
         f"{PARTIAL_DIR}/incomplete/big.bin",
+        f"{PARTIAL_DIR}/incomplete/config.json",
+        f"{PARTIAL_DIR}/incomplete/tok/vocab.json",
         RECORD_PATH,
     ]
     kept = len(left[f"{PARTIAL_DIR}/incomplete/big.bin"])
@@ -102,6 +103,26 @@ async def test_a_cancelled_import_parks_verified_files_and_the_next_one_finishes
     manifest = json.loads(after.pop(".artifact-import/manifest.json"))
     assert after == expected, "the partial folder is gone and every file is in place"
     assert {f["path"] for f in manifest["files"]} == set(FILES)
+
+
+async def test_a_verified_file_changed_where_it_was_kept_is_not_taken_on_the_records_word(
+    hub: LocalHub, tmp_path: Path
+) -> None:
+    """The verified files an interruption keeps stay where they were received; the record vouches for them
+    only as they were then (size, mtime, inode). Bytes swapped there since, of the same size, are read again
+    and refused, never committed as verified."""
+    repo = repo_name("resume")
+    hub.create_repo(repo, FILES)
+    dest = tmp_path / "dest"
+    await interrupt_after_small_files(hub, dest, source=f"hf://{repo}")
+    kept = dest / PARTIAL_DIR / "incomplete" / "config.json"
+    assert kept.read_bytes() == b'{"a": 1}'
+    kept.write_bytes(b'{"a": 2}')
+    with pytest.raises(IntegrityError, match=r"config\.json"):
+        await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert not (dest / "config.json").exists()
+    result = await import_artifact(f"hf://{repo}", dest, registry=fast_registry())
+    assert result.resumed == 0 and (dest / "config.json").read_bytes() == b'{"a": 1}'
 
 
 async def test_a_corrupted_parked_start_fails_closed_and_the_next_import_starts_over(

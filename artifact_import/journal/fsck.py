@@ -8,6 +8,7 @@ from typing import Any
 
 import attrs
 
+from .._aio import map_bounded
 from ..errors import StorageFileNotFoundError
 from ..model import FileResult, SignatureVerdict
 from ..storages.base import AbstractStorage
@@ -94,7 +95,7 @@ async def compare(
                     return entry.path, f"sha256 {hasher.hexdigest()}, the manifest says {entry.sha256}"
             return entry.path, None
 
-    outcomes = await asyncio.gather(*(check(e) for e in entries.values()))
+    outcomes = await map_bounded(check, list(entries.values()), concurrency)
     missing = tuple(sorted(p for p, why in outcomes if why == "missing"))
     changed = tuple(sorted((p, why) for p, why in outcomes if why is not None and why != "missing"))
     return missing, changed

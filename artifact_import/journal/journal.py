@@ -19,7 +19,7 @@ from typing import Any
 
 import attrs
 
-from .._aio import run_to_completion
+from .._aio import map_bounded, run_to_completion
 from ..errors import ArtifactImportError, ConfigError, StorageError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact, SignatureVerdict
 from ..paths import incomplete_path
@@ -99,7 +99,7 @@ class Journal:
                 except ArtifactImportError:
                     return file.path, None
 
-        found = await asyncio.gather(*(where(f) for f in todo))
+        found = await map_bounded(where, todo)
         return {path: at for path, at in found if at is not None}
 
     def forget_local(self, path: str) -> bool:
@@ -237,7 +237,18 @@ class Journal:
                 with contextlib.suppress(ArtifactImportError):
                     await self.storage.get_file_info(record.parked_path(path))
                     whole[path] = entry
-            incomplete = offered.incomplete - whole.keys() if resume_bytes else frozenset()
+                    continue
+                if self.storage.journals_writes:
+                    # Kept where it was received (see record.adopt_parked): whole if unchanged since verified.
+                    with contextlib.suppress(ArtifactImportError):
+                        info = await self.storage.get_file_info(incomplete_path(path))
+                        if entry.stamp is not None and info.stamp == entry.stamp and info.size == entry.size:
+                            whole[path] = entry
+            incomplete = (
+                (offered.incomplete | (offered.complete.keys() - whole.keys())) - whole.keys()
+                if resume_bytes
+                else frozenset()
+            )
         todo = [f for f in todo if f.path not in whole]
         local = await self._held_elsewhere(todo) if skip_present and resume_bytes else {}
         planned: list[PlannedFile] = []

@@ -18,7 +18,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import ArtifactImportError, StorageFileNotFoundError
+from .._aio import map_bounded
+from ..errors import ArtifactImportError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
 from ..storages.base import AbstractStorage
 from ..verifiers.base import Verifier
@@ -51,12 +52,13 @@ async def already_present(
         candidates.append((file, entry))
 
     limit = asyncio.Semaphore(16)
+    # All at once: a directory looks a folder at a time (a look per file took minutes at 200,000 files).
+    infos = await storage.file_infos([file.path for file, _ in candidates])
 
     async def stored(file: ArtifactFile, entry: FileResult) -> FileResult | None:
         async with limit:
-            try:
-                info = await storage.get_file_info(file.path)
-            except ArtifactImportError:
+            info = infos.get(file.path)
+            if info is None:
                 return None
             if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
                 return None
@@ -71,7 +73,7 @@ async def already_present(
                     return None
         return attrs.evolve(entry, skipped=True, stamp=info.stamp)
 
-    checked = await asyncio.gather(*(stored(f, e) for f, e in candidates))
+    checked = await map_bounded(lambda pair: stored(*pair), candidates)
     return {r.path: r for r in checked if r is not None}
 
 
@@ -82,18 +84,8 @@ async def unrecorded(
     earlier import of this destination wrote (a user's own, of the same names), which an import would replace."""
     recorded = manifest_files(manifest) if manifest is not None else {}
     candidates = [f.path for f in artifact.files if f.path not in recorded]
-    limit = asyncio.Semaphore(16)
-
-    async def exists(path: str) -> bool:
-        async with limit:
-            try:
-                await storage.get_file_info(path)
-            except StorageFileNotFoundError:
-                return False
-            return True
-
-    found = await asyncio.gather(*(exists(p) for p in candidates))
-    return sorted(p for p, there in zip(candidates, found, strict=True) if there)
+    del recorded
+    return sorted(await storage.file_infos(candidates))
 
 
 async def _sha256_of(storage: AbstractStorage, path: str) -> str:

@@ -28,11 +28,11 @@ import attrs
 from .._aio import run_to_completion
 from ..errors import ArtifactImportError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
-from ..paths import PARTIAL_DIR
+from ..paths import PARTIAL_DIR, incomplete_path
 from ..storages.base import AbstractStorage, PendingWrite
 from ..verifiers.base import Verifier
 from .jsonfile import read_json
-from .manifest import manifest_files
+from .manifest import EntryParser, ResultLines, manifest_files
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +66,13 @@ async def park_verified(
     """Park every pending write of a verified file; abort the others; record them and the
     ``incomplete`` files already parked. Return how many complete files were parked."""
     kept: list[FileResult] = []
-    # All at once: a storage parks many files cheaper together (a directory: renames folder by folder).
-    parks = [(write, parked_path(write.path)) for write in pending if write.path in verified]
-    parked = {id(write) for (write, _), ok in zip(parks, await storage.park_writes(parks), strict=True) if ok}
+    # Where they are if the storage can (a directory: at their journal location, see adopt_parked), else
+    # moved into the partial folder, all at once (a directory: renames folder by folder).
+    done = [write for write in pending if write.path in verified]
+    in_place = await storage.keep_in_place(done)
+    parked = {id(write) for write, ok in zip(done, in_place, strict=True) if ok}
+    parks = [(write, parked_path(write.path)) for write, ok in zip(done, in_place, strict=True) if not ok]
+    parked |= {id(write) for (write, _), ok in zip(parks, await storage.park_writes(parks), strict=True) if ok}
     for write in pending:
         if id(write) in parked:
             kept.append(verified[write.path])
@@ -100,8 +104,9 @@ async def write_record(
         # must stop within seconds, without the whole record in memory at once.
         yield (head + ',\n "incomplete": ' + json.dumps(sorted(incomplete)) + ',\n "files": [').encode()
         ordered = sorted(kept, key=lambda r: r.path)
+        line = ResultLines()
         for at in range(0, len(ordered), 1000):
-            lines = ",\n  ".join(json.dumps(r.to_dict(), separators=(",", ":")) for r in ordered[at : at + 1000])
+            lines = ",\n  ".join(line(r) for r in ordered[at : at + 1000])
             yield (("," if at else "") + "\n  " + lines).encode()
         yield b"\n ]}\n"
 
@@ -110,7 +115,7 @@ async def write_record(
 
 async def _read_record(storage: AbstractStorage) -> dict[str, Any] | None:
     try:
-        record = await read_json(storage, RECORD_PATH)
+        record = await read_json(storage, RECORD_PATH, entry=EntryParser())
     except (ArtifactImportError, ValueError):
         return None
     return record if isinstance(record, dict) else None
@@ -174,15 +179,38 @@ async def adopt_parked(
     adopted: list[PendingWrite] = []
     results: dict[str, FileResult] = {}
     sizes = {f.path: f.size for f in todo}
-    for path, entry in offered.complete.items():
-        write = await storage.adopt(parked_path(path), path)
+    # All at once: a directory looks a folder at a time (a look per file was slower than fetching them again).
+    paths = list(offered.complete)
+    writes = await storage.adopt_many([(parked_path(path), path) for path in paths])
+    unsure: set[str] = set()
+    if storage.journals_writes:
+        # Verified files kept where they were received (Storage.keep_in_place): taken whole only if unchanged
+        # since (the stamp the record gives: size, mtime, inode); otherwise read again, as a file received in
+        # part is (Journal.resume_incomplete), never taken on the record's word.
+        left = [at for at, write in enumerate(writes) if write is None]
+        found = await storage.adopt_many([(incomplete_path(paths[at]), paths[at]) for at in left])
+        for at, write in zip(left, found, strict=True):
+            entry = offered.complete[paths[at]]
+            if write is not None and (entry.stamp is None or write.stamp != entry.stamp):
+                unsure.add(paths[at])
+                continue
+            writes[at] = write
+    for path, write in zip(paths, writes, strict=True):
         if write is None or write.bytes_written != sizes[path]:
             if write is not None:
                 await write.park(parked_path(path))
+                unsure.add(path)
             continue
         adopted.append(write)
-        results[path] = attrs.evolve(entry, resumed=True)
-    return Adopted(tuple(adopted), results, offered.incomplete - results.keys(), True)
+        results[path] = attrs.evolve(offered.complete[path], resumed=True)
+    incomplete = (offered.incomplete | unsure) - results.keys()
+    if storage.journals_writes:
+        # Its record lists every file the interrupted import was about to receive (see write_record): only
+        # those it received bytes of are worth a look each (Journal.resume_incomplete) by this one.
+        listed = sorted(incomplete)
+        held = await storage.file_infos([incomplete_path(path) for path in listed])
+        incomplete = frozenset(path for path in listed if (i := held.get(incomplete_path(path))) and i.size > 0)
+    return Adopted(tuple(adopted), results, incomplete, True)
 
 
 @attrs.frozen

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from .._aio import run_to_completion
+from .._aio import map_bounded, run_to_completion
 from ..errors import ArtifactImportError, ReadOnlyStorageError, StorageError, StorageNotFoundError
 
 log = logging.getLogger(__name__)
@@ -255,6 +255,12 @@ class AbstractStorage(abc.ABC):
                 parked.append(False)
         return parked
 
+    async def keep_in_place(self, writes: Sequence[PendingWrite]) -> list[bool]:
+        """End each of ``writes`` kept, durable, where its bytes already wait for the next import (its journal
+        location, ``incomplete_path(write.path)``), without moving it; whether each was. A storage whose
+        writes wait elsewhere keeps none (they are parked with :meth:`park_writes`)."""
+        return [False] * len(writes)
+
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         """A pending write of ``filepath`` whose bytes are the file parked at ``parked`` (see
         :meth:`PendingWrite.park`), or ``None`` if there is none or this storage does not park.
@@ -263,6 +269,28 @@ class AbstractStorage(abc.ABC):
         write goes on appending (its ``bytes_written`` says from where).
         """
         return None
+
+    async def adopt_many(self, parked: Sequence[tuple[str, str]]) -> list[PendingWrite | None]:
+        """:meth:`adopt` each ``(parked, filepath)`` whole; a storage that finds many files cheaper together
+        (a directory: one look per folder) overrides it."""
+        return [await self.adopt(where, path) for where, path in parked]
+
+    async def file_infos(self, paths: Sequence[str]) -> dict[str, FileInfo]:
+        """:meth:`get_file_info` of those of ``paths`` that exist, by path (a missing one is left out, as is
+        one that cannot be read). Sixteen looks at a time; a directory overrides it with one look per folder."""
+        import asyncio
+
+        limit = asyncio.Semaphore(16)
+
+        async def info(path: str) -> FileInfo | None:
+            async with limit:
+                try:
+                    return await self.get_file_info(path)
+                except ArtifactImportError:
+                    return None
+
+        found = await map_bounded(info, paths)
+        return {p: i for p, i in zip(paths, found, strict=True) if i is not None}
 
     async def delete_folder(self, path: str) -> None:  # noqa: B027 - optional hook
         """Remove the folder ``path`` of the reserved folder with everything in it (parked files)."""

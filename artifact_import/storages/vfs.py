@@ -7,6 +7,7 @@ import collections
 import contextlib
 import errno
 import fcntl
+import itertools
 import logging
 import os
 import shutil
@@ -177,25 +178,34 @@ class VFSStorage(AbstractStorage):
         Best effort: without it huggingface_hub only checks the files again, so a failure here is a warning,
         never a failed import. Not synced to disk one by one: losing it costs a re-check, nothing else.
         """
-        written = hflocal.download_metadata(artifact, files) if self.hf_metadata else {}
-        if not written:
+        if not self.hf_metadata:
+            return
+        written = hflocal.download_metadata(artifact, files)
+        first = next(written, None)
+        if first is None:
             return
         plain = VFSStorage(self.name, self.root, fsync=False, chunk_size=self.chunk_size, hf_metadata=False)
-        limit = asyncio.Semaphore(16)
-        skipped = {hflocal.metadata_path(f.path) for f in files if f.skipped}
 
-        async def put(path: str, body: bytes) -> None:
-            async with limit:
-                if path in skipped:
-                    # A file the import did not touch: its metadata stays if it already says the same.
-                    with contextlib.suppress(ArtifactImportError):
-                        old = b"".join([chunk async for chunk in plain.stream_download(path)])
-                        if hflocal.says_the_same(old, body):
-                            return
-                await plain.stream_upload(path, one_chunk(body))
+        async def put(path: str, body: bytes, skipped: bool = False) -> None:
+            if skipped:
+                # A file the import did not touch: its metadata stays if it already says the same.
+                with contextlib.suppress(ArtifactImportError):
+                    old = b"".join([chunk async for chunk in plain.stream_download(path)])
+                    if hflocal.says_the_same(old, body):
+                        return
+            await plain.stream_upload(path, one_chunk(body))
 
         try:
-            await asyncio.gather(*(put(path, body) for path, body in written.items()))
+            # A thousand at a time, each folder's in one thread hop (a file's own open, write and rename each
+            # took two hops and two walks from the root: minutes of a commit of 200,000 files).
+            pending = itertools.chain([first], written)
+            while batch := list(itertools.islice(pending, _BATCH)):
+                groups: dict[Path, list[tuple[str, bytes, bool]]] = {}
+                for result, path, body in batch:
+                    where = await self._resolve_fast(path)
+                    groups.setdefault(where.parent, []).append((where.name, body, result.skipped))
+                for folder, items in groups.items():
+                    await run_to_completion(asyncio.to_thread(_write_small_batch, self.root, folder, items))
             path, body = hflocal.GITIGNORE
             if not await asyncio.to_thread(os.path.lexists, self.root / path):
                 await put(path, body)
@@ -296,18 +306,19 @@ class VFSStorage(AbstractStorage):
                 await write.flush()
         failures = await self._move_all(ours)
         first: BaseException | None = None
+        released: list[tuple[tuple[Path, ...], bool]] = []
         for write in ours:
             problem = failures.get(id(write))
             if problem is None:
                 write._done = True
                 if isinstance(write, _VFSPendingWrite):
                     # The journal folders this write made (empty now) go; the target's stay, holding the file.
-                    folders = write._folders
-                    await self._folders.release(folders, remove_empty=str(folders[0]) != write._target_dir)
+                    released.append((write._folders, str(write._folders[0]) != write._target_dir))
                 continue
             if isinstance(write, _VFSPendingWrite):
                 await write.abort()
             first = first or problem
+        await self._folders.release_many(released)
         if first is not None:
             raise first
 
@@ -332,6 +343,7 @@ class VFSStorage(AbstractStorage):
                     done[id(write)] = False
         targets = {id(write): parked for write, parked in moves}
         failures = await self._move_all([write for write, _ in moves], targets)
+        released: list[tuple[tuple[Path, ...], bool]] = []
         for write, _ in moves:
             problem = failures.get(id(write))
             if problem is not None:
@@ -340,8 +352,40 @@ class VFSStorage(AbstractStorage):
                 continue
             write._done = True
             done[id(write)] = True
-            await self._folders.release(write._folders, remove_empty=True)
+            released.append((write._folders, True))
+        await self._folders.release_many(released)
         return [done[id(write)] for write, _ in parks]
+
+    async def keep_in_place(self, writes: Sequence[PendingWrite]) -> list[bool]:
+        """A write of an artifact's file receives its bytes at its journal location (see :meth:`open_write`),
+        which the next import looks at: ended there, made durable (one ``syncfs`` for them all), not renamed.
+        A SIGTERM on an import of 200,000 files spent seconds renaming the verified ones into the partial
+        folder, past a container's grace period. Parked files adopted from there stay where they are."""
+        kept: dict[int, bool] = {}
+        ours: list[_VFSPendingWrite] = []
+        for write in writes:
+            if isinstance(write, _VFSParkedWrite) and write._storage is self:
+                kept[id(write)] = not write._done
+            elif (
+                isinstance(write, _VFSPendingWrite)
+                and write._storage is self
+                and not write._done
+                and await write.prepare_commit() == incomplete_path(write.path)
+            ):
+                try:
+                    await write.flush()
+                except StorageError:
+                    kept[id(write)] = False
+                    continue
+                ours.append(write)
+        if any(w.needs_sync for w in ours):
+            await run_to_completion(asyncio.to_thread(_syncfs, self.root))
+        for write in ours:
+            write.needs_sync = False
+            write._done = True
+            kept[id(write)] = True
+        await self._folders.release_many([(write._folders, False) for write in ours])
+        return [kept.get(id(write), False) for write in writes]
 
     async def _move_all(
         self, writes: Sequence[_VFSPendingWrite | _VFSParkedWrite], targets: Mapping[int, str] | None = None
@@ -421,7 +465,8 @@ class VFSStorage(AbstractStorage):
     async def adopt(self, parked: str, filepath: str, *, incomplete: bool = False) -> PendingWrite | None:
         self.check_writable()
         source = await self._resolve(parked)
-        target = await self._resolve(filepath)
+        # As open_write resolves it: the folder once, the name itself not followed (the rename replaces a link).
+        target = await self._resolve_fast(filepath)
         try:
             st = await aiofiles.os.stat(source)
         except FileNotFoundError:
@@ -443,6 +488,58 @@ class VFSStorage(AbstractStorage):
         pending.bytes_written = st.st_size
         pending.journal = parked
         return pending
+
+    async def adopt_many(self, parked: Sequence[tuple[str, str]]) -> list[PendingWrite | None]:
+        """:meth:`adopt` each ``(parked, filepath)`` whole, with one thread hop per folder of parked files (up to
+        :data:`_BATCH` names) instead of a walk from the root and a stat per file: resuming 100,000 parked files
+        took longer than fetching them."""
+        self.check_writable()
+        found = await self._stat_many([where for where, _ in parked])
+        adopted: list[PendingWrite | None] = []
+        for where, path in parked:
+            st = found.get(where)
+            if st is None:
+                adopted.append(None)
+                continue
+            try:
+                write = _VFSParkedWrite(
+                    self, path, await self._resolve_fast(where), await self._resolve_fast(path), st.st_size
+                )
+            except (UnsafePathError, StorageError):
+                adopted.append(None)
+                continue
+            write.stamp = stamp_of(st)
+            write.journal = where
+            adopted.append(write)
+        return adopted
+
+    async def file_infos(self, paths: Sequence[str]) -> dict[str, FileInfo]:
+        """The regular files among ``paths``, one thread hop per folder (see :meth:`_stat_many`): a thread hop
+        and a walk from the root per file made looking over 200,000 files take minutes."""
+        found = await self._stat_many(paths)
+        return {path: FileInfo(path, st.st_size, stamp=stamp_of(st)) for path, st in found.items()}
+
+    async def _stat_many(self, paths: Sequence[str]) -> dict[str, os.stat_result]:
+        """The stat of each of ``paths`` that is a regular file, by path: folders resolved as the write path
+        resolves them (once each, see :meth:`_resolve_fast`) and opened without following links, names not
+        followed (a link is left out, as a missing file is)."""
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for path in paths:
+            try:
+                where = await self._resolve_fast(path)
+            except UnsafePathError:
+                continue
+            groups.setdefault(self._dir_string(where.parent), []).append((path, where.name))
+        found: dict[str, os.stat_result] = {}
+        for folder, members in groups.items():
+            for at in range(0, len(members), _BATCH):
+                batch = members[at : at + _BATCH]
+                try:
+                    stats = await asyncio.to_thread(_stat_batch, self.root, folder, [name for _, name in batch])
+                except (OSError, UnsafePathError):
+                    continue  # the folder is gone, or is a link now: none of these is there
+                found.update((path, st) for (path, _), st in zip(batch, stats, strict=True) if st is not None)
+        return found
 
     async def move(self, src: str, dst: str) -> bool:
         source = await self._resolve(src)
@@ -605,6 +702,27 @@ class _FolderLedger:
 
     async def release(self, folders: tuple[Path, ...], *, remove_empty: bool) -> None:
         await run_to_completion(self._release(folders, remove_empty, held=True))
+
+    async def release_many(self, chains: Sequence[tuple[tuple[Path, ...], bool]]) -> None:
+        """:meth:`release` each ``(folders, remove_empty)`` in one turn of the lock: a commit or a park of
+        200,000 files released them one task and one turn each, seconds of a SIGTERM's grace period."""
+        await run_to_completion(self._release_many(chains))
+
+    async def _release_many(self, chains: Sequence[tuple[tuple[Path, ...], bool]]) -> None:
+        async with self._lock:
+            # Many files share one chain (see chain): each distinct one is looked at once, after every count.
+            distinct: dict[int, tuple[tuple[Path, ...], bool]] = {}
+            for folders, remove_empty in chains:
+                self._users.subtract(folders)
+                kept = distinct.get(id(folders))
+                distinct[id(folders)] = (folders, remove_empty or (kept is not None and kept[1]))
+            for folders, remove_empty in distinct.values():
+                unused = [f for f in folders if self._users[f] <= 0]
+                for folder in unused:
+                    self._users.pop(folder, None)
+                removable = [f for f in unused if f in self._created]
+                if remove_empty and removable:
+                    self._created.difference_update(await asyncio.to_thread(_remove_empty_dirs, removable))
 
     async def prune(self, folders: tuple[Path, ...]) -> None:
         """Remove those of ``folders`` this storage created, if empty and unused."""
@@ -773,22 +891,35 @@ class _VFSPendingWrite(PendingWrite):
 class _VFSParkedWrite(PendingWrite):
     """A file parked by an earlier import, renamed into place on commit."""
 
-    __slots__ = ("_done", "_parked", "_storage", "_target")
+    __slots__ = ("_done", "_parked_dir", "_parked_name", "_storage", "_target_dir")
 
     @property
     def target_path(self) -> str:
-        return str(self._target)
+        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
 
     @property
     def temp_path(self) -> str:
-        return str(self._parked)
+        return os.path.join(self._parked_dir, self._parked_name or self.path.rpartition("/")[2])
+
+    @property
+    def local_path(self) -> Path | None:
+        return self._local_path or Path(self.temp_path)
+
+    @local_path.setter
+    def local_path(self, value: Path | None) -> None:
+        self._local_path = value
 
     def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
         super().__init__(path)
         self._storage = storage
-        self._parked = parked
-        self.local_path = parked
-        self._target = target
+        # Folder strings shared by the files of a folder, as _VFSPendingWrite keeps them: an import resuming
+        # 100,000 parked files holds one of these each until the commit.
+        name = path.rpartition("/")[2]
+        self._parked_dir = storage._dir_string(parked.parent)
+        self._parked_name: str | None = None if parked.name == name else parked.name
+        self._target_dir = storage._dir_string(target.parent)
+        if target.name != name:
+            raise StorageError(f"{path}: resolves to another name ({target.name})")
         self.bytes_written = size
         self._done = False
 
@@ -807,7 +938,7 @@ class _VFSParkedWrite(PendingWrite):
             return
         self._done = True
         with contextlib.suppress(FileNotFoundError):
-            await aiofiles.os.remove(self._parked)
+            await aiofiles.os.remove(self.temp_path)
 
 
 async def _lock_folder(folder: Path, wait: float | None, on_wait: Callable[[], None] | None, what: str) -> int:
@@ -898,6 +1029,66 @@ def _rename_batch(
     finally:
         os.close(source_fd)
     return problems
+
+
+def _write_small_batch(root: Path, folder: Path, items: Sequence[tuple[str, bytes, bool]]) -> None:
+    """Write each ``(name, body, keep if it says the same)`` in ``folder`` (made if need be, opened as
+    :func:`_open_folder` opens it), each under a temp name renamed over the old one: whole or not at all, not
+    synced (see :meth:`VFSStorage.publish`)."""
+    real_root = Path(os.path.realpath(root))
+    parts = folder.relative_to(real_root).parts
+    fd = _open_folder(real_root, parts, created=[])
+    try:
+        for name, body, keep in items:
+            if keep:
+                try:
+                    old_fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), dir_fd=fd)
+                except OSError:
+                    pass
+                else:
+                    try:
+                        old = os.read(old_fd, 4096)
+                    finally:
+                        os.close(old_fd)
+                    if hflocal.says_the_same(old, body):
+                        continue
+            temp = _temp_name(name, 255)
+            flags = _FILE_MODES["new"] | os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+            out = os.open(temp, flags, 0o644, dir_fd=fd)
+            try:
+                view = memoryview(body)
+                while view:
+                    view = view[os.write(out, view) :]
+            except BaseException:
+                os.close(out)
+                os.unlink(temp, dir_fd=fd)
+                raise
+            os.close(out)
+            os.replace(temp, name, src_dir_fd=fd, dst_dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def _stat_batch(root: Path, folder: str, names: Sequence[str]) -> list[os.stat_result | None]:
+    """The stat of each of ``names`` in ``folder`` (opened as :func:`_open_folder` opens it), None for one that
+    is missing or not a regular file (a link is not followed). A missing folder: none is there."""
+    real_root = Path(os.path.realpath(root))
+    try:
+        fd = _open_folder(real_root, Path(folder).relative_to(real_root).parts)
+    except FileNotFoundError:
+        return [None] * len(names)
+    found: list[os.stat_result | None] = []
+    try:
+        for name in names:
+            try:
+                st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except OSError:
+                found.append(None)
+                continue
+            found.append(st if stat.S_ISREG(st.st_mode) else None)
+    finally:
+        os.close(fd)
+    return found
 
 
 def _syncfs(root: Path) -> None:
