@@ -740,7 +740,41 @@ class _FolderLedger:
                 self._created.difference_update(await asyncio.to_thread(_remove_empty_dirs, removable))
 
 
-class _VFSPendingWrite(PendingWrite):
+class _FolderPaths(PendingWrite):
+    """Where a write of this storage lands and where its bytes wait, kept as folder strings shared by the files
+    of a folder and names derived from ``path`` where they are its own: a Path a file (twice) was half a
+    kilobyte of every file of a repository of 200,000."""
+
+    __slots__ = ("_target_dir", "_temp_dir", "_temp_name")
+
+    def __init__(self, storage: VFSStorage, path: str, target: Path, temp: Path) -> None:
+        super().__init__(path)
+        name = path.rpartition("/")[2]
+        if target.name != name:
+            raise StorageError(f"{path}: resolves to another name ({target.name})")
+        self._target_dir = storage._dir_string(target.parent)
+        self._temp_dir = storage._dir_string(temp.parent)
+        self._temp_name: str | None = None if temp.name == name else temp.name
+
+    @property
+    def target_path(self) -> str:
+        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
+
+    @property
+    def temp_path(self) -> str:
+        return os.path.join(self._temp_dir, self._temp_name or self.path.rpartition("/")[2])
+
+    @property
+    def local_path(self) -> Path | None:
+        # Derived, not kept (see the class).
+        return self._local_path or Path(self.temp_path)
+
+    @local_path.setter
+    def local_path(self, value: Path | None) -> None:
+        self._local_path = value
+
+
+class _VFSPendingWrite(_FolderPaths):
     """Bytes on their way to ``temp`` (the journal location), renamed to ``target`` at commit.
 
     A small file (``handle`` None: see :data:`SMALL_MAX`) keeps its bytes in
@@ -750,8 +784,7 @@ class _VFSPendingWrite(PendingWrite):
     """
 
     __slots__ = (
-        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "_target_dir",
-        "_temp_dir", "_temp_name", "needs_sync", "replaces",
+        "_closed", "_done", "_folders", "_fsync", "_handle", "_held", "_ledger", "_storage", "needs_sync", "replaces",
     )  # fmt: skip
 
     def __init__(
@@ -763,14 +796,8 @@ class _VFSPendingWrite(PendingWrite):
         handle: FileSink | None,
         folders: tuple[Path, ...],
     ) -> None:
-        super().__init__(path)
+        super().__init__(storage, path, target, temp)
         self._storage = storage
-        # Folders as strings shared by the files of a folder, names derived from ``path`` where they are its
-        # own: a Path a file (twice) was half a kilobyte of every file of a repository of 200,000.
-        name = path.rpartition("/")[2]
-        self._target_dir = storage._dir_string(target.parent)
-        self._temp_dir = storage._dir_string(temp.parent)
-        self._temp_name: str | None = None if temp.name == name else temp.name
         self._handle = handle
         self._ledger = storage._folders
         self._folders = folders
@@ -783,23 +810,6 @@ class _VFSPendingWrite(PendingWrite):
         self.replaces = True
         #: Written and closed, not yet fsynced: made durable before it becomes visible or is parked.
         self.needs_sync = False
-
-    @property
-    def target_path(self) -> str:
-        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
-
-    @property
-    def temp_path(self) -> str:
-        return os.path.join(self._temp_dir, self._temp_name or self.path.rpartition("/")[2])
-
-    @property
-    def local_path(self) -> Path | None:
-        # Derived, not kept: a Path per file is what the strings above save.
-        return self._local_path or Path(self.temp_path)
-
-    @local_path.setter
-    def local_path(self, value: Path | None) -> None:
-        self._local_path = value
 
     @property
     def temp(self) -> Path:
@@ -888,38 +898,15 @@ class _VFSPendingWrite(PendingWrite):
         await self._ledger.release(self._folders, remove_empty=True)
 
 
-class _VFSParkedWrite(PendingWrite):
-    """A file parked by an earlier import, renamed into place on commit."""
+class _VFSParkedWrite(_FolderPaths):
+    """A file parked by an earlier import (its temp path), renamed into place on commit."""
 
-    __slots__ = ("_done", "_parked_dir", "_parked_name", "_storage", "_target_dir")
-
-    @property
-    def target_path(self) -> str:
-        return os.path.join(self._target_dir, self.path.rpartition("/")[2])
-
-    @property
-    def temp_path(self) -> str:
-        return os.path.join(self._parked_dir, self._parked_name or self.path.rpartition("/")[2])
-
-    @property
-    def local_path(self) -> Path | None:
-        return self._local_path or Path(self.temp_path)
-
-    @local_path.setter
-    def local_path(self, value: Path | None) -> None:
-        self._local_path = value
+    __slots__ = ("_done", "_storage")
 
     def __init__(self, storage: VFSStorage, path: str, parked: Path, target: Path, size: int) -> None:
-        super().__init__(path)
+        # An import resuming 100,000 parked files holds one of these each until the commit.
+        super().__init__(storage, path, target, parked)
         self._storage = storage
-        # Folder strings shared by the files of a folder, as _VFSPendingWrite keeps them: an import resuming
-        # 100,000 parked files holds one of these each until the commit.
-        name = path.rpartition("/")[2]
-        self._parked_dir = storage._dir_string(parked.parent)
-        self._parked_name: str | None = None if parked.name == name else parked.name
-        self._target_dir = storage._dir_string(target.parent)
-        if target.name != name:
-            raise StorageError(f"{path}: resolves to another name ({target.name})")
         self.bytes_written = size
         self._done = False
 
