@@ -113,9 +113,13 @@ async def test_an_import_finished_after_an_interruption_is_recognised_too(hub: L
     repo = repo_name("local")
     hub.create_repo(repo, FILES)
     dest = tmp_path / "m"
-    hub.faults.drop_after["model.safetensors"] = [50 * KiB]
+    # Paced (64 KiB blocks at 100 KiB/s): the drop comes a second and more after the small files were fetched,
+    # so they are verified by then, even on a busy machine.
+    hub.faults.drop_after["model.safetensors"] = [150 * KiB]
+    hub.faults.slow_bps = 100 * KiB
     first = run_cli("import", f"hf://{repo}", "--to", str(dest), "--retries", "1", "--connections", "1")
     assert first.returncode != 0 and not (dest / metadata_path("config.json")).exists()
+    hub.faults.slow_bps = 0
     hub.requests.clear()
     second = run_cli("import", f"hf://{repo}", "--to", str(dest))
     assert second.returncode == 0, second.stderr
