@@ -708,12 +708,13 @@ class _FolderLedger:
         200,000 files released them one task and one turn each, seconds of a SIGTERM's grace period."""
         await run_to_completion(self._release_many(chains))
 
-    async def _release_many(self, chains: Sequence[tuple[tuple[Path, ...], bool]]) -> None:
+    async def _release_many(self, chains: Sequence[tuple[tuple[Path, ...], bool]], *, held: bool = True) -> None:
         async with self._lock:
             # Many files share one chain (see chain): each distinct one is looked at once, after every count.
             distinct: dict[int, tuple[tuple[Path, ...], bool]] = {}
             for folders, remove_empty in chains:
-                self._users.subtract(folders)
+                if held:
+                    self._users.subtract(folders)
                 kept = distinct.get(id(folders))
                 distinct[id(folders)] = (folders, remove_empty or (kept is not None and kept[1]))
             for folders, remove_empty in distinct.values():
@@ -729,15 +730,7 @@ class _FolderLedger:
         await run_to_completion(self._release(folders, True, held=False))
 
     async def _release(self, folders: tuple[Path, ...], remove_empty: bool, *, held: bool) -> None:
-        async with self._lock:
-            if held:
-                self._users.subtract(folders)
-            unused = [f for f in folders if self._users[f] <= 0]
-            for folder in unused:
-                self._users.pop(folder, None)
-            removable = [f for f in unused if f in self._created]
-            if remove_empty and removable:
-                self._created.difference_update(await asyncio.to_thread(_remove_empty_dirs, removable))
+        await self._release_many([(folders, remove_empty)], held=held)
 
 
 class _FolderPaths(PendingWrite):
