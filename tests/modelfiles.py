@@ -9,6 +9,7 @@ built to the bypasses found against pickle scanners: each runs its payload
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -17,12 +18,21 @@ import struct
 import tarfile
 import zipfile
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import attrs
 
 CHECKPOINTS = Path(__file__).resolve().parent / "data" / "checkpoints"
+
+
+@contextlib.contextmanager
+def no_payload_runs(marker: str) -> Iterator[None]:
+    """Around a test: the file a payload touches is gone before it, and must still be gone after it."""
+    if os.path.exists(marker):
+        os.remove(marker)
+    yield
+    assert not os.path.exists(marker), "a payload ran in the test process"
 
 
 @attrs.frozen

@@ -23,6 +23,7 @@ from artifact_import.verifiers.safetensors import SafetensorsVerifier
 
 from .conftest import fast_registry, files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub, safetensors_header
+from .modelfiles import no_payload_runs
 
 PWNED = "/tmp/artifact-import-test-pwned"
 
@@ -110,10 +111,8 @@ def _legacy_checkpoint(obj_pickle: bytes) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _nothing_ran() -> Iterator[None]:
-    if os.path.exists(PWNED):
-        os.remove(PWNED)
-    yield
-    assert not os.path.exists(PWNED), "a pickle was executed"
+    with no_payload_runs(PWNED):
+        yield
 
 
 @pytest.mark.parametrize("protocol", [0, 2, 4, 5])

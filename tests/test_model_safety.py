@@ -32,7 +32,7 @@ from artifact_import.verifiers.safetensors import SafetensorsVerifier
 
 from .conftest import files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub, unsafe_scan
-from .modelfiles import CHECKPOINTS, Payload, Sample, benign, malicious
+from .modelfiles import CHECKPOINTS, Payload, Sample, benign, malicious, no_payload_runs
 
 MARKER = os.path.join(tempfile.gettempdir(), f"artifact-import-payload-ran-{os.getpid()}")
 EVIL = malicious(MARKER)
@@ -41,10 +41,8 @@ GOOD = benign()
 
 @pytest.fixture(autouse=True)
 def _no_payload_ran() -> Iterator[None]:
-    if os.path.exists(MARKER):
-        os.remove(MARKER)
-    yield
-    assert not os.path.exists(MARKER), "a payload ran in the test process"
+    with no_payload_runs(MARKER):
+        yield
 
 
 # --- the corpus is real -----------------------------------------------------------------------------

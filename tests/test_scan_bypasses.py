@@ -35,7 +35,7 @@ from .bypasses import (
 )
 from .conftest import files_under, repo_name, run_cli, verdict_of
 from .hub import LocalHub
-from .modelfiles import PICKLE_LOAD, Payload, Sample
+from .modelfiles import PICKLE_LOAD, Payload, Sample, no_payload_runs
 
 MARKER = os.path.join(tempfile.gettempdir(), f"artifact-import-bypass-ran-{os.getpid()}")
 EVIL = bypasses(MARKER)
@@ -43,10 +43,8 @@ EVIL = bypasses(MARKER)
 
 @pytest.fixture(autouse=True)
 def _no_payload_ran() -> Iterator[None]:
-    if os.path.exists(MARKER):
-        os.remove(MARKER)
-    yield
-    assert not os.path.exists(MARKER), "a payload ran in the test process"
+    with no_payload_runs(MARKER):
+        yield
 
 
 def _runs(loader: str, path: Path, cwd: Path) -> None:
