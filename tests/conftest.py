@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -179,3 +180,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         env={**os.environ, **(env or {})},
         cwd=ROOT,
     )
+
+
+def start_import(repo: str, dest: Path | str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``artifact-import import hf://REPO --to DEST`` in a process of its own, to signal or kill while it runs."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), *extra],
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(condition: object, proc: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
+    """Until ``condition()`` holds, failing if the import ``proc`` ends first or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert proc.poll() is None, f"the import ended before {what}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        time.sleep(0.02)

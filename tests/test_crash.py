@@ -20,7 +20,7 @@ import pytest
 from artifact_import import MANIFEST_PATH, HuggingFaceRegistry, RetryPolicy, SourceError, import_artifact
 from artifact_import.registries.http import HttpTimeouts
 
-from .conftest import ROOT, files_under, repo_name, run_cli
+from .conftest import ROOT, files_under, repo_name, run_cli, start_import, wait_until
 from .hub import LocalHub
 from .s3server import S3Server
 
@@ -31,25 +31,6 @@ FILES: dict[str, bytes | int] = {
     "model.safetensors": 4 * MiB,
 }
 JOURNAL = Path(".artifact-import") / "partial" / "incomplete"
-
-
-def _start(repo: str, dest: Path | str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", str(dest), *extra],
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _until(condition: object, proc: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert proc.poll() is None, f"the import ended before {what}: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
-        time.sleep(0.02)
 
 
 def _receiving(dest: Path, at_least: int = MiB) -> bool:
@@ -63,8 +44,8 @@ def _import_under_way(hub: LocalHub, tmp_path: Path) -> tuple[str, Path, subproc
     hub.create_repo(repo, FILES)
     hub.faults.slow_bps = 512 * 1024
     dest = tmp_path / "m"
-    proc = _start(repo, dest)
-    _until(lambda: _receiving(dest), proc, "bytes of the big file")
+    proc = start_import(repo, dest)
+    wait_until(lambda: _receiving(dest), proc, "bytes of the big file")
     return repo, dest, proc
 
 
@@ -124,10 +105,10 @@ def test_a_second_import_into_the_same_destination_waits_for_the_first(hub: Loca
     hub.create_repo(repo, FILES)
     hub.faults.slow_bps = 2 * MiB
     dest = tmp_path / "m"
-    first = _start(repo, dest)
-    _until(lambda: _receiving(dest, 1), first, "the first import writing")
-    second = _start(repo, dest, "--json")
-    _until(lambda: "waiting for the import in progress" in _peek(second), second, "the waiting line")
+    first = start_import(repo, dest)
+    wait_until(lambda: _receiving(dest, 1), first, "the first import writing")
+    second = start_import(repo, dest, "--json")
+    wait_until(lambda: "waiting for the import in progress" in _peek(second), second, "the waiting line")
     _, err_first = first.communicate(timeout=60)
     out_second, err_second = second.communicate(timeout=60)
     assert first.returncode == 0, err_first
@@ -143,9 +124,9 @@ def test_a_bounded_wait_for_the_lock_fails_clearly(hub: LocalHub, tmp_path: Path
     hub.create_repo(other, {"README.md": b"another repository"})
     hub.faults.slow_bps = 512 * 1024
     dest = tmp_path / "m"
-    first = _start(repo, dest)
+    first = start_import(repo, dest)
     try:
-        _until(lambda: _receiving(dest, 1), first, "the first import writing")
+        wait_until(lambda: _receiving(dest, 1), first, "the first import writing")
         second = run_cli("import", f"hf://{other}", "--to", str(dest), "--lock-timeout", "0.5")
         assert second.returncode == 1
         assert "another import into this destination is still running" in second.stderr
@@ -205,7 +186,7 @@ def test_ctrl_c_ends_an_import_stuck_in_a_stalled_listing(hub: LocalHub, tmp_pat
     hub.create_repo(repo, FILES)
     hub.faults.stall_listing = True
     try:
-        proc = _start(repo, tmp_path / "m")
+        proc = start_import(repo, tmp_path / "m")
         time.sleep(1.5)  # well into the listing call
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
@@ -221,9 +202,9 @@ def test_killed_during_the_commit_the_next_run_completes_it(then: str, hub: Loca
     files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
     hub.create_repo(repo, files)
     dest = tmp_path / "m"
-    proc = _start(repo, dest, "-q")
+    proc = start_import(repo, dest, "-q")
     intent = dest / ".artifact-import" / "commit.json"
-    _until(intent.exists, proc, "the commit", timeout=120)
+    wait_until(intent.exists, proc, "the commit", timeout=120)
     proc.kill()
     proc.communicate()
     visible = [p for p in (dest / "shard").glob("*.json")] if (dest / "shard").exists() else []
@@ -251,9 +232,9 @@ def test_sigterm_during_the_commit_exits_at_once_and_the_next_run_completes_it(h
     files: dict[str, bytes | int] = {f"shard/{i:04d}.json": b'{"i": %d}' % i for i in range(1500)}
     hub.create_repo(repo, files)
     dest = tmp_path / "m"
-    proc = _start(repo, dest, "-q")
+    proc = start_import(repo, dest, "-q")
     intent = dest / ".artifact-import" / "commit.json"
-    _until(intent.exists, proc, "the commit", timeout=120)
+    wait_until(intent.exists, proc, "the commit", timeout=120)
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
@@ -298,7 +279,7 @@ def test_sigterm_during_the_commit_of_a_journal_too_large_to_read_whole_the_next
         [*command, "-q"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     intent = dest / ".artifact-import" / "commit.json"
-    _until(intent.exists, proc, "the commit", timeout=120)
+    wait_until(intent.exists, proc, "the commit", timeout=120)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 143, err
@@ -330,8 +311,8 @@ def test_killed_mid_multipart_upload_the_next_run_leaves_no_incomplete_upload(
     def objects() -> list[str]:
         return sorted(str(o.object_name) for o in client.list_objects(bucket, recursive=True))
 
-    proc = _start(repo, f"s3://{bucket}/m", env=s3.env())
-    _until(lambda: uploads() and any("/uploads/" in o for o in objects()), proc, "a recorded multipart upload")
+    proc = start_import(repo, f"s3://{bucket}/m", env=s3.env())
+    wait_until(lambda: uploads() and any("/uploads/" in o for o in objects()), proc, "a recorded multipart upload")
     proc.kill()
     proc.communicate()
     assert uploads() == ["m/model.safetensors"], "the killed import left its upload open"
@@ -361,8 +342,8 @@ def test_killed_during_a_commit_to_object_storage_the_next_run_completes_it(
             return False
         return True
 
-    proc = _start(repo, dest, "-q", env=s3.env())
-    _until(committing, proc, "the commit", timeout=180)
+    proc = start_import(repo, dest, "-q", env=s3.env())
+    wait_until(committing, proc, "the commit", timeout=180)
     proc.kill()
     proc.communicate()
     visible = [o for o in client.list_objects(bucket, "m/shard/", recursive=True)]
@@ -390,8 +371,8 @@ def test_verify_says_what_interrupted_imports_left_and_removes_their_part_files(
     assert run_cli("import", f"hf://{repo}", "--to", str(dest)).returncode == 0
     newer = hub.commit(repo, {**FILES, "model.safetensors": 6 * MiB})
     hub.faults.slow_bps = 512 * 1024
-    proc = _start(repo, dest)
-    _until(lambda: _receiving(dest), proc, "bytes of the new revision")
+    proc = start_import(repo, dest)
+    wait_until(lambda: _receiving(dest), proc, "bytes of the new revision")
     proc.kill()
     proc.communicate()
     (dest / ".model.safetensors.0123456789ab.artifact-import-part").write_bytes(b"x" * 1000)  # an older version's
@@ -423,7 +404,7 @@ def test_killed_at_any_moment_the_next_run_finishes(hub: LocalHub, tmp_path: Pat
         moment = span * k / max(points - 1, 1) * 0.95 + 0.05
         dest = tmp_path / f"m{k}"
         hub.faults.slow_bps = rate
-        proc = _start(repo, dest)
+        proc = start_import(repo, dest)
         time.sleep(moment)
         proc.kill()
         proc.communicate()

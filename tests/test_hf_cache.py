@@ -12,7 +12,6 @@ import pickle
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from artifact_import import (
 )
 from artifact_import.storages.hfcache import default_cache_dir
 
-from .conftest import ROOT, fast_registry, repo_name, run_cli
+from .conftest import ROOT, fast_registry, repo_name, run_cli, start_import, wait_until
 from .hub import LocalHub, safetensors_header
 from .s3server import S3Server
 
@@ -363,32 +362,14 @@ async def test_a_snapshots_folder_replaced_by_a_link_is_not_followed(hub: LocalH
     assert list(outside.iterdir()) == []
 
 
-def _start(repo: str, to: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "artifact_import.cli", "import", f"hf://{repo}", "--to", to, "-q", *extra],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def _until(condition: object, proc: subprocess.Popen[str], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert proc.poll() is None, f"the import ended before {what}: {proc.communicate()[1]}"
-        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
-        time.sleep(0.01)
-
-
 def test_killed_mid_file_nothing_is_visible_and_the_next_run_goes_on(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("crash")
     commit = hub.create_repo(repo, {**FILES, "big.safetensors": safetensors(4 << 20)})
     hub.faults.slow_bps = 512 * KiB
     cache = tmp_path / "cache"
     part = folder(cache, repo) / ".artifact-import" / "partial" / "incomplete" / "big.safetensors"
-    proc = _start(repo, f"hf-cache:{cache}")
-    _until(lambda: part.exists() and part.stat().st_size >= 1 << 20, proc, "bytes of the big file")
+    proc = start_import(repo, f"hf-cache:{cache}", "-q")
+    wait_until(lambda: part.exists() and part.stat().st_size >= 1 << 20, proc, "bytes of the big file", timeout=60)
     proc.kill()
     proc.communicate()
     with pytest.raises(LocalEntryNotFoundError):
@@ -435,8 +416,8 @@ def test_killed_while_committing_the_snapshot_is_whole_or_absent(hub: LocalHub, 
     commit = hub.create_repo(repo, files)
     cache = tmp_path / "cache"
     blobs = folder(cache, repo) / "blobs"
-    proc = _start(repo, f"hf-cache:{cache}")
-    _until(lambda: blobs.exists() and any(blobs.iterdir()), proc, "the commit", timeout=120)
+    proc = start_import(repo, f"hf-cache:{cache}", "-q")
+    wait_until(lambda: blobs.exists() and any(blobs.iterdir()), proc, "the commit", timeout=120)
     proc.kill()
     proc.communicate()
     snapshot = folder(cache, repo) / "snapshots" / commit
