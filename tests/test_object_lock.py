@@ -19,10 +19,10 @@ import pytest
 from artifact_import import ObjectStorage, StorageError
 from artifact_import.storages.lease import LOCK_PATH
 
-from .conftest import repo_name, run_cli
+from .conftest import repo_name, run_cli, start_import, wait_until
 from .hub import LocalHub
 from .s3server import S3Server
-from .test_crash import FILES, _peek, _start, _until
+from .test_crash import FILES, _peek
 
 MiB = 1 << 20
 
@@ -161,12 +161,12 @@ def test_a_second_import_into_the_same_bucket_prefix_waits_then_finds_it_done(
     hub.faults.slow_bps = 2 * MiB
     bucket = s3.make_bucket()
     dest = f"s3://{bucket}/m"
-    first = _start(repo, dest, env=s3.env())
-    _until(lambda: f"m/{LOCK_PATH}" in _objects(s3, bucket), first, "the first import's lock")
+    first = start_import(repo, dest, env=s3.env())
+    wait_until(lambda: f"m/{LOCK_PATH}" in _objects(s3, bucket), first, "the first import's lock")
     bounded = run_cli("import", f"hf://{repo}", "--to", dest, "--lock-timeout", "0", env=s3.env())
     assert bounded.returncode == 1 and "another import into this destination is still running" in bounded.stderr
-    second = _start(repo, dest, "--json", env=s3.env())
-    _until(lambda: "waiting for the import in progress" in _peek(second), second, "the waiting line")
+    second = start_import(repo, dest, "--json", env=s3.env())
+    wait_until(lambda: "waiting for the import in progress" in _peek(second), second, "the waiting line")
     assert first.wait(timeout=120) == 0
     out, err = second.communicate(timeout=120)
     assert second.returncode == 0, err
