@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import fnmatch
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import attrs
@@ -217,12 +217,56 @@ class ProgressEvent:
     error: str | None = None
 
 
+class _OwnDigest(Mapping[str, Any]):
+    """The data of a checksum verdict kept by a :class:`FileResult` as the result's own sha256 and size."""
+
+    __slots__ = ()
+
+    def __getitem__(self, key: str) -> Any:
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+    def __repr__(self) -> str:
+        return "<the result's sha256 and size>"
+
+
+#: Stands for ``{"sha256": result.sha256, "size": result.size}`` in a checksum verdict a result keeps.
+OWN_DIGEST: Mapping[str, Any] = _OwnDigest()
+CHECKSUM = "checksum"
+
+
+def compact_checksum(verdict: Verdict, sha256: str, size: int) -> Verdict:
+    """``verdict`` as a :class:`FileResult` of that digest and size keeps it: a checksum verdict whose data is
+    exactly them holds :data:`OWN_DIGEST` instead (alike for every file that passed the same way)."""
+    if verdict.verifier != CHECKSUM or verdict.data is OWN_DIGEST:
+        return verdict
+    data = verdict.data
+    if len(data) == 2 and data.get("sha256") == sha256 and data.get("size") == size:
+        return Verdict(CHECKSUM, verdict.ok, verdict.detail, OWN_DIGEST)
+    return verdict
+
+
 @attrs.frozen
 class FileResult:
+    """What an import did with one file.
+
+    A repository of 200,000 small files holds as many results until its
+    commit: the checksum verdict's data, which repeats the result's own
+    sha256 and size, is kept as :data:`OWN_DIGEST` (see
+    :func:`compact_checksum`) and given back whole by :attr:`verdicts`; that
+    and verdicts shared across files (:class:`~.verdictpool.VerdictPool`)
+    took a third of the memory each file held.
+    """
+
     path: str
     size: int
     sha256: str
-    verdicts: tuple[Verdict, ...] = ()
+    _verdicts: tuple[Verdict, ...] = attrs.field(default=(), alias="verdicts")
     #: Not fetched: the destination already held it (see :data:`FileState.SKIPPED`).
     skipped: bool = False
     #: Not fetched: an interrupted import had verified and parked it (see :data:`FileState.RESUMED`).
@@ -230,6 +274,27 @@ class FileResult:
     #: How the stored file looked when it was written (size, mtime, inode on a filesystem), so that a later
     #: import notices a change in place without reading it; None where the storage gives none.
     stamp: str | None = None
+
+    def __attrs_post_init__(self) -> None:
+        kept = self._verdicts
+        if any(v.verifier == CHECKSUM and v.data is not OWN_DIGEST for v in kept):
+            compact = tuple(compact_checksum(v, self.sha256, self.size) for v in kept)
+            object.__setattr__(self, "_verdicts", compact)
+
+    @property
+    def verdicts(self) -> tuple[Verdict, ...]:
+        """Every verifier's verdict, the checksum's with its data (``sha256`` and ``size``) whole."""
+        if not any(v.data is OWN_DIGEST for v in self._verdicts):
+            return self._verdicts
+        digest = {"sha256": self.sha256, "size": self.size}
+        return tuple(
+            Verdict(v.verifier, v.ok, v.detail, dict(digest)) if v.data is OWN_DIGEST else v for v in self._verdicts
+        )
+
+    @property
+    def kept_verdicts(self) -> tuple[Verdict, ...]:
+        """The verdicts as kept (a checksum's data may be :data:`OWN_DIGEST`): for sharing them, not reading."""
+        return self._verdicts
 
     def to_dict(self) -> dict[str, Any]:
         found = {

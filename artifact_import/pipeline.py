@@ -54,6 +54,7 @@ from .steps.download import DownloadStep
 from .steps.verify import VerifyStep
 from .storages.base import AbstractStorage, PendingWrite
 from .streams import closing, one_chunk, read_ahead
+from .verdictpool import VerdictPool
 from .verifiers.base import Verifier
 
 if TYPE_CHECKING:
@@ -66,8 +67,6 @@ ProgressCallback = Callable[[ProgressEvent], None]
 INTERRUPTIONS = (asyncio.CancelledError, KeyboardInterrupt, SourceError)
 #: Reserved for the manifest beyond its per-file entries.
 MANIFEST_ALLOWANCE = 4096
-#: Distinct verdicts kept for sharing (see _Run.share).
-_SHARED_VERDICTS = 4096
 Step = ArtifactStorageImportStep
 
 
@@ -124,27 +123,8 @@ class _Run:
     fetched: int = 0
     #: The model's verified signature, every file is held to (None: unsigned, or not checked).
     gate: SignatureGate | None = None
-    #: Verdicts said of many files alike ("not a pickle", the hub's "safe"), one object each (see :meth:`share`).
-    shared: dict[str, Verdict] = attrs.field(factory=dict)
-
-    def share(self, verdicts: Sequence[Verdict]) -> tuple[Verdict, ...]:
-        """``verdicts``, each replaced by an equal one kept already if there is one: a repository of 200,000
-        small files holds 200,000 results until the commit, most of their verdicts alike."""
-        out: list[Verdict] = []
-        for verdict in verdicts:
-            if verdict.verifier == "checksum":  # its data is the file's own digest: never alike
-                out.append(verdict)
-                continue
-            try:
-                key = json.dumps([verdict.verifier, verdict.ok, verdict.detail, verdict.data], sort_keys=True)
-            except (TypeError, ValueError):
-                out.append(verdict)
-                continue
-            kept = self.shared.get(key)
-            if kept is None and len(self.shared) < _SHARED_VERDICTS:
-                kept = self.shared[key] = verdict
-            out.append(kept or verdict)
-        return tuple(out)
+    #: Verdicts said of many files alike ("not a pickle", the hub's "safe", a matching checksum), kept once.
+    verdicts: VerdictPool = attrs.field(factory=VerdictPool)
 
     def emit(
         self, file: ArtifactFile, state: FileState, step: Step | None, done: int, error: str | None = None
@@ -525,9 +505,8 @@ class ImportPipeline:
         checksum = next(v for v in verdicts if v.verifier == "checksum")
         # The stamp now (the write is flushed): the commit then need not make a second result of each file.
         stamp = written.stamp if written is not None else None
-        result = FileResult(
-            file.path, int(checksum.data["size"]), str(checksum.data["sha256"]), run.share(verdicts), stamp=stamp
-        )
+        size, sha256 = int(checksum.data["size"]), str(checksum.data["sha256"])
+        result = FileResult(file.path, size, sha256, run.verdicts.verdicts(verdicts, sha256, size), stamp=stamp)
         if run.gate is not None:
             run.gate.check_file(result)  # refused now, not after the other files have arrived
         run.emit(file, FileState.VERIFIED, Step.VERIFY, file.size or 0)

@@ -12,9 +12,10 @@ import attrs
 
 from .. import __version__
 from ..errors import ArtifactImportError
-from ..model import FileResult, ResolvedArtifact, SignatureVerdict, Verdict
+from ..model import OWN_DIGEST, FileResult, ResolvedArtifact, SignatureVerdict, Verdict
 from ..paths import RESERVED_DIR
 from ..storages.base import AbstractStorage
+from ..verdictpool import VerdictPool
 from .jsonfile import read_json
 
 log = logging.getLogger(__name__)
@@ -43,9 +44,9 @@ def build_manifest(
 
 class ResultLines:
     """Each :class:`FileResult` as one line of compact JSON, the same text as ``json.dumps(result.to_dict(),
-    separators=(",", ":"))``, written faster: a verdict said of many files (one object, see the pipeline's
-    ``_Run.share``) is encoded once, not once per file. Writing the record of 100,000 parked files spent
-    seconds of a SIGTERM's grace period in ``attrs.asdict``."""
+    separators=(",", ":"))``, written faster: a verdict said of many files (one object, see
+    :class:`~..verdictpool.VerdictPool`) is encoded once, not once per file. Writing the record of 100,000
+    parked files spent seconds of a SIGTERM's grace period in ``attrs.asdict``."""
 
     #: Distinct shared verdicts kept encoded.
     LIMIT = 4096
@@ -54,25 +55,35 @@ class ResultLines:
         # Keyed by id(): the verdict is kept beside its text, so that an id is never reused while it is here.
         self._encoded: dict[int, tuple[Verdict, str]] = {}
 
-    def verdict(self, verdict: Verdict) -> str:
+    def _verdict(self, verdict: Verdict, result: FileResult) -> str:
         kept = self._encoded.get(id(verdict))
-        if kept is not None and kept[0] is verdict:
+        if kept is None or kept[0] is not verdict:
+            kept = (verdict, self._encode(verdict))
+            # The checksum's data is the file's own digest: alike only when the result keeps it as OWN_DIGEST.
+            alike = verdict.verifier != "checksum" or verdict.data is OWN_DIGEST
+            if alike and len(self._encoded) < self.LIMIT:
+                self._encoded[id(verdict)] = kept
+        if verdict.data is not OWN_DIGEST:
             return kept[1]
-        plain = {"verifier": verdict.verifier, "ok": verdict.ok, "detail": verdict.detail, "data": verdict.data}
+        return f'{kept[1]}{{"sha256":{json.dumps(result.sha256)},"size":{int(result.size)}}}}}'
+
+    @staticmethod
+    def _encode(verdict: Verdict) -> str:
+        """The verdict's JSON; for :data:`OWN_DIGEST` data, all of it but the data's value and the closing brace."""
+        own = verdict.data is OWN_DIGEST
+        data = None if own else verdict.data
+        plain = {"verifier": verdict.verifier, "ok": verdict.ok, "detail": verdict.detail, "data": data}
         try:
             text = json.dumps(plain, separators=(",", ":"))
         except TypeError:  # data holding attrs instances: as to_dict says them
             text = json.dumps(attrs.asdict(verdict), separators=(",", ":"))
-        # The checksum's data is the file's own digest: never shared.
-        if verdict.verifier != "checksum" and len(self._encoded) < self.LIMIT:
-            self._encoded[id(verdict)] = (verdict, text)
-        return text
+        return text[: -len("null}")] if own else text
 
     def __call__(self, result: FileResult) -> str:
         stamp = "" if result.stamp is None else ',"stamp":' + json.dumps(result.stamp)
         return (
             f'{{"path":{json.dumps(result.path)},"size":{int(result.size)},"sha256":{json.dumps(result.sha256)},'
-            f'"verdicts":[{",".join(self.verdict(v) for v in result.verdicts)}],'
+            f'"verdicts":[{",".join(self._verdict(v, result) for v in result.kept_verdicts)}],'
             f'"skipped":{"true" if result.skipped else "false"},"resumed":{"true" if result.resumed else "false"}'
             f"{stamp}}}"
         )
@@ -132,37 +143,22 @@ class EntryParser:
     verdicts of its own, took an import that had nothing to fetch past 600 MB.
     """
 
-    #: Distinct verdicts kept for sharing.
-    LIMIT = 4096
-
     def __init__(self) -> None:
-        self._shared: dict[tuple[str, bool, str, str], Verdict] = {}
+        self._pool = VerdictPool()
 
-    def verdict(self, raw: Any) -> Verdict:
-        made = Verdict(str(raw["verifier"]), bool(raw["ok"]), str(raw.get("detail", "")), dict(raw.get("data") or {}))
-        if made.verifier == "checksum":  # its data is the file's own digest: never alike
-            return made
-        try:
-            key = (made.verifier, made.ok, made.detail, json.dumps(made.data, sort_keys=True))
-        except (TypeError, ValueError):
-            return made
-        kept = self._shared.get(key)
-        if kept is None and len(self._shared) < self.LIMIT:
-            kept = self._shared[key] = made
-        return kept or made
+    @staticmethod
+    def verdict(raw: Any) -> Verdict:
+        return Verdict(str(raw["verifier"]), bool(raw["ok"]), str(raw.get("detail", "")), dict(raw.get("data") or {}))
 
     def __call__(self, entry: Any) -> FileResult | None:
         if isinstance(entry, FileResult):
             return entry
         try:
-            verdicts = tuple(self.verdict(v) for v in entry.get("verdicts", []))
+            size, sha256 = int(entry["size"]), str(entry["sha256"]).lower()
+            verdicts = self._pool.verdicts((self.verdict(v) for v in entry.get("verdicts", [])), sha256, size)
             stamp = entry.get("stamp")
             return FileResult(
-                str(entry["path"]),
-                int(entry["size"]),
-                str(entry["sha256"]).lower(),
-                verdicts,
-                stamp=str(stamp) if stamp is not None else None,
+                str(entry["path"]), size, sha256, verdicts, stamp=str(stamp) if stamp is not None else None
             )
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
