@@ -378,13 +378,15 @@ class ImportResult:
     def malware_scan(self) -> dict[str, Any]:
         """Whether a malware scanner looked at every file, and which."""
         engines = {
-            str(v.data.get("engine", v.verifier)) for f in self.files for v in f.verdicts if v.verifier == "clamav"
+            str(v.data.get("engine", v.verifier)) for f in self.files for v in f.kept_verdicts if v.verifier == "clamav"
         }
-        ran = bool(self.files) and all(any(v.verifier == "clamav" for v in f.verdicts) for f in self.files)
+        ran = bool(self.files) and all(any(v.verifier == "clamav" for v in f.kept_verdicts) for f in self.files)
         return {"ran": ran, "engine": ", ".join(sorted(engines)) if engines else None}
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
+    def to_dict(self, *, files: bool = True) -> dict[str, Any]:
+        """``files``: with every file's result (without, for writing them one at a time: see the CLI's
+        ``--json``)."""
+        found = {
             "ok": True,
             "malware_scan": self.malware_scan(),
             "source": self.source,
@@ -392,7 +394,6 @@ class ImportResult:
             "commit": self.commit,
             "destination": self.destination,
             "manifest": self.manifest_path,
-            "files": [f.to_dict() for f in self.files],
             "file_count": len(self.files),
             "skipped_count": self.skipped,
             "resumed_count": self.resumed,
@@ -402,3 +403,4 @@ class ImportResult:
             "signature": self.signature.to_dict(),
             "seconds": round(self.seconds, 3),
         }
+        return {**found, "files": [f.to_dict() for f in self.files]} if files else found

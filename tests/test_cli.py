@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -36,8 +37,16 @@ def test_import_with_json_output(hub: LocalHub, tmp_path: Path) -> None:
     assert proc.stderr == "", "--json prints nothing else"
     stored = hub.repos[repo].commits[commit]
     on_disk = files_under(tmp_path / "m")
-    assert json.loads(on_disk.pop(MANIFEST_PATH))["commit"] == commit
+    manifest = json.loads(on_disk.pop(MANIFEST_PATH))
+    assert manifest["commit"] == commit
     assert on_disk == {p: f.disk.read_bytes() for p, f in stored.items()}
+    # Each file's entry (written one at a time) says what the manifest says, its checksum's data whole.
+    assert sorted(result["files"], key=lambda f: f["path"]) == manifest["files"]
+    for entry in result["files"]:
+        assert entry["sha256"] == hashlib.sha256(on_disk[entry["path"]]).hexdigest()
+        checksum = entry["verdicts"][0]
+        assert checksum["verifier"] == "checksum" and checksum["ok"] is True
+        assert checksum["data"] == {"sha256": entry["sha256"], "size": entry["size"]}
 
 
 def test_an_import_asks_the_hub_for_the_repository_and_nothing_else(hub: LocalHub, tmp_path: Path) -> None:
