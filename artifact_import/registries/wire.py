@@ -176,9 +176,9 @@ class _Connection(asyncio.BufferedProtocol):
         self._chunk_left = 0
         self._chunk_state = "size"  # size | data | crlf | trailer
         self._line = bytearray()
-        # The socket's SO_RCVLOWAT (1: the kernel's default; the socket None: not settable here).
-        self._sock: socket.socket | None = None
+        # The socket's SO_RCVLOWAT (1: the kernel's default), and whether the transport's socket takes it.
         self._low_water = 1
+        self._low_water_settable = True
         self._low_water_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------------------------------------
@@ -187,8 +187,6 @@ class _Connection(asyncio.BufferedProtocol):
         # A stream transport, whatever its class: uvloop's (Backend.AI's storage proxy can run on it) are not
         # subclasses of asyncio.Transport.
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        self._sock = sock if sock is not None and hasattr(sock, "setsockopt") else None
 
     def get_buffer(self, sizehint: int) -> memoryview:
         state = self._state
@@ -284,17 +282,27 @@ class _Connection(asyncio.BufferedProtocol):
 
     def _set_low_water(self, nbytes: int) -> None:
         nbytes = max(nbytes, 1)
-        sock = self._sock
-        if nbytes == self._low_water or sock is None:
+        if nbytes == self._low_water or not self._low_water_settable or self.transport is None:
             return
+        # Asked of the transport each time, not kept: a socket object held here would outlive the connection.
+        sock = self.transport.get_extra_info("socket")
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, nbytes)
-        except OSError:
-            self._sock = None  # a transport that does not take it: reads as they come
+        except (OSError, AttributeError, TypeError):
+            self._low_water_settable = False  # a transport that does not take it: reads as they come
             return
         self._low_water = nbytes
         if nbytes > 1 and self._low_water_timer is None:
             self._low_water_timer = self.loop.call_later(_LOW_WATER_GRACE, self._check_low_water)
+        elif nbytes == 1:
+            self._stop_low_water_timer()
+
+    def _stop_low_water_timer(self) -> None:
+        # The timer holds the connection: cancelled as soon as it has nothing to watch, so a finished or
+        # closed connection is not kept alive by it (the client tracks its open connections weakly).
+        timer, self._low_water_timer = self._low_water_timer, None
+        if timer is not None:
+            timer.cancel()
 
     def _check_low_water(self) -> None:
         self._low_water_timer = None
@@ -366,6 +374,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self.closed = True
         self.reusable = False
+        self._stop_low_water_timer()
         self.client._forget(self)
         state = self._state
         if state == "body" and self._left is None and exc is None:
