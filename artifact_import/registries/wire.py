@@ -46,8 +46,9 @@ MAX_REDIRECTS = 10
 #: Completed chunks a response holds for its reader before the connection stops reading.
 _QUEUED_CHUNKS = 2
 #: Body bytes the kernel gathers on a fast connection before the loop is woken to receive them
-#: (``SO_RCVLOWAT``): one read of this much, rather than two to four as they trickle in, halves the reads and
-#: their wake-ups (``benchmarks/README.md``). Never more than the body bytes still to come.
+#: (``SO_RCVLOWAT``): one read of this much, rather than two or three as they trickle in, halves the reads
+#: and what each costs in the loop and the kernel (``benchmarks/README.md``). Never more than the body bytes
+#: still to come.
 RECV_LOW_WATER = 256 * 1024
 #: A read at least this large says the bytes come fast enough for :data:`RECV_LOW_WATER` to cost no latency.
 _FAST_READ = 64 * 1024
