@@ -53,7 +53,8 @@ RECV_LOW_WATER = 256 * 1024
 #: A read at least this large says the bytes come fast enough for :data:`RECV_LOW_WATER` to cost no latency.
 _FAST_READ = 64 * 1024
 #: Seconds without a read after which a raised low-water mark is lowered again and what the kernel holds is
-#: received: a source that slowed or stopped is judged (stall, minimum rate) on every byte it sent.
+#: received: a source that slowed or stopped is judged (stall, minimum rate) on every byte it sent. At most a
+#: quarter of the stall timeout, so the bytes are in before a stall is declared and a resume starts after them.
 _LOW_WATER_GRACE = 0.5
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([1-9][0-9][0-9])(?: ([^\r\n]*))?")
@@ -180,6 +181,7 @@ class _Connection(asyncio.BufferedProtocol):
         # The socket's SO_RCVLOWAT (1: the kernel's default), and whether the transport's socket takes it.
         self._low_water = 1
         self._low_water_settable = True
+        self._stall_timeout = client.read_timeout
         self._low_water_timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.BufferedProtocol -------------------------------------------------------------------------
@@ -294,7 +296,7 @@ class _Connection(asyncio.BufferedProtocol):
             return
         self._low_water = nbytes
         if nbytes > 1 and self._low_water_timer is None:
-            self._low_water_timer = self.loop.call_later(_LOW_WATER_GRACE, self._check_low_water)
+            self._low_water_timer = self.loop.call_later(self._grace(), self._check_low_water)
         elif nbytes == 1:
             self._stop_low_water_timer()
 
@@ -310,10 +312,14 @@ class _Connection(asyncio.BufferedProtocol):
         if self._low_water <= 1 or self.closed:
             return
         idle = self.loop.time() - self.last_activity
-        if idle >= _LOW_WATER_GRACE:
+        grace = self._grace()
+        if idle >= grace:
             self._set_low_water(1)
         else:
-            self._low_water_timer = self.loop.call_later(_LOW_WATER_GRACE - idle, self._check_low_water)
+            self._low_water_timer = self.loop.call_later(grace - idle, self._check_low_water)
+
+    def _grace(self) -> float:
+        return min(_LOW_WATER_GRACE, self._stall_timeout / 4)
 
     def _reached_until(self) -> bool:
         until = self._until
@@ -559,6 +565,7 @@ class _Connection(asyncio.BufferedProtocol):
     async def next_chunk(self, read_timeout: float, min_rate: float = 0.0, window: float = 30.0) -> bytes | None:
         """The body's next chunk, None at its end; the bytes received before a failure come first. A body
         averaging under ``min_rate`` bytes a second over ``window`` seconds fails with :class:`TooSlow`."""
+        self._stall_timeout = read_timeout
         while not self._queue:
             if self._state == "done":
                 return None
