@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
+from artifact_import.registries import wire
 from artifact_import.registries.wire import MAX_HEAD, BadResponse, Dropped, Stalled, TooSlow, WireClient
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
@@ -389,6 +390,70 @@ async def test_the_bytes_a_reader_wants_are_handed_on_without_waiting_for_what_a
     finally:
         await client.close()
     assert first == b"z" * 1000 and loop.time() - started < 5
+
+
+# --- the receive low-water mark (SO_RCVLOWAT) on fast bodies ----------------------------------------------
+
+
+def _burst_then(head_length: int, burst: int, rest: int, pause: float) -> Handler:
+    """A head promising ``head_length`` bytes, ``burst`` of them at once, ``rest`` more after ``pause``, then
+    nothing more while the connection stays open."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> None:
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % head_length + b"b" * burst)
+        await writer.drain()
+        if rest:
+            await asyncio.sleep(pause)
+            writer.write(b"c" * rest)
+            await writer.drain()
+        await asyncio.sleep(30)
+
+    return handler
+
+
+async def test_a_fast_body_that_stops_short_hands_over_every_byte_that_arrived_then_times_out() -> None:
+    """After a fast start the kernel is asked to wake the client only for larger reads; bytes that come in
+    under that mark and then nothing more are still received (and handed on before the stall), not left in
+    the socket where a resumed download would have to fetch them again."""
+    client = _client(chunk_size=4 << 20, read_timeout=1.5)
+    received = 0
+    try:
+        async with (
+            RawServer(_burst_then(4 << 20, 1 << 20, 50_000, 0.2)) as server,
+            client.request("GET", f"{server.url}/f", {}) as resp,
+        ):
+            with pytest.raises(Stalled):
+                async for chunk in resp.iter_chunks():
+                    received += len(chunk)
+    finally:
+        await client.close()
+    assert received == (1 << 20) + 50_000
+
+
+@pytest.mark.parametrize("until", [None, (1 << 20) + 100_000], ids=["length", "until"])
+async def test_the_end_of_a_fast_body_is_never_waited_on_in_the_kernel(
+    until: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last bytes of a body (or of what the reader wants), fewer than the low-water mark, wake the
+    client as soon as they are in: not after the grace that lowers the mark for a source that slowed."""
+    monkeypatch.setattr(wire, "_LOW_WATER_GRACE", 60.0)
+    client = _client(chunk_size=1 << 20, read_timeout=60.0)
+    wanted = (1 << 20) + 100_000
+    length = wanted if until is None else 8 << 20
+    received = 0
+    try:
+        async with (
+            RawServer(_burst_then(length, wanted, 0, 0)) as server,
+            asyncio.timeout(10),
+            client.request("GET", f"{server.url}/f", {}) as resp,
+        ):
+            async for chunk in resp.iter_chunks(until=until):
+                received += len(chunk)
+                if received >= wanted:
+                    break
+    finally:
+        await client.close()
+    assert received == wanted
 
 
 # --- TLS, as the Hub and its CDN speak it ------------------------------------------------------------------
