@@ -9,7 +9,10 @@ the executor, the commit; and clamd's verdict over a socket of uvloop's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -25,6 +28,7 @@ from artifact_import import (
     import_artifact,
 )
 from artifact_import.registries.http import HttpTimeouts
+from artifact_import.registries.wire import WireClient
 from artifact_import.verifiers.clamav import ClamAVVerifier
 
 from .clamd import EICAR, SIGNATURE, Clamd
@@ -78,3 +82,43 @@ def test_clamd_finds_the_virus_on_either_event_loop(hub: LocalHub, clamd: Clamd,
         runner.run(run())
     assert info.value.path == "scripts/run.sh" and f"infected: {SIGNATURE}" in str(info.value)
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("loop", sorted(LOOPS))
+def test_a_client_closed_after_its_loop_is_gone_still_ends_its_connections(loop: str) -> None:
+    """A registry used under one ``asyncio.run`` and closed under another (a script importing twice): on
+    asyncio's loop the kept-alive connection's transport outlives its loop and can schedule nothing, so the
+    socket is shut down directly (uvloop closes its transports with the loop); either way the server is
+    told, and the close does not fail."""
+    eof = threading.Event()
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")  # kept alive: no Connection: close
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+                eof.set()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    client = WireClient(chunk_size=65536, connect_timeout=5.0, read_timeout=5.0)
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/x"
+
+    async def get() -> bytes:
+        async with client.request("GET", url, {}) as resp:
+            return b"".join([chunk async for chunk in resp.iter_chunks()])
+
+    try:
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            assert runner.run(get()) == b"ok"
+        with asyncio.Runner(loop_factory=LOOPS[loop]) as runner:
+            runner.run(client.close())
+        assert eof.wait(5), "the server was told the connection is over"
+    finally:
+        listener.close()
+        server.join(5)
