@@ -47,7 +47,7 @@ async def already_present(
         if not (same_version or (file.sha256 is not None and entry.sha256 == file.sha256.lower())):
             continue
         required = {v.name for v in verifiers if v.applies_to(file)}
-        if not required <= {v.verifier for v in entry.verdicts if v.ok}:
+        if not required <= {v.verifier for v in entry.kept_verdicts if v.ok}:
             continue
         candidates.append((file, entry))
 

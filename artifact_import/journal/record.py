@@ -155,7 +155,7 @@ async def adoptable(
         if entry is None or entry.size != file.size:
             continue
         required = {v.name for v in verifiers if v.applies_to(file)}
-        if required <= {v.verifier for v in entry.verdicts if v.ok}:
+        if required <= {v.verifier for v in entry.kept_verdicts if v.ok}:
             complete[file.path] = entry
     listed = record.get("incomplete")
     wanted = {str(p) for p in listed} if isinstance(listed, list) else set()
