@@ -58,6 +58,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=8, help="snapshot_download's max_workers (its default: 8)")
     parser.add_argument("--only", action="append", choices=["ours", "snapshot_download"])
     parser.add_argument("--no-interrupt", action="store_true")
+    parser.add_argument(
+        "--stop-after",
+        type=float,
+        help="seconds into an import to SIGTERM it while files arrive (default: half of ours' median; with this, "
+        "--rounds 0 runs only the interruptions)",
+    )
     parser.add_argument("--work", type=Path, default=ROOT / "benchmarks" / "work")
     args = parser.parse_args()
 
@@ -75,7 +81,7 @@ def main() -> None:
     if args.only:
         tools = {name: tools[name] for name in args.only}
     results: dict[str, list[Usage]] = {name: [] for name in tools}
-    stops: list[tuple[str, float, int, float]] = []
+    stops: list[tuple[str, float, int, Usage]] = []
     load_before = os.getloadavg()
     try:
         for round_ in range(args.rounds):
@@ -92,17 +98,17 @@ def main() -> None:
                 )
                 shutil.rmtree(where)
         if "ours" in tools and not args.no_interrupt:
-            full = statistics.median(u.seconds for u in results["ours"])
+            after = args.stop_after or statistics.median(u.seconds for u in results["ours"]) / 2
             for when in ("files", "commit"):
                 where = Path(tempfile.mkdtemp(prefix=f"stop-{when}-", dir=args.work))
                 run_env = {**env, "HF_HOME": str(where / "hf-home")}
                 command = [*ours, str(where / "data")]
-                took, code = interrupt(command, run_env, where / "data", when=when, after=full / 2)
+                took, code = interrupt(command, run_env, where / "data", when=when, after=after)
                 rest = run_child(command, run_env)
-                stops.append((when, took, code, rest.seconds))
+                stops.append((when, took, code, rest))
                 print(
                     f"SIGTERM while {when}: exited {code} {took:.2f}s after the signal; the next import finished "
-                    f"in {rest.seconds:.1f}s",
+                    f"in {rest.seconds:.1f}s, peak RSS {rest.rss:.0f} MiB",
                     file=sys.stderr,
                 )
                 shutil.rmtree(where)
@@ -115,16 +121,21 @@ def main() -> None:
     print("| tool | seconds | files/s | CPU s (user+sys) | peak RSS (MiB) |")
     print("|---|---:|---:|---:|---:|")
     for name, runs in results.items():
+        if not runs:
+            continue
         seconds = statistics.median(u.seconds for u in runs)
         cpu = statistics.median(u.cpu for u in runs)
         print(
             f"| {name} | {seconds:.1f} | {args.files / seconds:.0f} | {cpu:.1f} | {max(u.rss for u in runs):.0f} |"
         )
-    if len(results) == 2:
+    if len(results) == 2 and all(results.values()):
         ratios = [s.seconds / o.seconds for o, s in zip(results["ours"], results["snapshot_download"], strict=True)]
         print(f"\nours / snapshot_download files per second: {statistics.median(ratios):.2f}x")
     for when, took, code, rest in stops:
-        print(f"SIGTERM while {when}: exit {code} after {took:.2f}s; next import finished the rest in {rest:.1f}s")
+        print(
+            f"SIGTERM while {when}: exit {code} after {took:.2f}s; next import finished the rest in "
+            f"{rest.seconds:.1f}s (CPU {rest.cpu:.1f}s, peak RSS {rest.rss:.0f} MiB)"
+        )
     print(f"\nload average before {load_before[0]:.2f}, after {os.getloadavg()[0]:.2f} (2 cores, shared)")
 
 
