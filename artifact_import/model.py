@@ -234,6 +234,9 @@ class _OwnDigest(Mapping[str, Any]):
     def __repr__(self) -> str:
         return "<the result's sha256 and size>"
 
+    def __reduce__(self) -> str:
+        return "OWN_DIGEST"  # pickled and copied as the one instance, which results recognise by identity
+
 
 #: Stands for ``{"sha256": result.sha256, "size": result.size}`` in a checksum verdict a result keeps.
 OWN_DIGEST: Mapping[str, Any] = _OwnDigest()

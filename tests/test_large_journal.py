@@ -3,8 +3,10 @@ one entry a line, never refused for its size: the next import skips what is ther
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import attrs
@@ -112,6 +114,9 @@ def test_a_checksum_verdict_that_says_more_than_the_result_is_kept_as_it_says() 
     assert compact.kept_verdicts[0].data is OWN_DIGEST
     assert compact == FileResult("a.bin", 5, digest, compact.kept_verdicts)
     assert compact.verdicts == (mine,) and attrs.evolve(compact, stamp="s").verdicts == (mine,)
+    # A result that travels (pickled to a worker, copied) keeps its checksum's data.
+    for moved in (pickle.loads(pickle.dumps(compact)), copy.deepcopy(compact)):
+        assert moved == compact and moved.verdicts == (mine,)
     # The same verdict of another digest is not the same verdict.
     assert FileResult("a.bin", 5, "ef" * 32, (mine,)).verdicts == (mine,)
 
