@@ -201,8 +201,14 @@ async def adopt_parked(
                 await write.park(parked_path(path))
                 unsure.add(path)
             continue
+        entry = offered.complete[path]
+        # Held until the commit, 100,000 of them when a large import resumes: the listing's path and size and
+        # the record's stamp, one object each, not the equal copies the record and the stat made.
+        write.bytes_written = sizes[path] or 0
+        if write.stamp == entry.stamp:
+            write.stamp = entry.stamp
         adopted.append(write)
-        results[path] = attrs.evolve(offered.complete[path], resumed=True)
+        results[path] = attrs.evolve(entry, path=path, resumed=True)
     incomplete = (offered.incomplete | unsure) - results.keys()
     if storage.journals_writes:
         # Its record lists every file the interrupted import was about to receive (see write_record): only

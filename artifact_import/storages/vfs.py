@@ -497,19 +497,20 @@ class VFSStorage(AbstractStorage):
         found = await self._stat_many([where for where, _ in parked])
         adopted: list[PendingWrite | None] = []
         for where, path in parked:
-            st = found.get(where)
-            if st is None:
+            held = found.get(where)
+            if held is None:
                 adopted.append(None)
                 continue
             try:
                 write = _VFSParkedWrite(
-                    self, path, await self._resolve_fast(where), await self._resolve_fast(path), st.st_size
+                    self, path, await self._resolve_fast(where), await self._resolve_fast(path), held[0]
                 )
             except (UnsafePathError, StorageError):
                 adopted.append(None)
                 continue
-            write.stamp = stamp_of(st)
-            write.journal = where
+            write.stamp = held[1]
+            if where != incomplete_path(path):  # the usual place is derived, not kept (see prepare_commit)
+                write.journal = where
             adopted.append(write)
         return adopted
 
@@ -517,10 +518,10 @@ class VFSStorage(AbstractStorage):
         """The regular files among ``paths``, one thread hop per folder (see :meth:`_stat_many`): a thread hop
         and a walk from the root per file made looking over 200,000 files take minutes."""
         found = await self._stat_many(paths)
-        return {path: FileInfo(path, st.st_size, stamp=stamp_of(st)) for path, st in found.items()}
+        return {path: FileInfo(path, size, stamp=stamp) for path, (size, stamp) in found.items()}
 
-    async def _stat_many(self, paths: Sequence[str]) -> dict[str, os.stat_result]:
-        """The stat of each of ``paths`` that is a regular file, by path: folders resolved as the write path
+    async def _stat_many(self, paths: Sequence[str]) -> dict[str, tuple[int, str]]:
+        """The size and stamp of each of ``paths`` that is a regular file, by path: folders resolved as the write path
         resolves them (once each, see :meth:`_resolve_fast`) and opened without following links, names not
         followed (a link is left out, as a missing file is)."""
         groups: dict[str, list[tuple[str, str]]] = {}
@@ -530,7 +531,7 @@ class VFSStorage(AbstractStorage):
             except UnsafePathError:
                 continue
             groups.setdefault(self._dir_string(where.parent), []).append((path, where.name))
-        found: dict[str, os.stat_result] = {}
+        found: dict[str, tuple[int, str]] = {}
         for folder, members in groups.items():
             for at in range(0, len(members), _BATCH):
                 batch = members[at : at + _BATCH]
@@ -906,6 +907,10 @@ class _VFSParkedWrite(_FolderPaths):
     async def write(self, chunk: bytes) -> None:
         raise StorageError(f"{self.path}: a parked file takes no more bytes")
 
+    async def prepare_commit(self) -> str | None:
+        # Kept where it was received unless told otherwise (see VFSStorage.adopt_many).
+        return self.journal if self.journal is not None else incomplete_path(self.path)
+
     async def commit(self) -> None:
         await self._storage.commit_writes([self])
 
@@ -1049,15 +1054,17 @@ def _write_small_batch(root: Path, folder: Path, items: Sequence[tuple[str, byte
         os.close(fd)
 
 
-def _stat_batch(root: Path, folder: str, names: Sequence[str]) -> list[os.stat_result | None]:
-    """The stat of each of ``names`` in ``folder`` (opened as :func:`_open_folder` opens it), None for one that
-    is missing or not a regular file (a link is not followed). A missing folder: none is there."""
+def _stat_batch(root: Path, folder: str, names: Sequence[str]) -> list[tuple[int, str] | None]:
+    """The size and stamp (:func:`stamp_of`) of each of ``names`` in ``folder`` (opened as :func:`_open_folder`
+    opens it), None for one that is missing or not a regular file (a link is not followed). A missing folder:
+    none is there. Not the stat itself: a ``stat_result`` is some twenty objects, and the stats of 200,000
+    files looked over at once were most of an import's peak memory."""
     real_root = Path(os.path.realpath(root))
     try:
         fd = _open_folder(real_root, Path(folder).relative_to(real_root).parts)
     except FileNotFoundError:
         return [None] * len(names)
-    found: list[os.stat_result | None] = []
+    found: list[tuple[int, str] | None] = []
     try:
         for name in names:
             try:
@@ -1065,7 +1072,7 @@ def _stat_batch(root: Path, folder: str, names: Sequence[str]) -> list[os.stat_r
             except OSError:
                 found.append(None)
                 continue
-            found.append(st if stat.S_ISREG(st.st_mode) else None)
+            found.append((st.st_size, stamp_of(st)) if stat.S_ISREG(st.st_mode) else None)
     finally:
         os.close(fd)
     return found
