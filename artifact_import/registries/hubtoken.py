@@ -1,7 +1,7 @@
 """The Hub token ``huggingface_hub.get_token()`` finds, without loading its auth module where there is none.
 
 ``huggingface_hub.utils._auth``, where ``get_token`` lives, imports ``huggingface_hub.errors`` (httpx) and
-``utils._fixes`` (filelock, yaml) when it is loaded: about 0.05 CPU-seconds, paid by every import from the Hub,
+``utils._fixes`` (filelock, yaml) when it is loaded: 0.05 to 0.09 CPU-seconds, paid by every import from the Hub,
 most of which have no token at all. ``get_token`` looks in four places, in order (huggingface_hub 2.x): an OIDC
 exchange when ``HF_OIDC_RESOURCE`` is set, ``HF_TOKEN`` / ``HUGGING_FACE_HUB_TOKEN``, the file at
 ``constants.HF_TOKEN_PATH`` (an OAuth login's token refreshed when near expiry), and Google Colab's secrets
