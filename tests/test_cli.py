@@ -73,6 +73,59 @@ def test_plain_output_when_not_a_terminal(hub: LocalHub, tmp_path: Path) -> None
     assert set(files_under(tmp_path)) == {"config.json", MANIFEST_PATH}
 
 
+#: Runs the CLI (argv after the first argument), then writes the modules it loaded to the first argument.
+_LOADED = """
+import json, runpy, sys
+out, sys.argv = sys.argv[1], ["artifact-import", *sys.argv[2:]]
+try:
+    runpy.run_module("artifact_import.cli", run_name="__main__", alter_sys=True)
+except SystemExit as e:
+    code = e.code
+with open(out, "w") as f:
+    json.dump({"code": code, "modules": sorted(sys.modules)}, f)
+"""
+
+
+def test_an_import_without_a_terminal_loads_only_what_it_uses(hub: LocalHub, tmp_path: Path) -> None:
+    """Start-up is paid by every import (issue 26 counts CPU-seconds per GiB): huggingface_hub's auth module
+    (httpx, filelock, yaml) when there is no token to find, tqdm when no bar is drawn, are not loaded."""
+    repo = repo_name("cli")
+    hub.create_repo(repo, {"config.json": b'{"hidden_size": 8}'})
+    report = tmp_path / "loaded.json"
+    home = tmp_path / "hf-home"
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED, str(report), "import", f"hf://{repo}", "--to", str(tmp_path / "m")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HOME": str(home)},
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = json.loads(report.read_text())
+    assert loaded["code"] in (0, None), proc.stderr
+    assert (tmp_path / "m" / "config.json").read_bytes() == b'{"hidden_size": 8}'
+    heavy = {"huggingface_hub.utils._auth", "huggingface_hub.errors", "httpx", "httpx2", "tqdm", "yaml", "filelock"}
+    assert heavy & set(loaded["modules"]) == set()
+
+    # With a saved login, huggingface_hub's get_token reads it, and the private repository is imported.
+    private = repo_name("private")
+    hub.create_repo(private, {"config.json": b"{}"}, token="hf_saved_login_token")
+    home.mkdir(exist_ok=True)
+    (home / "token").write_text("hf_saved_login_token\n")
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOADED, str(report), "import", f"hf://{private}", "--to", str(tmp_path / "n")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HOME": str(home)},
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "huggingface_hub.utils._auth" in json.loads(report.read_text())["modules"]
+    assert (tmp_path / "n" / "config.json").read_bytes() == b"{}"
+
+
 def test_dropped_connection_is_resumed_through_the_cli(hub: LocalHub, tmp_path: Path) -> None:
     repo = repo_name("cli")
     commit = hub.create_repo(repo, FILES)

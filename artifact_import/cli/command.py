@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from ..config import Config
     from ..journal import ImportPlan
     from ..pipeline import ProgressCallback
+    from ..progressbars import BarProgress
     from ..registries.base import AbstractRegistry
     from ..signing import SignatureSettings
     from ..storages.base import AbstractStorage
@@ -286,13 +287,18 @@ def import_cmd(
       artifact-import --config proxy.toml import hf://org/model \\
           --to vfolder:local/user-1/8c8a3ff2c5d84a1c9e0f3b5d2a7e6c41/models
     """
-    from ..progress import BarProgress, LineProgress
+    from ..progress import LineProgress
     from ..registries.http import HttpTimeouts, RetryPolicy
 
     quiet = ctx.obj["quiet"] or as_json or dry_run
     progress: BarProgress | LineProgress | None = None
     if not quiet:
-        progress = BarProgress() if sys.stderr.isatty() else LineProgress()
+        if sys.stderr.isatty():
+            from ..progressbars import BarProgress  # tqdm: loaded only where bars are drawn
+
+            progress = BarProgress()
+        else:
+            progress = LineProgress()
     parked = _Parked()
     signals: list[int] = []
 

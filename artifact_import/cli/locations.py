@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -28,11 +29,13 @@ from ..registries.ranges import ParallelPolicy
 from ..registries.s3 import S3Registry
 from ..s3 import S3Endpoint
 from ..storages.base import AbstractStorage
-from ..storages.hfcache import HFCacheStorage
 from ..storages.object import ObjectStorage
 from ..storages.vfs import VFSStorage
 from ..storages.volume import VolumeStorageAdapter
 from ..volumes.base import VFolderRef
+
+if TYPE_CHECKING:
+    from ..storages.hfcache import HFCacheStorage
 
 STORAGE_PREFIX = "storage:"
 VFOLDER_PREFIX = "vfolder:"
@@ -70,6 +73,8 @@ class HubRepo:
 
 
 def _hf_cache(to: str, hub_repo: HubRepo | None) -> HFCacheStorage:
+    from ..storages.hfcache import HFCacheStorage  # loaded only for hf-cache: (ctypes, the cache's layout)
+
     folder = to[len(HF_CACHE_PREFIX) :]
     if folder:
         _check_directory(folder, what=to)

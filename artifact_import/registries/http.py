@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
 import logging
 import random
 import time
@@ -110,6 +109,8 @@ def parse_retry_after(value: str | None) -> float | None:
     value = value.strip()
     if value.isdigit():
         return float(value)
+    import email.utils  # only for a Retry-After date: loading it is a start-up cost every import paid
+
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):

@@ -36,6 +36,7 @@ from ..streams import DEFAULT_CHUNK_SIZE, closing
 from ..units import human_bytes
 from .base import AbstractRegistry
 from .http import RETRYABLE_STATUS, HttpTimeouts, RetryPolicy, parse_retry_after, same_origin, stream_url
+from .hubtoken import hub_token
 from .ranges import ConnectionBudget, ParallelPolicy, SameVersion, fetch
 from .wire import BadResponse, TooLarge, WireClient, WireError
 
@@ -65,7 +66,7 @@ def _hub_headers(token: str | None) -> dict[str, str]:
         agent += f"; origin/{origin}"
     headers = {"user-agent": agent}
     if token is None and not _switched_on(os.environ, "HF_HUB_DISABLE_IMPLICIT_TOKEN"):
-        token = huggingface_hub.get_token()
+        token = hub_token()
     if token:
         headers["authorization"] = f"Bearer {token}"
     return headers
