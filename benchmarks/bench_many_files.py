@@ -59,6 +59,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=["ours", "snapshot_download"])
     parser.add_argument("--no-interrupt", action="store_true")
     parser.add_argument(
+        "--interrupt", action="append", choices=["files", "commit"], help="which interruptions (default: both)"
+    )
+    parser.add_argument(
         "--stop-after",
         type=float,
         help="seconds into an import to SIGTERM it while files arrive (default: half of ours' median; with this, "
@@ -99,7 +102,7 @@ def main() -> None:
                 shutil.rmtree(where)
         if "ours" in tools and not args.no_interrupt:
             after = args.stop_after or statistics.median(u.seconds for u in results["ours"]) / 2
-            for when in ("files", "commit"):
+            for when in args.interrupt or ("files", "commit"):
                 where = Path(tempfile.mkdtemp(prefix=f"stop-{when}-", dir=args.work))
                 run_env = {**env, "HF_HOME": str(where / "hf-home")}
                 command = [*ours, str(where / "data")]

@@ -11,9 +11,11 @@ fetched and verified again.
 from __future__ import annotations
 
 import asyncio
+import collections
+import functools
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -21,11 +23,14 @@ import attrs
 from .._aio import map_bounded
 from ..errors import ArtifactImportError
 from ..model import ArtifactFile, FileResult, ResolvedArtifact
-from ..storages.base import AbstractStorage
+from ..storages.base import AbstractStorage, FileInfo
 from ..verifiers.base import Verifier
 from .manifest import manifest_files
 
 log = logging.getLogger(__name__)
+
+#: Stored files looked at together.
+_BATCH = 4096
 
 
 async def already_present(
@@ -39,9 +44,12 @@ async def already_present(
         return {}
     same_version = manifest.get("source") == artifact.source and manifest.get("commit") == artifact.commit
     entries = manifest_files(manifest)
-    candidates: list[tuple[ArtifactFile, FileResult]] = []
+    # Each entry held once from here (a repository of 200,000 files: the manifest's list, the entries by path,
+    # then the results beside them, and a look at every stored file at once were an import's peak memory).
+    del manifest
+    candidates: collections.deque[tuple[ArtifactFile, FileResult]] = collections.deque()
     for file in artifact.files:
-        entry = entries.get(file.path)
+        entry = entries.pop(file.path, None)
         if entry is None or file.size is None or entry.size != file.size:
             continue
         if not (same_version or (file.sha256 is not None and entry.sha256 == file.sha256.lower())):
@@ -50,12 +58,12 @@ async def already_present(
         if not required <= {v.verifier for v in entry.kept_verdicts if v.ok}:
             continue
         candidates.append((file, entry))
+    del entries
 
     limit = asyncio.Semaphore(16)
-    # All at once: a directory looks a folder at a time (a look per file took minutes at 200,000 files).
-    infos = await storage.file_infos([file.path for file, _ in candidates])
 
-    async def stored(file: ArtifactFile, entry: FileResult) -> FileResult | None:
+    async def stored(infos: Mapping[str, FileInfo], pair: tuple[ArtifactFile, FileResult]) -> FileResult | None:
+        file, entry = pair
         async with limit:
             info = infos.get(file.path)
             if info is None:
@@ -74,8 +82,15 @@ async def already_present(
         # The listing's path, not the manifest's equal copy: 200,000 of these are held until the commit.
         return attrs.evolve(entry, path=file.path, skipped=True, stamp=info.stamp)
 
-    checked = await map_bounded(lambda pair: stored(*pair), candidates)
-    return {r.path: r for r in checked if r is not None}
+    present: dict[str, FileResult] = {}
+    while candidates:
+        # A batch at a time: a directory still looks a folder at a time (a look per file took minutes at
+        # 200,000 files), and each entry is let go once its result is made.
+        batch = [candidates.popleft() for _ in range(min(_BATCH, len(candidates)))]
+        infos = await storage.file_infos([file.path for file, _ in batch])
+        checked = await map_bounded(functools.partial(stored, infos), batch)
+        present.update((r.path, r) for r in checked if r is not None)
+    return present
 
 
 async def unrecorded(
