@@ -101,7 +101,10 @@ def main() -> None:
                 )
                 shutil.rmtree(where)
         if "ours" in tools and not args.no_interrupt:
-            after = args.stop_after or statistics.median(u.seconds for u in results["ours"]) / 2
+            runs = results["ours"]
+            after = args.stop_after or (statistics.median(u.seconds for u in runs) / 2 if runs else 0.0)
+            if "files" in (args.interrupt or ("files",)) and not after:
+                raise SystemExit("with --rounds 0, say when to interrupt the files with --stop-after")
             for when in args.interrupt or ("files", "commit"):
                 where = Path(tempfile.mkdtemp(prefix=f"stop-{when}-", dir=args.work))
                 run_env = {**env, "HF_HOME": str(where / "hf-home")}
