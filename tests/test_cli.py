@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from artifact_import import MANIFEST_PATH
 
@@ -93,17 +94,23 @@ def test_an_import_without_a_terminal_loads_only_what_it_uses(hub: LocalHub, tmp
     hub.create_repo(repo, {"config.json": b'{"hidden_size": 8}'})
     report = tmp_path / "loaded.json"
     home = tmp_path / "hf-home"
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOADED, str(report), "import", f"hf://{repo}", "--to", str(tmp_path / "m")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HOME": str(home)},
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    loaded = json.loads(report.read_text())
-    assert loaded["code"] in (0, None), proc.stderr
+
+    def imported(repo: str, dest: Path) -> dict[str, Any]:
+        """The import's exit code and every module it loaded, from a CLI run in a process of its own."""
+        proc = subprocess.run(
+            [sys.executable, "-c", _LOADED, str(report), "import", f"hf://{repo}", "--to", str(dest)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**os.environ, "HF_HOME": str(home)},
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        loaded: dict[str, Any] = json.loads(report.read_text())
+        assert loaded["code"] in (0, None), proc.stderr
+        return loaded
+
+    loaded = imported(repo, tmp_path / "m")
     assert (tmp_path / "m" / "config.json").read_bytes() == b'{"hidden_size": 8}'
     heavy = {"huggingface_hub.utils._auth", "huggingface_hub.errors", "httpx", "httpx2", "tqdm", "yaml", "filelock"}
     assert heavy & set(loaded["modules"]) == set()
@@ -113,16 +120,7 @@ def test_an_import_without_a_terminal_loads_only_what_it_uses(hub: LocalHub, tmp
     hub.create_repo(private, {"config.json": b"{}"}, token="hf_saved_login_token")
     home.mkdir(exist_ok=True)
     (home / "token").write_text("hf_saved_login_token\n")
-    proc = subprocess.run(
-        [sys.executable, "-c", _LOADED, str(report), "import", f"hf://{private}", "--to", str(tmp_path / "n")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "HF_HOME": str(home)},
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert "huggingface_hub.utils._auth" in json.loads(report.read_text())["modules"]
+    assert "huggingface_hub.utils._auth" in imported(private, tmp_path / "n")["modules"]
     assert (tmp_path / "n" / "config.json").read_bytes() == b"{}"
 
 
