@@ -33,6 +33,7 @@ from .errors import (
 )
 from .journal import Adopted, ImportPlan, Journal
 from .model import (
+    CHECKSUM,
     DEFAULT_CONCURRENT_FILES,
     NOT_CHECKED,
     ArtifactFile,
@@ -502,7 +503,7 @@ class ImportPipeline:
                 run.staged.append((p.storage, path))
                 await pending.commit()
                 source = (p.storage, path)
-        checksum = next(v for v in verdicts if v.verifier == "checksum")
+        checksum = next(v for v in verdicts if v.verifier == CHECKSUM)
         # The stamp now (the write is flushed): the commit then need not make a second result of each file.
         stamp = written.stamp if written is not None else None
         size, sha256 = int(checksum.data["size"]), str(checksum.data["sha256"])

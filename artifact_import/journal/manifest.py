@@ -12,7 +12,7 @@ import attrs
 
 from .. import __version__
 from ..errors import ArtifactImportError
-from ..model import OWN_DIGEST, FileResult, ResolvedArtifact, SignatureVerdict, Verdict
+from ..model import CHECKSUM, OWN_DIGEST, FileResult, ResolvedArtifact, SignatureVerdict, Verdict
 from ..paths import RESERVED_DIR
 from ..storages.base import AbstractStorage
 from ..verdictpool import VerdictPool
@@ -60,7 +60,7 @@ class ResultLines:
         if kept is None or kept[0] is not verdict:
             kept = (verdict, self._encode(verdict))
             # The checksum's data is the file's own digest: alike only when the result keeps it as OWN_DIGEST.
-            alike = verdict.verifier != "checksum" or verdict.data is OWN_DIGEST
+            alike = verdict.verifier != CHECKSUM or verdict.data is OWN_DIGEST
             if alike and len(self._encoded) < self.LIMIT:
                 self._encoded[id(verdict)] = kept
         if verdict.data is not OWN_DIGEST:

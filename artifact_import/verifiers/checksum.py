@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..model import ArtifactFile, Verdict
+from ..model import CHECKSUM, ArtifactFile, Verdict
 from ..streams import DigestWorker, git_blob_prefix
 from .base import Verifier, VerifierSession
 
@@ -17,7 +17,7 @@ class ChecksumVerifier(Verifier):
     its verdict says so, rather than pretending it was checked.
     """
 
-    name = "checksum"
+    name = CHECKSUM
 
     def start(self, file: ArtifactFile) -> VerifierSession:
         return _ChecksumSession(file)
