@@ -60,25 +60,22 @@ async def already_present(
         candidates.append((file, entry))
     del entries
 
-    limit = asyncio.Semaphore(16)
-
     async def stored(infos: Mapping[str, FileInfo], pair: tuple[ArtifactFile, FileResult]) -> FileResult | None:
         file, entry = pair
-        async with limit:
-            info = infos.get(file.path)
-            if info is None:
-                return None
-            if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
-                return None
-            if info.stamp is not None and info.stamp != entry.stamp:
-                # Touched since it was written (or written before stamps were kept): trusted only once read
-                # again. A same-size change in place is caught here, not only by `verify`.
-                try:
-                    if await _sha256_of(storage, file.path) != entry.sha256:
-                        log.info("%s: changed in place since the last import; fetching it again", file.path)
-                        return None
-                except ArtifactImportError:
+        info = infos.get(file.path)
+        if info is None:
+            return None
+        if info.size != file.size or (info.sha256 is not None and info.sha256 != entry.sha256):
+            return None
+        if info.stamp is not None and info.stamp != entry.stamp:
+            # Touched since it was written (or written before stamps were kept): trusted only once read
+            # again. A same-size change in place is caught here, not only by `verify`.
+            try:
+                if await _sha256_of(storage, file.path) != entry.sha256:
+                    log.info("%s: changed in place since the last import; fetching it again", file.path)
                     return None
+            except ArtifactImportError:
+                return None
         # The listing's path, not the manifest's equal copy: 200,000 of these are held until the commit.
         return attrs.evolve(entry, path=file.path, skipped=True, stamp=info.stamp)
 
@@ -88,7 +85,7 @@ async def already_present(
         # 200,000 files), and each entry is let go once its result is made.
         batch = [candidates.popleft() for _ in range(min(_BATCH, len(candidates)))]
         infos = await storage.file_infos([file.path for file, _ in batch])
-        checked = await map_bounded(functools.partial(stored, infos), batch)
+        checked = await map_bounded(functools.partial(stored, infos), batch)  # map_bounded: 16 at once
         present.update((r.path, r) for r in checked if r is not None)
     return present
 
